@@ -1,0 +1,129 @@
+"""NumPy/SciPy backend: explicit symmetric matrices (the reference used throughout the tests) and HVP callables."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from hessop.backends.base import Backend
+
+
+def float_dtype(dtype: Any, what: str) -> np.dtype:
+    """The floating dtype a matrix or callable works in: float32/float64 kept, integers and bools promoted to
+    float64 (exact for them), anything else refused."""
+    dtype = np.dtype(dtype)
+    if dtype in (np.float32, np.float64):
+        return dtype
+    if dtype.kind in "iub":
+        return np.dtype(np.float64)
+    raise TypeError(
+        f"{what} has dtype {dtype}; hessop works with real float32 or float64 operators "
+        "(a Hessian of a real loss is real symmetric). Convert it with .astype(numpy.float64)."
+    )
+
+
+def check_symmetric_matrix(A: Any, what: str = "the matrix") -> None:
+    """Raise ValueError unless ``A`` is square and symmetric to ``sqrt(eps)`` relative to its largest entry."""
+    if getattr(A, "ndim", 2) != 2 or A.shape[0] != A.shape[1]:
+        raise ValueError(f"{what} must be square (n, n); got shape {tuple(A.shape)}.")
+    if A.shape[0] < 2:
+        raise ValueError(f"{what} must be at least 2 x 2; got shape {tuple(A.shape)}.")
+    if sp.issparse(A):
+        scale = abs(A).max() if A.nnz else 0.0
+        asym = abs(A - A.T).max() if A.nnz else 0.0
+    else:
+        scale = float(np.max(np.abs(A)))
+        asym = float(np.max(np.abs(A - A.T)))
+    if not np.isfinite(scale):
+        raise ValueError(f"{what} contains NaN or Inf.")
+    tol = np.sqrt(np.finfo(np.dtype(A.dtype) if A.dtype.kind == "f" else np.float64).eps) * scale
+    if asym > tol:
+        raise ValueError(
+            f"{what} is not symmetric: max |A - A.T| = {asym:.3e} exceeds {tol:.3e}. A Hessian is symmetric; "
+            "if the asymmetry is rounding, pass (A + A.T) / 2."
+        )
+
+
+class MatrixBackend(Backend):
+    """``H v = A v`` for a dense NumPy array or a SciPy sparse matrix ``A``."""
+
+    name = "numpy"
+
+    def __init__(self, A: Any) -> None:
+        if not (isinstance(A, np.ndarray) or sp.issparse(A)):
+            A = np.asarray(A)
+        self.dtype = float_dtype(A.dtype, "the matrix")
+        check_symmetric_matrix(A)
+        self.A = A.astype(self.dtype, copy=False)
+        self.n = A.shape[0]
+
+    def hvp(self, v: np.ndarray) -> np.ndarray:
+        return self.A @ v
+
+    def hvp_block(self, V: np.ndarray) -> np.ndarray:
+        return self.A @ V
+
+    def asarray(self, x: np.ndarray) -> np.ndarray:
+        return np.asarray(x, dtype=self.dtype)
+
+    def to_numpy(self, x: np.ndarray) -> np.ndarray:
+        return np.asarray(x)
+
+    def describe(self) -> str:
+        kind = "sparse" if sp.issparse(self.A) else "dense"
+        return f"numpy ({kind} matrix)"
+
+
+class FunctionBackend(Backend):
+    """``H v = hvp(v)`` for a user callable on NumPy vectors (and optionally ``hvp_block(V)`` on (n, k) blocks)."""
+
+    name = "numpy"
+
+    def __init__(
+        self,
+        hvp: Callable[[np.ndarray], np.ndarray],
+        n: int,
+        dtype: Any = np.float64,
+        hvp_block: Callable[[np.ndarray], np.ndarray] | None = None,
+    ) -> None:
+        if not callable(hvp):
+            raise TypeError(f"hvp must be callable, got {type(hvp).__name__}")
+        if not isinstance(n, (int, np.integer)) or n < 2:
+            raise ValueError(f"n must be an integer >= 2, got {n!r}")
+        self.n = int(n)
+        self.dtype = float_dtype(dtype, "dtype")
+        self._hvp = hvp
+        self._hvp_block = hvp_block
+
+    def _check(self, y: Any, shape: tuple[int, ...]) -> np.ndarray:
+        y = np.asarray(y)
+        if y.shape != shape:
+            raise ValueError(f"the hvp callable returned shape {y.shape}, expected {shape}")
+        if y.dtype != self.dtype:
+            if not np.can_cast(y.dtype, self.dtype, casting="safe") or y.dtype.kind == "c":
+                raise TypeError(
+                    f"the hvp callable returned {y.dtype} but the operator was declared {self.dtype}; "
+                    f"declare dtype={y.dtype} or return {self.dtype} (hessop does not down-cast silently)."
+                )
+            y = y.astype(self.dtype)
+        return y
+
+    def hvp(self, v: np.ndarray) -> np.ndarray:
+        return self._check(self._hvp(v), (self.n,))
+
+    def hvp_block(self, V: np.ndarray) -> np.ndarray:
+        if self._hvp_block is None:
+            return super().hvp_block(V)
+        return self._check(self._hvp_block(V), V.shape)
+
+    def asarray(self, x: np.ndarray) -> np.ndarray:
+        return np.asarray(x, dtype=self.dtype)
+
+    def to_numpy(self, x: np.ndarray) -> np.ndarray:
+        return np.asarray(x)
+
+    def describe(self) -> str:
+        return "numpy (callable)"

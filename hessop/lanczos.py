@@ -1,0 +1,261 @@
+"""Lanczos with full reorthogonalisation and thick restart.
+
+Maths
+-----
+From a unit start vector ``q_1``, Lanczos builds an orthonormal basis ``Q_j = [q_1 .. q_j]`` of the Krylov space
+``span{q_1, H q_1, .., H^{j-1} q_1}`` and the projected matrix ``T_j = Q_j^T H Q_j`` such that
+
+    H Q_j = Q_j T_j + beta_j q_{j+1} e_j^T.
+
+``T_j`` is tridiagonal (``alpha`` on the diagonal, ``beta`` beside it).  Its eigenpairs ``T_j s_i = theta_i s_i``
+give Ritz pairs ``(theta_i, Q_j s_i)`` whose residuals are known for free:
+``||H Q_j s_i - theta_i Q_j s_i|| = |beta_j s_{j,i}|`` (Golub & Van Loan, *Matrix Computations*, sec. 10.1).
+
+In floating point the basis loses orthogonality as soon as a Ritz pair converges and copies ("ghosts") of the
+extreme eigenvalues appear (Paige 1971).  Every new vector is therefore reorthogonalised against the whole basis,
+in block form and twice (classical Gram-Schmidt run twice, "twice is enough": Giraud et al. 2005), which keeps
+``Q_j`` orthonormal to working precision at the cost of two (n x j) matrix products per step and no per-vector loop.
+
+Memory is ``max_basis`` vectors.  When the basis is full, thick restart (Wu & Simon, SIAM J. Matrix Anal. Appl.
+22(2), 2000) keeps the ``p`` best Ritz vectors ``Y = Q S_p`` and the next Lanczos vector; the projected matrix
+becomes an arrowhead ``[[diag(theta_p), b], [b^T, alpha]]`` with ``b = beta_m S_{m,p}`` and Lanczos continues.  The
+projected matrix is always symmetric and is diagonalised with a symmetric solver (``eigh_tridiagonal`` before
+the first restart, ``eigh`` after), never a general eigensolver.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import scipy.linalg
+
+from hessop._array import check_finite, make_rng, set_column
+from hessop._validate import check_choice, check_int, check_k, check_tol
+from hessop.operator import HessianOperator, as_operator
+from hessop.results import EigenResult
+
+__all__ = ["lanczos", "Krylov"]
+
+WHICH = ("LA", "SA", "LM")
+
+
+class Krylov:
+    """A growing Lanczos basis ``Q`` (native (n, m + 1) array) with its projected matrix ``T`` (host float64).
+
+    Shared by :func:`lanczos` and by the spectral-density code (one fixed-length run per probe).  ``j`` is the
+    number of basis vectors whose product has been taken; ``Q[:, j]`` is the next vector to multiply.
+    """
+
+    def __init__(self, op: HessianOperator, v0: Any, m: int) -> None:
+        self.op = op
+        self.xp = op.xp
+        self.m = m
+        xp = self.xp
+        self.Q = xp.zeros((op.n, m + 1), dtype=v0.dtype, device=_device(v0))
+        self.T = np.zeros((m + 1, m + 1))
+        self.j = 0
+        self.beta = 0.0
+        self.anorm = 0.0
+        self.breakdown = False
+        self.tridiagonal = True
+        nrm = float(xp.linalg.vector_norm(v0))
+        check_finite(nrm, "the start vector's norm", 0)
+        if nrm == 0.0:
+            raise ValueError("the start vector is zero")
+        self.Q = set_column(self.Q, 0, v0 / nrm)
+        self._eps = float(np.finfo(op.dtype).eps)
+
+    def step(self) -> float:
+        """One Lanczos step: ``w = H q_j``, two block Gram-Schmidt passes, ``alpha``, ``beta``.  Returns beta."""
+        xp, j = self.xp, self.j
+        B = self.Q[:, : j + 1]
+        w = self.op.hvp(self.Q[:, j])
+        h1 = B.T @ w
+        w = w - B @ h1
+        h2 = B.T @ w
+        w = w - B @ h2
+        # one host synchronisation per step: alpha and beta together
+        alpha, beta = (float(x) for x in self.op.to_numpy(xp.stack([h1[j] + h2[j], xp.linalg.vector_norm(w)])))
+        check_finite(alpha, "the Lanczos coefficient alpha", j + 1)
+        check_finite(beta, "the Lanczos coefficient beta", j + 1)
+        self.T[j, j] = alpha
+        self.anorm = max(self.anorm, abs(alpha) + beta + (self.T[j, j - 1] if j else 0.0))
+        self.beta = beta
+        self.T[j + 1, j] = self.T[j, j + 1] = beta
+        self.breakdown = beta <= 100 * self._eps * self.anorm
+        if not self.breakdown:
+            self.Q = set_column(self.Q, j + 1, w / beta)
+        self.j = j + 1
+        return beta
+
+    def restart_with_random(self, rng: np.random.Generator) -> bool:
+        """After a breakdown (invariant subspace found), continue with a random vector orthogonal to the basis.
+
+        The coupling to the old block is zero, so Ritz pairs of the invariant block stay exact.  Returns False if
+        the basis already spans the whole space."""
+        xp, j = self.xp, self.j
+        if j >= self.op.n:
+            return False
+        B = self.Q[:, :j]
+        v = self.op.asarray(rng.standard_normal(self.op.n))
+        for _ in range(2):
+            v = v - B @ (B.T @ v)
+        nrm = float(xp.linalg.vector_norm(v))
+        if nrm <= 100 * self._eps:
+            return False
+        self.Q = set_column(self.Q, j, v / nrm)
+        self.T[j, j - 1] = self.T[j - 1, j] = 0.0
+        self.beta = 0.0
+        self.breakdown = False
+        return True
+
+    def ritz(self) -> tuple[np.ndarray, np.ndarray]:
+        """Eigenpairs ``(theta, S)`` of the current projected matrix ``T_j`` (ascending)."""
+        j = self.j
+        if self.tridiagonal:
+            return scipy.linalg.eigh_tridiagonal(np.diag(self.T, 0)[:j].copy(), np.diag(self.T, 1)[: j - 1].copy())
+        return scipy.linalg.eigh(self.T[:j, :j])
+
+    def thick_restart(self, S: np.ndarray, theta: np.ndarray, keep: np.ndarray) -> None:
+        """Keep Ritz vectors ``Q S[:, keep]`` and the next Lanczos vector (Wu & Simon 2000)."""
+        j, p = self.j, len(keep)
+        Sk = S[:, keep]
+        Y = self.Q[:, :j] @ self.op.asarray(Sk)
+        nxt = self.Q[:, j]
+        self.Q = set_column(self.Q, slice(0, p), Y)
+        self.Q = set_column(self.Q, p, nxt)
+        b = self.beta * Sk[j - 1, :]
+        T = np.zeros_like(self.T)
+        T[np.arange(p), np.arange(p)] = theta[keep]
+        T[p, :p] = T[:p, p] = b
+        self.T = T
+        self.j = p
+        self.tridiagonal = False
+
+
+def _device(x: Any) -> Any:
+    from array_api_compat import device
+
+    return device(x)
+
+
+def _order(theta: np.ndarray, which: str) -> np.ndarray:
+    """Indices of ``theta`` from most to least wanted."""
+    if which == "LA":
+        return np.argsort(-theta, kind="stable")
+    if which == "SA":
+        return np.argsort(theta, kind="stable")
+    return np.argsort(-np.abs(theta), kind="stable")
+
+
+def start_vector(op: HessianOperator, v0: Any, rng: np.random.Generator) -> Any:
+    """The start vector as a native array: ``v0`` if given (NumPy or native), else a standard normal draw made on
+    the host from ``rng`` (so one seed gives one vector on every backend) and moved to the device once."""
+    if v0 is None:
+        return op.asarray(rng.standard_normal(op.n))
+    if tuple(v0.shape) != (op.n,):
+        raise ValueError(f"v0 must have shape ({op.n},), got {tuple(v0.shape)}")
+    return op.asarray(v0) if isinstance(v0, np.ndarray) else v0
+
+
+def lanczos(
+    H: Any,
+    k: int = 1,
+    *,
+    which: str = "LA",
+    tol: float = 1e-8,
+    max_iter: int | None = None,
+    max_basis: int | None = None,
+    seed: int | np.random.Generator | None = 0,
+    v0: Any = None,
+) -> EigenResult:
+    """The ``k`` extreme eigenpairs of a symmetric operator by Lanczos with full reorthogonalisation and thick
+    restart.
+
+    Parameters
+    ----------
+    H : HessianOperator or symmetric scipy LinearOperator / array
+        The operator; only its products are used (native face for a HessianOperator: vectors stay on the
+        backend's device, only ``alpha``, ``beta`` and the small projected matrix live on the host).
+    k : int
+        Number of eigenpairs, ``1 <= k < n``.
+    which : {"LA", "SA", "LM"}
+        Largest algebraic (default; returned in descending order), smallest algebraic (ascending; the most
+        negative eigenvalues of a Hessian) or largest magnitude (descending ``|lambda|``).
+    tol : float
+        Stop when every wanted Ritz pair has ``|beta_j s_{j,i}| <= tol * max(|theta_i|, eps**(2/3) * ||T||)``
+        (ARPACK's rule).  For a symmetric H the eigenvalue error is at most the residual and usually about
+        ``residual**2 / gap``.  Default 1e-8.
+    max_iter : int, optional
+        Most Lanczos steps (= HVPs) in all; default ``max(1000, 20 * max_basis)``.  Pairs not converged by then
+        are returned with ``converged=False``.
+    max_basis : int, optional
+        Most basis vectors held (memory = ``max_basis + 1`` vectors of length n).  Default
+        ``min(n, max(2k + 1, 40))``.  When it is reached the basis is thick-restarted keeping
+        ``k + (max_basis - k) // 2`` Ritz vectors.  Must exceed ``k``.
+    seed : int, numpy Generator or None
+        Seed of the standard-normal start vector (drawn on the host; the same seed gives the same answer on every
+        backend).  Default 0.
+    v0 : array, optional
+        Start vector (NumPy or native) instead of a random one.
+
+    Returns
+    -------
+    EigenResult
+        ``eigenvalues`` ordered as ``which`` says, orthonormal ``eigenvectors`` (native (n, k)), ``residuals``,
+        ``converged``, ``n_hvp``, ``n_iter`` (= Lanczos steps) and ``n_restarts``.
+    """
+    op = as_operator(H)
+    n = op.n
+    k = check_k(k, n)
+    which = check_choice(which, "which", WHICH)
+    tol = check_tol(tol)
+    if max_basis is None:
+        max_basis = min(n, max(2 * k + 1, 40))
+    m = check_int(max_basis, "max_basis", k + 1, None)
+    m = min(m, n)
+    if max_iter is None:
+        max_iter = max(1000, 20 * m)
+    max_iter = check_int(max_iter, "max_iter", 1)
+    rng = make_rng(seed)
+
+    hvp0 = op.n_hvp
+    kry = Krylov(op, start_vector(op, v0, rng), m)
+    eps23 = np.finfo(op.dtype).eps ** (2.0 / 3.0)
+    n_iter = n_restarts = 0
+    while True:
+        kry.step()
+        n_iter += 1
+        theta, S = kry.ritz()
+        sel = _order(theta, which)[:k]
+        res = np.abs(kry.beta * S[kry.j - 1, sel])
+        anorm = max(kry.anorm, float(np.max(np.abs(theta))))
+        conv = res <= tol * np.maximum(np.abs(theta[sel]), eps23 * anorm)
+        have_k = kry.j >= k
+        if kry.breakdown:
+            # invariant subspace: its Ritz pairs are exact; continue in its complement if more are wanted
+            if (have_k and np.all(conv)) or not kry.restart_with_random(rng):
+                break
+        elif have_k and np.all(conv):
+            break
+        if n_iter >= max_iter:
+            break
+        if kry.j >= m:
+            p = min(k + (m - k) // 2, m - 1)
+            kry.thick_restart(S, theta, _order(theta, which)[:p])
+            n_restarts += 1
+
+    if kry.j < k:  # only possible when the whole space was exhausted before k vectors: cannot happen for k < n
+        raise RuntimeError("Lanczos basis smaller than k")
+    vectors = kry.Q[:, : kry.j] @ op.asarray(S[:, sel])
+    return EigenResult(
+        eigenvalues=theta[sel].astype(np.float64),
+        eigenvectors=vectors,
+        residuals=res,
+        converged=conv,
+        n_hvp=op.n_hvp - hvp0,
+        n_iter=n_iter,
+        method=f"lanczos(which={which!r})",
+        n_restarts=n_restarts,
+    )

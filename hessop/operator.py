@@ -1,0 +1,167 @@
+"""``HessianOperator``: a SciPy ``LinearOperator`` whose products are Hessian-vector products from a backend."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+from scipy.sparse.linalg import LinearOperator
+
+from hessop.backends.base import Backend
+from hessop.backends.numpy import FunctionBackend, MatrixBackend
+
+__all__ = ["HessianOperator", "as_operator"]
+
+
+class HessianOperator(LinearOperator):
+    """The Hessian of a loss at fixed parameters, as a symmetric linear operator that is never formed.
+
+    It has two faces:
+
+    * the SciPy face: ``H @ x``, ``H.matvec(x)``, ``H.matmat(X)`` on NumPy arrays, so
+      ``scipy.sparse.linalg.eigsh(H, k=5, which="LA")`` works.  Inputs are never down-cast silently: a float64
+      vector given to a float32 operator raises ``TypeError``.
+    * the native face: :meth:`hvp` and :meth:`hvp_block` take and return the backend's own flat arrays (torch
+      tensors, jax arrays, cupy arrays) on the backend's device, with no copy to the host.  hessop's solvers use
+      this face.
+
+    ``shape == (n, n)`` with n the number of parameters and ``dtype`` the parameters' dtype.  ``n_hvp`` counts
+    products (a block of k vectors counts k).
+
+    Build one with :meth:`from_torch`, :meth:`from_matrix` or :meth:`from_function`.
+    """
+
+    def __init__(self, backend: Backend) -> None:
+        if not isinstance(backend, Backend):
+            raise TypeError(f"backend must be a hessop Backend, got {type(backend).__name__}")
+        self.backend = backend
+        self._n_hvp = 0
+        super().__init__(dtype=np.dtype(backend.dtype), shape=(backend.n, backend.n))
+        self.xp = backend.namespace
+
+    # ------------------------------------------------------------------ constructors
+    @classmethod
+    def from_matrix(cls, A: Any) -> HessianOperator:
+        """Operator for an explicit symmetric matrix (NumPy array or SciPy sparse matrix).
+
+        float32 and float64 keep their dtype; integer matrices become float64.  Raises ``ValueError`` for a
+        non-square or non-symmetric matrix (tolerance ``sqrt(eps) * max|A|``).
+        """
+        return cls(MatrixBackend(A))
+
+    @classmethod
+    def from_function(
+        cls,
+        hvp: Callable[[np.ndarray], np.ndarray],
+        n: int,
+        dtype: Any = np.float64,
+        *,
+        hvp_block: Callable[[np.ndarray], np.ndarray] | None = None,
+    ) -> HessianOperator:
+        """Operator for any callable ``hvp(v) -> H v`` on NumPy vectors of length ``n``.
+
+        ``hvp_block(V)``, if given, maps an (n, k) block to H V in one call.  The callable must represent a
+        symmetric matrix; hessop cannot check that without forming it.
+        """
+        return cls(FunctionBackend(hvp, n, dtype, hvp_block))
+
+    @classmethod
+    def from_torch(cls, model: Any, loss_fn: Callable, data: Any, **kwargs: Any) -> HessianOperator:
+        """Hessian of a PyTorch model's loss over a data set; see :class:`hessop.backends.torch.TorchBackend`.
+
+        ``HessianOperator.from_torch(model, loss_fn, data, *, params=None, reduction="mean",
+        loss_form="outputs", check_deterministic=True, batch_size=None)``
+        """
+        from hessop.backends.torch import TorchBackend
+
+        return cls(TorchBackend(model, loss_fn, data, **kwargs))
+
+    # ------------------------------------------------------------------ native face
+    @property
+    def n(self) -> int:
+        """Number of parameters (the operator is n x n)."""
+        return self.shape[0]
+
+    @property
+    def n_hvp(self) -> int:
+        """Hessian-vector products computed through this operator so far (a block of k counts k)."""
+        return self._n_hvp
+
+    def hvp(self, v: Any) -> Any:
+        """``H v`` for a native flat vector of shape (n,), returned on the backend's device."""
+        if tuple(v.shape) != (self.n,):
+            raise ValueError(f"hvp expects a vector of shape ({self.n},), got {tuple(v.shape)}")
+        self._n_hvp += 1
+        return self.backend.hvp(v)
+
+    def hvp_block(self, V: Any) -> Any:
+        """``H V`` for a native block of shape (n, k): k products, batched where the backend can."""
+        if len(V.shape) != 2 or V.shape[0] != self.n:
+            raise ValueError(f"hvp_block expects a block of shape ({self.n}, k), got {tuple(V.shape)}")
+        self._n_hvp += int(V.shape[1])
+        return self.backend.hvp_block(V)
+
+    def asarray(self, x: np.ndarray) -> Any:
+        """A host array moved into the backend's array type, dtype and device."""
+        return self.backend.asarray(x)
+
+    def to_numpy(self, x: Any) -> np.ndarray:
+        """A native array copied to the host as NumPy."""
+        return self.backend.to_numpy(x)
+
+    # ------------------------------------------------------------------ SciPy face
+    def _host_input(self, x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x)
+        if x.dtype.kind == "c":
+            raise TypeError("HessianOperator is real; got a complex vector")
+        if x.dtype.kind == "f" and x.dtype.itemsize > self.dtype.itemsize:
+            raise TypeError(
+                f"a {x.dtype} vector was given to a {self.dtype} operator; hessop does not down-cast silently. "
+                f"Pass x.astype(numpy.{self.dtype}) or build the operator with {x.dtype} parameters."
+            )
+        return x
+
+    def _matvec(self, x: np.ndarray) -> np.ndarray:
+        x = self._host_input(x)
+        y = self.hvp(self.asarray(x.reshape(-1)))
+        return self.to_numpy(y).reshape(x.shape)
+
+    def _matmat(self, X: np.ndarray) -> np.ndarray:
+        X = self._host_input(X)
+        return self.to_numpy(self.hvp_block(self.asarray(X)))
+
+    def _rmatvec(self, x: np.ndarray) -> np.ndarray:
+        return self._matvec(x)
+
+    def _rmatmat(self, X: np.ndarray) -> np.ndarray:
+        return self._matmat(X)
+
+    def _adjoint(self) -> HessianOperator:
+        return self
+
+    def _transpose(self) -> HessianOperator:
+        return self
+
+    def __repr__(self) -> str:
+        return f"<{self.n}x{self.n} HessianOperator, dtype={self.dtype}, backend={self.backend.describe()}>"
+
+
+def as_operator(H: Any) -> HessianOperator:
+    """Accept a HessianOperator, a square SciPy ``LinearOperator`` (assumed symmetric), a NumPy array or a SciPy
+    sparse matrix, and return a HessianOperator."""
+    if isinstance(H, HessianOperator):
+        return H
+    if isinstance(H, np.ndarray) or sp.issparse(H):
+        return HessianOperator.from_matrix(H)
+    if isinstance(H, LinearOperator):
+        if H.shape[0] != H.shape[1]:
+            raise ValueError(f"the operator must be square; got shape {H.shape}")
+        return HessianOperator.from_function(
+            H.matvec, H.shape[0], H.dtype, hvp_block=H.matmat
+        )
+    raise TypeError(
+        f"expected a HessianOperator, a scipy LinearOperator, a numpy array or a scipy sparse matrix, "
+        f"got {type(H).__name__}"
+    )
