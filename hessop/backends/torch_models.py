@@ -1,0 +1,68 @@
+"""Small PyTorch models and the bundled digits data, used by ``hessop demo``, the tests and the benchmarks.
+
+Needs scikit-learn for the data (its bundled copy of the UCI handwritten digits: 1,797 8x8 images, no download).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = ["SmallResNet", "digits", "train"]
+
+
+def digits(n: int | None = None, dtype: torch.dtype = torch.float64) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``n`` (default all 1,797) digits as ``(images (n, 1, 8, 8) scaled to [0, 1], labels (n,))``."""
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ImportError("the digits data come from scikit-learn: pip install scikit-learn") from e
+    ds = load_digits()
+    x = np.asarray(ds.images, dtype=np.float64)[:n] / 16.0
+    y = np.asarray(ds.target)[:n]
+    return torch.as_tensor(x, dtype=dtype).unsqueeze(1), torch.as_tensor(y, dtype=torch.long)
+
+
+class SmallResNet(nn.Module):
+    """conv(1->c) -> BatchNorm -> ReLU -> residual block [conv(c->c) -> tanh] -> 2x2 average pool -> MLP.
+
+    With the default ``channels=4, hidden=20``: 1,706 parameters (conv 40, BatchNorm 8, conv 148, 1,300, 210).
+    Small enough that its dense Hessian is a reference in tests, with every layer type the tests need
+    (convolution, BatchNorm, a residual connection, fully connected layers).
+    """
+
+    def __init__(self, channels: int = 4, hidden: int = 20, classes: int = 10) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, channels, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(channels)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.pool = nn.AvgPool2d(2)
+        self.fc1 = nn.Linear(channels * 16, hidden)
+        self.fc2 = nn.Linear(hidden, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.bn1(self.conv1(x)))
+        h = h + torch.tanh(self.conv2(h))
+        h = self.pool(h).flatten(1)
+        return self.fc2(torch.tanh(self.fc1(h)))
+
+
+def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, steps: int = 200, lr: float = 0.01,
+          batch: int = 64, seed: int = 0) -> list[float]:
+    """A few Adam steps on mini-batches (model left in eval mode afterwards); returns the loss history."""
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    losses = []
+    model.train()
+    for _ in range(steps):
+        idx = torch.randint(0, len(x), (batch,), generator=gen)
+        loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    model.eval()
+    for p in model.parameters():
+        p.grad = None
+    return losses

@@ -1,0 +1,56 @@
+"""Shared problems with exact answers: prescribed-spectrum matrices and a small network with its dense Hessian."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from hessop.testing import matrix_with_spectrum, outlier_spectrum
+
+
+@pytest.fixture(scope="session")
+def outlier_matrix() -> tuple[np.ndarray, np.ndarray]:
+    """(A, eigenvalues descending): n = 2000, 10 outliers over a bulk, 3 negative eigenvalues."""
+    lam = outlier_spectrum(2000, n_outliers=10, n_negative=3, seed=0)
+    return matrix_with_spectrum(lam, seed=1), lam
+
+
+@pytest.fixture(scope="session")
+def torch_problem():
+    """A trained SmallResNet (eval mode, float64, 1,708 parameters) on 256 digits, with its dense Hessian.
+
+    The reference Hessian is computed column by column as ``jvp(grad(loss))`` of the loss as a function of the flat
+    parameter vector (forward-over-reverse through ``functional_call``, vmapped over identity columns): independent
+    of hessop's double-backward products.  About 25 s on 2 cores, once per session.
+    """
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("sklearn")
+    from torch.func import functional_call, grad, jvp, vmap
+
+    from hessop.backends.torch_models import SmallResNet, digits, train
+
+    torch.manual_seed(0)
+    x, y = digits(256)
+    model = SmallResNet().double()
+    train(model, x, y, steps=150)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    names = [n for n, _ in model.named_parameters()]
+    shapes = [p.shape for p in model.parameters()]
+    sizes = [p.numel() for p in model.parameters()]
+    theta = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+
+    def loss_of(flat):
+        parts = torch.split(flat, sizes)
+        ps = {n: t.reshape(s) for n, t, s in zip(names, parts, shapes, strict=True)}
+        return loss_fn(functional_call(model, ps, (x,)), y)
+
+    g = grad(loss_of)
+    eye = torch.eye(theta.numel(), dtype=theta.dtype)
+    with torch.no_grad():
+        cols = [vmap(lambda v: jvp(g, (theta,), (v,))[1])(eye[i: i + 256]) for i in range(0, theta.numel(), 256)]
+    dense = torch.cat(cols).numpy()
+    dense = (dense + dense.T) / 2
+    return {
+        "model": model, "x": x, "y": y, "loss_fn": loss_fn, "names": names, "sizes": sizes,
+        "hessian": dense, "eigenvalues": np.linalg.eigvalsh(dense)[::-1],
+    }
