@@ -200,6 +200,14 @@ def lanczos(
     v0 : array, optional
         Start vector (NumPy or native) instead of a random one.
 
+    Notes
+    -----
+    A Krylov space holds one copy of each distinct eigenvalue.  When the basis closes (an invariant subspace,
+    ``beta ~ 0``), Lanczos continues from a random vector orthogonal to it and stops once the newest block's best
+    Ritz pair has converged and adds nothing to the wanted eigenvalues, so repeated eigenvalues of low-rank or
+    degenerate operators are found with their multiplicity.  Without a breakdown, a wanted eigenvalue of
+    multiplicity > 1 is resolved only slowly (through rounding); this is the usual limit of single-vector Lanczos.
+
     Returns
     -------
     EigenResult
@@ -224,27 +232,42 @@ def lanczos(
     kry = Krylov(op, start_vector(op, v0, rng), m)
     eps23 = np.finfo(op.dtype).eps ** (2.0 / 3.0)
     n_iter = n_restarts = 0
+    explore_from = None  # basis index where the block opened after an invariant-subspace breakdown starts
     while True:
         kry.step()
         n_iter += 1
         theta, S = kry.ritz()
-        sel = _order(theta, which)[:k]
-        res = np.abs(kry.beta * S[kry.j - 1, sel])
+        order = _order(theta, which)
+        sel = order[:k]
+        res_all = np.abs(kry.beta * S[kry.j - 1, :])
         anorm = max(kry.anorm, float(np.max(np.abs(theta))))
-        conv = res <= tol * np.maximum(np.abs(theta[sel]), eps23 * anorm)
-        have_k = kry.j >= k
+        ok_all = res_all <= tol * np.maximum(np.abs(theta), eps23 * anorm)
+        res, conv = res_all[sel], ok_all[sel]
+        done = kry.j >= k and bool(np.all(conv))
+        block_joins_wanted = explore_from is None
+        if explore_from is not None:
+            # Ritz pairs living in the newest block (T is block diagonal across a breakdown)
+            in_new = np.flatnonzero(np.sum(S[explore_from:, :] ** 2, axis=0) > 0.5)
+            if in_new.size:
+                best = in_new[np.argmin(np.argsort(order)[in_new])]
+                block_joins_wanted = bool(np.isin(best, sel))
+                done = done and bool(ok_all[best]) and not block_joins_wanted
         if kry.breakdown:
-            # invariant subspace: its Ritz pairs are exact; continue in its complement if more are wanted
-            if (have_k and np.all(conv)) or not kry.restart_with_random(rng):
+            # Invariant subspace: its Ritz pairs are exact, but a Krylov space holds one copy of each distinct
+            # eigenvalue, so a repeated wanted eigenvalue can hide in the complement.  While the block that just
+            # closed contributed to the wanted set, explore the complement from a fresh random vector.
+            if (done and not block_joins_wanted) or not kry.restart_with_random(rng):
                 break
-        elif have_k and np.all(conv):
+            explore_from = kry.j
+        elif done:
             break
         if n_iter >= max_iter:
             break
         if kry.j >= m:
             p = min(k + (m - k) // 2, m - 1)
-            kry.thick_restart(S, theta, _order(theta, which)[:p])
+            kry.thick_restart(S, theta, order[:p])
             n_restarts += 1
+            explore_from = None
 
     if kry.j < k:  # only possible when the whole space was exhausted before k vectors: cannot happen for k < n
         raise RuntimeError("Lanczos basis smaller than k")

@@ -1,0 +1,67 @@
+"""Deflated power iteration against prescribed spectra."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import hessop
+from hessop import HessianOperator
+from hessop.testing import matrix_with_spectrum, outlier_spectrum
+
+
+def test_top10_to_1e6(outlier_matrix):
+    A, lam = outlier_matrix
+    r = hessop.power_iteration(HessianOperator.from_matrix(A), 10, tol=1e-6)
+    assert r.all_converged
+    assert np.max(np.abs(r.eigenvalues - lam[:10]) / lam[:10]) <= 1e-6
+    V = r.eigenvectors
+    np.testing.assert_allclose(V.T @ V, np.eye(10), atol=1e-10)
+    true_res = np.linalg.norm(A @ V - V * r.eigenvalues, axis=0)
+    np.testing.assert_allclose(true_res, r.residuals, rtol=1e-6, atol=1e-12)
+    assert np.all(np.diff(np.abs(r.eigenvalues)) < 0)
+
+
+def test_power_iteration_costs_more_than_lanczos(outlier_matrix):
+    A, _ = outlier_matrix
+    p = hessop.power_iteration(A, 5, tol=1e-6)
+    lz = hessop.lanczos(A, 5, tol=1e-6)
+    assert p.n_hvp > 3 * lz.n_hvp
+
+
+def test_shift_gives_the_most_negative():
+    lam = outlier_spectrum(300, n_outliers=3, n_negative=3, seed=1)
+    lam[-3:] = [-20.0, -30.0, -40.0]
+    A = matrix_with_spectrum(lam, seed=2)
+    r = hessop.power_iteration(A, 2, tol=1e-8, shift=lam[0], max_iter=5000)
+    assert r.all_converged
+    np.testing.assert_allclose(r.eigenvalues, [-40.0, -30.0], rtol=1e-8)
+
+
+def test_largest_magnitude_is_what_it_finds():
+    lam = np.concatenate([[-10.0, 6.0], np.linspace(-1, 1, 100)])
+    r = hessop.power_iteration(matrix_with_spectrum(lam, seed=0), 2, tol=1e-9)
+    np.testing.assert_allclose(r.eigenvalues, [-10.0, 6.0], rtol=1e-9)
+
+
+def test_seeded_and_flags_nonconvergence(outlier_matrix):
+    A, _ = outlier_matrix
+    a, b = hessop.power_iteration(A, 2, seed=3), hessop.power_iteration(A, 2, seed=3)
+    np.testing.assert_array_equal(a.eigenvalues, b.eigenvalues)
+    r = hessop.power_iteration(A, 3, tol=1e-12, max_iter=5)
+    assert not r.all_converged and r.n_hvp == 15
+
+
+def test_nan_is_reported():
+    H = HessianOperator.from_function(lambda v: v * np.inf, 10)
+    with pytest.raises(FloatingPointError, match="iteration 1"):
+        hessop.power_iteration(H, 1)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [({"k": 0}, "1 <= k"), ({"k": 10}, "1 <= k"), ({"tol": 0}, "positive"), ({"max_iter": 0}, "max_iter")],
+)
+def test_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        hessop.power_iteration(np.eye(10) * np.arange(1, 11), **kwargs)
