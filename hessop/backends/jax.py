@@ -9,7 +9,7 @@ over batches ``b`` (``w_b = |b| / N`` when ``L_b`` is a per-batch mean, ``w_b = 
     H v = sum_b w_b  d/dt grad L_b(theta + t v) |_{t=0},
 
 the directional derivative of the gradient: ``jax.jvp`` of ``jax.grad`` (forward-over-reverse, Pearlmutter 1994;
-the HVP recommended by the JAX autodiff cookbook).  It costs about 1.3-1.5 gradients (docs/benchmarks.md), against
+the HVP recommended by the JAX autodiff cookbook).  It costs about 1.2-1.6 gradients (docs/benchmarks.md), against
 about 3-5 for reverse-over-reverse.  The per-batch product is compiled once with ``jax.jit`` per loss function,
 parameter layout and batch shape, and reused by every product of every operator built from that loss (an operator
 rebuilt at a new ``theta`` along training compiles nothing); ``theta`` and the vector are inputs of the compiled
