@@ -45,6 +45,11 @@ class Krylov:
 
     Shared by :func:`lanczos` and by the spectral-density code (one fixed-length run per probe).  ``j`` is the
     number of basis vectors whose product has been taken; ``Q[:, j]`` is the next vector to multiply.
+
+    Columns of ``Q`` past the current basis are kept exactly zero, so the block Gram-Schmidt products run on the
+    whole fixed-shape ``Q`` (a zero column adds an exact 0 to ``Q^T w`` and nothing to ``Q h``).  Every step then
+    has the same array shapes, which backends that compile per shape (JAX, and any jit) reuse instead of compiling
+    new kernels at every step; the cost is at most twice the (cheap, O(n m)) reorthogonalisation flops.
     """
 
     def __init__(self, op: HessianOperator, v0: Any, m: int) -> None:
@@ -69,7 +74,7 @@ class Krylov:
     def step(self) -> float:
         """One Lanczos step: ``w = H q_j``, two block Gram-Schmidt passes, ``alpha``, ``beta``.  Returns beta."""
         xp, j = self.xp, self.j
-        B = self.Q[:, : j + 1]
+        B = self.Q  # fixed shape; the columns past j are zero
         w = self.op.hvp(self.Q[:, j])
         h1 = B.T @ w
         w = w - B @ h1
@@ -97,7 +102,7 @@ class Krylov:
         xp, j = self.xp, self.j
         if j >= self.op.n:
             return False
-        B = self.Q[:, :j]
+        B = self.Q  # columns j.. are zero
         v = self.op.asarray(rng.standard_normal(self.op.n))
         for _ in range(2):
             v = v - B @ (B.T @ v)
@@ -125,6 +130,7 @@ class Krylov:
         nxt = self.Q[:, j]
         self.Q = set_column(self.Q, slice(0, p), Y)
         self.Q = set_column(self.Q, p, nxt)
+        self.Q = set_column(self.Q, slice(p + 1, None), 0.0)  # keep the columns past the basis zero
         b = self.beta * Sk[j - 1, :]
         T = np.zeros_like(self.T)
         T[np.arange(p), np.arange(p)] = theta[keep]

@@ -30,7 +30,8 @@ class HessianOperator(LinearOperator):
     ``shape == (n, n)`` with n the number of parameters and ``dtype`` the parameters' dtype.  ``n_hvp`` counts
     products (a block of k vectors counts k).
 
-    Build one with :meth:`from_torch`, :meth:`from_matrix` or :meth:`from_function`.
+    Build one with :meth:`from_torch`, :meth:`from_jax`, :meth:`from_cupy`, :meth:`from_matrix` or
+    :meth:`from_function`.
     """
 
     def __init__(self, backend: Backend) -> None:
@@ -77,6 +78,76 @@ class HessianOperator(LinearOperator):
         from hessop.backends.torch import TorchBackend
 
         return cls(TorchBackend(model, loss_fn, data, **kwargs))
+
+    @classmethod
+    def from_jax(
+        cls,
+        loss_fn: Callable[[Any, Any], Any],
+        params: Any,
+        data: Any,
+        *,
+        reduction: str = "mean",
+        check_deterministic: bool = True,
+        batch_size: Callable[[Any], int] | None = None,
+    ) -> HessianOperator:
+        """Hessian of a JAX loss ``loss_fn(params, batch) -> scalar`` over a data set, with respect to the pytree
+        ``params``; see :class:`hessop.backends.jax.JaxBackend` for every argument.
+
+        Maths: ``H v = sum_b w_b  d/dt grad L_b(theta + t v)|_0`` over the batches ``b`` of ``data``, with
+        ``w_b = |b| / N`` for ``reduction="mean"`` (default; batches may differ in size) and ``w_b = 1`` for
+        ``"sum"``.  Each term is forward-over-reverse differentiation (``jax.jvp`` of ``jax.grad``; Pearlmutter,
+        "Fast exact multiplication by the Hessian", Neural Computation 1994), compiled once per loss, parameter
+        layout and batch shape and reused; a block ``H V`` is one ``jax.vmap``-ed call per batch.
+
+        ``params`` is any pytree of float32 or float64 arrays (float64 needs ``jax_enable_x64``; float32 stays
+        float32).  The flat vector is the leaves in ``jax.tree_util.tree_leaves`` order, each row-major;
+        ``H.backend.unflatten(v)`` gives a flat vector (an eigenvector) back as a pytree shaped like ``params``.
+        ``check_deterministic=True`` (default) compares two loss passes and two products at construction;
+        ``batch_size`` (default: leading dimension of a batch's first leaf) sets the weights.
+        """
+        try:
+            from hessop.backends.jax import JaxBackend
+        except ModuleNotFoundError as e:
+            if e.name is None or e.name.split(".")[0] not in ("jax", "jaxlib"):
+                raise
+            raise ImportError("HessianOperator.from_jax needs JAX: pip install jax (or jax[cuda12] for a GPU).") from e
+        return cls(JaxBackend(loss_fn, params, data, reduction=reduction, check_deterministic=check_deterministic,
+                              batch_size=batch_size))
+
+    @classmethod
+    def from_cupy(
+        cls,
+        A: Any,
+        n: int | None = None,
+        dtype: Any = None,
+        *,
+        hvp_block: Callable[[Any], Any] | None = None,
+    ) -> HessianOperator:
+        """Operator whose products run on a GPU through CuPy; see :mod:`hessop.backends.cupy`.
+
+        ``A`` is one of
+
+        * a symmetric ``cupy.ndarray`` (``H v = A v`` by cuBLAS),
+        * a symmetric ``cupyx.scipy.sparse`` matrix (stored as CSR, ``H v = A v`` by cuSPARSE),
+        * a callable ``hvp(v) -> H v`` on CuPy vectors of length ``n`` (required), computed in ``dtype``
+          (default float64), with an optional ``hvp_block(V) -> H V`` for (n, k) blocks (default: column by
+          column).
+
+        Matrices keep float32 / float64 (integers become float64) and are checked square and symmetric to
+        ``sqrt(eps) * max|A|`` on the device (two scalars come to the host).  The solvers then hold every vector on
+        the GPU; only their small projected matrices and scalars come to the host.  Host (NumPy / SciPy) matrices
+        are refused: use :meth:`from_matrix` for them.
+        """
+        try:
+            from hessop.backends.cupy import cupy_backend
+        except ModuleNotFoundError as e:
+            if e.name is None or e.name.split(".")[0] not in ("cupy", "cupyx"):
+                raise
+            raise ImportError(
+                "HessianOperator.from_cupy needs CuPy and a CUDA GPU: pip install cupy-cuda12x (or the wheel "
+                "matching your CUDA). Without a GPU use HessianOperator.from_matrix or from_function on NumPy."
+            ) from e
+        return cls(cupy_backend(A, n, dtype, hvp_block=hvp_block))
 
     # ------------------------------------------------------------------ native face
     @property

@@ -1,0 +1,420 @@
+"""JAX backend: Hessian-vector products of ``loss_fn(params, batch)`` over a data set, by forward-over-reverse.
+
+Maths
+-----
+Let ``theta`` be the parameter pytree flattened to one vector (``jax.flatten_util.ravel_pytree`` order: the leaves
+of ``jax.tree_util.tree_leaves(params)``, each in row-major order).  For a loss ``L(theta) = sum_b w_b L_b(theta)``
+over batches ``b`` (``w_b = |b| / N`` when ``L_b`` is a per-batch mean, ``w_b = 1`` when it is a per-batch sum):
+
+    H v = sum_b w_b  d/dt grad L_b(theta + t v) |_{t=0},
+
+the directional derivative of the gradient: ``jax.jvp`` of ``jax.grad`` (forward-over-reverse, Pearlmutter 1994;
+the HVP recommended by the JAX autodiff cookbook).  It costs about 1.2-1.6 gradients (docs/benchmarks.md), against
+about 3-5 for reverse-over-reverse.  The per-batch product is compiled once with ``jax.jit`` per loss function,
+parameter layout and batch shape, and reused by every product of every operator built from that loss (an operator
+rebuilt at a new ``theta`` along training compiles nothing); ``theta`` and the vector are inputs of the compiled
+code, never constants in it.  A block ``V = [v_1 .. v_k]`` is one compiled call per batch through ``jax.vmap``.
+
+Precision follows the parameters: float32 parameters give float32 products; float64 parameters need JAX's 64-bit
+mode (``jax.config.update("jax_enable_x64", True)``, or the ``jax.enable_x64`` context) for the whole analysis, and
+hessop refuses to truncate them silently.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.flatten_util import ravel_pytree
+
+from hessop.backends.base import Backend
+
+__all__ = ["JaxBackend", "x64_enabled"]
+
+_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def x64_enabled() -> bool:
+    """Whether JAX's 64-bit mode is on here (globally or through an ``enable_x64`` context)."""
+    return np.dtype(jax.dtypes.canonicalize_dtype(np.float64)) == np.float64
+
+
+def _is_array(x: Any) -> bool:
+    return isinstance(x, (jax.Array, np.ndarray))
+
+
+def _is_single_batch(data: Any) -> bool:
+    """One batch: an array, a mapping, or a tuple / list whose entries are all arrays (e.g. ``(x, y)``)."""
+    if _is_array(data) or isinstance(data, Mapping):
+        return True
+    if isinstance(data, (tuple, list)) and data:
+        return all(_is_array(x) for x in data)
+    return False
+
+
+def _x64_message(what: str) -> str:
+    return (f"{what} float64 but JAX's 64-bit mode is off, so JAX would silently truncate to float32. Enable it "
+            "for the whole analysis with jax.config.update('jax_enable_x64', True) (or run inside "
+            "`with jax.enable_x64(True):`), or cast the parameters to float32.")
+
+
+def _leaves_dtype(params: Any) -> tuple[np.dtype, list[str], list[tuple[int, ...]]]:
+    """Check every leaf of ``params`` and return (common dtype, leaf names, leaf shapes)."""
+    with_path, _ = jax.tree_util.tree_flatten_with_path(params)
+    if not with_path:
+        raise ValueError("params holds no arrays: pass the pytree of parameter arrays the loss depends on.")
+    names, shapes, dtypes = [], [], set()
+    for path, leaf in with_path:
+        name = jax.tree_util.keystr(path) or "<root>"
+        if not _is_array(leaf):
+            raise TypeError(f"params leaf {name} is a {type(leaf).__name__}, not an array; parameters must be "
+                            "jax or numpy arrays (wrap scalars with jnp.asarray(..., dtype=...)).")
+        dt = np.dtype(leaf.dtype)
+        if dt.kind in "iub":
+            raise TypeError(f"params leaf {name} has integer dtype {dt}: a loss has no derivative with respect to "
+                            "integers. Keep integer state (step counters, indices) out of params and close over it "
+                            "in loss_fn, or cast the leaf to a float dtype.")
+        if dt not in _FLOATS:
+            raise TypeError(f"params leaf {name} has dtype {dt}; hessop supports float32 and float64 parameters "
+                            "(half precision products are too inexact for eigensolvers; complex is not a real "
+                            "Hessian).")
+        names.append(name)
+        shapes.append(tuple(int(s) for s in leaf.shape))
+        dtypes.add(dt)
+    if len(dtypes) > 1:
+        raise TypeError(f"params mixes dtypes {sorted(map(str, dtypes))}; cast every leaf to one dtype, e.g. "
+                        "jax.tree_util.tree_map(lambda p: p.astype(jnp.float64), params).")
+    return dtypes.pop(), names, shapes
+
+
+class _Static:
+    """A loss function as a static jit argument: equal (same compiled code) exactly when it is the same object.
+    Hashing by identity also admits callables that are not hashable themselves (bound methods of dataclasses)."""
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn: Callable) -> None:
+        self.fn = fn
+
+    def __hash__(self) -> int:
+        return id(self.fn)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Static) and other.fn is self.fn
+
+
+def _unflatten(theta: jax.Array, layout: tuple) -> Any:
+    """Flat vector -> parameter pytree (the inverse of ``ravel_pytree`` for one dtype), traceable."""
+    treedef, shapes = layout[0], layout[1]
+    leaves, start = [], 0
+    for shape in shapes:
+        size = int(np.prod(shape, dtype=np.int64))
+        leaves.append(jnp.reshape(theta[start: start + size], shape))
+        start += size
+    return jax.tree_util.tree_unflatten(treedef, leaves)
+
+
+def _flat_loss(theta: jax.Array, batch: Any, fn: _Static, layout: tuple) -> jax.Array:
+    return jnp.reshape(fn.fn(_unflatten(theta, layout), batch), ())
+
+
+def _hvp_one(theta: jax.Array, batch: Any, v: jax.Array, fn: _Static, layout: tuple) -> jax.Array:
+    """Forward-over-reverse: the derivative of ``grad L_b`` at ``theta`` in direction ``v``."""
+    grad = jax.grad(_flat_loss)
+    return jax.jvp(lambda t: grad(t, batch, fn, layout), (theta,), (v,))[1]
+
+
+# Compiled once per (loss function, parameter layout, batch shapes) and shared by every operator built from the
+# same loss: rebuilding an operator at a new theta (e.g. along training) reuses the compiled code.
+@functools.partial(jax.jit, static_argnames=("fn", "layout"))
+def _raw_loss_jit(theta: jax.Array, batch: Any, *, fn: _Static, layout: tuple) -> Any:
+    """The loss as the user wrote it (any output), traced only through ``jax.eval_shape`` to check that output."""
+    return fn.fn(_unflatten(theta, layout), batch)
+
+
+@functools.partial(jax.jit, static_argnames=("fn", "layout"))
+def _loss_jit(theta: jax.Array, batch: Any, *, fn: _Static, layout: tuple) -> jax.Array:
+    return _flat_loss(theta, batch, fn, layout)
+
+
+def _hvp_cols(theta: jax.Array, batch: Any, V: jax.Array, fn: _Static, layout: tuple) -> jax.Array:
+    return jax.vmap(_hvp_one, in_axes=(None, None, 1, None, None), out_axes=1)(theta, batch, V, fn, layout)
+
+
+# The first batch of a product starts the sum (no zero vector to dispatch); the others add to it.
+@functools.partial(jax.jit, static_argnames=("fn", "layout"))
+def _hvp_first_jit(theta: jax.Array, batch: Any, v: jax.Array, w: Any, *, fn: _Static, layout: tuple) -> jax.Array:
+    return (w * _hvp_one(theta, batch, v, fn, layout)).astype(v.dtype)
+
+
+@functools.partial(jax.jit, static_argnames=("fn", "layout"))
+def _hvp_acc_jit(acc: jax.Array, theta: jax.Array, batch: Any, v: jax.Array, w: Any, *, fn: _Static,
+                 layout: tuple) -> jax.Array:
+    return acc + (w * _hvp_one(theta, batch, v, fn, layout)).astype(acc.dtype)
+
+
+@functools.partial(jax.jit, static_argnames=("fn", "layout"))
+def _hvp_block_first_jit(theta: jax.Array, batch: Any, V: jax.Array, w: Any, *, fn: _Static,
+                         layout: tuple) -> jax.Array:
+    return (w * _hvp_cols(theta, batch, V, fn, layout)).astype(V.dtype)
+
+
+@functools.partial(jax.jit, static_argnames=("fn", "layout"))
+def _hvp_block_acc_jit(acc: jax.Array, theta: jax.Array, batch: Any, V: jax.Array, w: Any, *, fn: _Static,
+                       layout: tuple) -> jax.Array:
+    return acc + (w * _hvp_cols(theta, batch, V, fn, layout)).astype(acc.dtype)
+
+
+class JaxBackend(Backend):
+    """Hessian of ``loss_fn(params, batch)`` over ``data`` with respect to every leaf of ``params``.
+
+    Parameters
+    ----------
+    loss_fn : callable
+        ``loss_fn(params, batch) -> scalar`` (a 0-d float array), a pure JAX function of a pytree shaped like
+        ``params`` and of one batch.  Anything else it needs (model definition, frozen state, rngs) it closes
+        over; a loss that draws fresh randomness per call makes ``H v`` random and is refused by the check below.
+    params : pytree
+        The point ``theta``: nested dicts / lists / tuples (flax, equinox, haiku style) of float32 or float64 jax
+        or numpy arrays, all of one dtype.  The Hessian is taken with respect to all of them (pass only the subtree
+        you want and close over the rest in ``loss_fn`` for a diagonal block).
+    data :
+        One batch (an array, a dict, or a tuple / list of arrays such as ``(x, y)``) or a re-iterable of batches
+        (a list of such batches, a loader object that can be iterated many times).  All batches must share one
+        pytree structure.  A one-shot iterator or generator is refused (the data are traversed once per product).
+        Batches held as numpy arrays are copied to the device at every product; hold them as jax arrays
+        (``jax.device_put``) when they fit on the device.
+    reduction : {"mean", "sum"}
+        What ``loss_fn`` does over a batch.  ``"mean"``: the Hessian of the mean loss over all N samples,
+        ``H = sum_b (|b| / N) H_b`` (batches may differ in size).  ``"sum"``: ``H = sum_b H_b``.
+    check_deterministic : bool
+        At construction, compare the total loss over two passes and two products of one vector, and refuse data
+        or losses that make ``H v`` random (a loader that changes the samples, augmentation, a fresh rng per
+        call).  Costs two loss passes and two products.  Default True.
+    batch_size : callable, optional
+        ``batch_size(batch) -> int`` for the weights; default: the leading dimension of the batch's first leaf.
+
+    Attributes
+    ----------
+    n, dtype, n_samples, reduction, device, names (leaf key paths), shapes, sizes, offsets (into the flat vector).
+    """
+
+    name = "jax"
+
+    def __init__(
+        self,
+        loss_fn: Callable[[Any, Any], Any],
+        params: Any,
+        data: Any,
+        *,
+        reduction: str = "mean",
+        check_deterministic: bool = True,
+        batch_size: Callable[[Any], int] | None = None,
+    ) -> None:
+        if not callable(loss_fn):
+            raise TypeError(f"loss_fn must be callable as loss_fn(params, batch), got {type(loss_fn).__name__}")
+        if reduction not in ("mean", "sum"):
+            raise ValueError(f"reduction must be 'mean' or 'sum' (what loss_fn does over a batch), got {reduction!r}")
+        if batch_size is not None and not callable(batch_size):
+            raise TypeError(f"batch_size must be a callable batch -> int, got {type(batch_size).__name__}")
+        self.loss_fn, self.reduction, self._batch_size = loss_fn, reduction, batch_size
+
+        # ---- parameters: one dtype, x64 respected, flattened once
+        self.dtype, self.names, self.shapes = _leaves_dtype(params)
+        if self.dtype == np.float64 and not x64_enabled():
+            raise TypeError(_x64_message("the parameters are"))
+        self.jax_dtype = jnp.dtype(self.dtype)
+        self.sizes = [int(np.prod(s, dtype=np.int64)) for s in self.shapes]
+        self.offsets = np.concatenate([[0], np.cumsum(self.sizes)]).astype(int).tolist()
+        self.n = int(self.offsets[-1])
+        if self.n == 0:
+            raise ValueError("params holds only empty arrays: there is no Hessian to take.")
+        leaves = jax.tree_util.tree_leaves(params)
+        on_device = [leaf for leaf in leaves if isinstance(leaf, jax.Array)]
+        self.device = next(iter(on_device[0].devices())) if on_device else jax.devices()[0]
+        self.treedef = jax.tree_util.tree_structure(params)
+        self._layout = (self.treedef, tuple(self.shapes), self.dtype.str)
+        theta, _ = ravel_pytree(jax.tree_util.tree_map(lambda p: jnp.asarray(p, self.jax_dtype), params))
+        self.theta = jax.device_put(theta, self.device)
+
+        # ---- data: one batch or a re-iterable of batches of one structure
+        if _is_single_batch(data):
+            data = [data]
+        elif not isinstance(data, Iterable):
+            raise TypeError(f"data must be a batch or a re-iterable of batches, got {type(data).__name__}")
+        elif iter(data) is data:
+            raise TypeError(
+                "data is a one-shot iterator or generator: hessop traverses the data once per Hessian-vector "
+                "product, so it needs a re-iterable (a list of batches, a loader object). Wrap it with list(...)."
+            )
+        self.data = data
+
+        # ---- the compiled functions, built once and reused for every product
+        self._jit = self._compile()
+
+        sizes, first = self._scan_data()
+        self.n_samples = sum(sizes)
+        if self.n_samples <= 0:
+            raise ValueError("data holds no samples.")
+        self._check_loss_output(first)
+
+        if check_deterministic:
+            total1, n1 = self._loss_pass()
+            total2, n2 = self._loss_pass()
+            self._check_same("total loss", total1, total2, n1 != self.n_samples or n2 != self.n_samples)
+            rng = np.random.default_rng(12345)
+            v = self.asarray(rng.standard_normal(self.n))
+            h1, h2 = self.hvp(v), self.hvp(v)
+            norms = np.asarray(jax.device_get(jnp.stack([jnp.linalg.norm(h1), jnp.linalg.norm(h1 - h2)])))
+            if not np.all(np.isfinite(norms)):
+                raise ValueError("the Hessian-vector product is NaN or Inf at these parameters; check the loss.")
+            self._check_same("Hessian-vector product of one vector (relative difference)", 0.0,
+                             float(norms[1]) / max(float(norms[0]), 1e-300), False)
+
+    # ------------------------------------------------------------------ compiled pieces
+    def _compile(self) -> dict[str, Callable]:
+        static = {"fn": _Static(self.loss_fn), "layout": self._layout}
+        jitted = {"loss": _loss_jit, "first": _hvp_first_jit, "acc": _hvp_acc_jit,
+                  "block_first": _hvp_block_first_jit, "block_acc": _hvp_block_acc_jit}
+        return {name: functools.partial(f, **static) for name, f in jitted.items()}
+
+    # ------------------------------------------------------------------ data
+    def _batches(self) -> Iterator[Any]:
+        empty = True
+        for batch in self.data:
+            empty = False
+            yield batch
+        if empty:
+            raise ValueError("data is empty: it yielded no batch.")
+
+    def _size(self, batch: Any) -> int:
+        if self._batch_size is not None:
+            size = self._batch_size(batch)
+            if isinstance(size, bool) or not isinstance(size, (int, np.integer)):
+                raise TypeError(f"batch_size(batch) must return an int, got {type(size).__name__}")
+            return int(size)
+        leaves = jax.tree_util.tree_leaves(batch)
+        first = leaves[0] if leaves else None
+        if first is None or not hasattr(first, "shape") or len(first.shape) == 0:
+            raise ValueError("cannot tell the batch size: pass batch_size=callable(batch) -> int, or batches whose "
+                             "first leaf has the samples along axis 0.")
+        return int(first.shape[0])
+
+    def _scan_data(self) -> tuple[list[int], Any]:
+        """One pass over the data without computing: batch sizes, and one structure for every batch."""
+        sizes, first, ref = [], None, None
+        for i, batch in enumerate(self._batches()):
+            tdef = jax.tree_util.tree_structure(batch)
+            if ref is None:
+                ref, first = tdef, batch
+            elif tdef != ref:
+                raise ValueError(
+                    f"data batches have mixed structure: batch {i} is {tdef} but batch 0 is {ref}. Every batch "
+                    "must be the same pytree (e.g. all (inputs, targets)). If data is a single batch of nested "
+                    "structure, wrap it in a list: data=[batch]."
+                )
+            size = self._size(batch)
+            if size <= 0:
+                raise ValueError(f"batch {i} holds no samples.")
+            sizes.append(size)
+        return sizes, first
+
+    def _check_loss_output(self, batch: Any) -> None:
+        static = {"fn": _Static(self.loss_fn), "layout": self._layout}
+        out = jax.eval_shape(functools.partial(_raw_loss_jit, **static), self.theta, batch)
+        if not isinstance(out, jax.ShapeDtypeStruct):
+            raise TypeError(f"loss_fn returned {type(out).__name__}, expected one scalar array. If it returns "
+                            "(loss, aux), pass lambda p, b: loss_fn(p, b)[0].")
+        if int(np.prod(out.shape, dtype=np.int64)) != 1:
+            raise ValueError(
+                f"loss_fn returned an array of shape {tuple(out.shape)}, not a scalar: reduce it over the batch "
+                "(e.g. jnp.mean) and tell hessop which reduction with reduction='mean' or 'sum'."
+            )
+        if not jnp.issubdtype(out.dtype, jnp.floating):
+            raise TypeError(f"loss_fn returned a {out.dtype} array; the loss must be a real floating-point scalar.")
+
+    def _weights(self) -> Iterator[tuple[Any, float]]:
+        for batch in self._batches():
+            yield batch, (self._size(batch) / self.n_samples if self.reduction == "mean" else 1.0)
+
+    def _loss_pass(self) -> tuple[float, int]:
+        sizes_losses = [(self._size(b), float(self._jit["loss"](self.theta, b))) for b in self._batches()]
+        count = sum(s for s, _ in sizes_losses)
+        total = sum((s / count if self.reduction == "mean" else 1.0) * x for s, x in sizes_losses)
+        if not np.isfinite(total):
+            raise ValueError(f"the loss over the data is {total} at these parameters; check the data and loss.")
+        return total, count
+
+    def _check_same(self, what: str, a: float, b: float, count_changed: bool) -> None:
+        tol = float(np.sqrt(np.finfo(self.dtype).eps))
+        if count_changed or abs(a - b) > tol * max(abs(a), abs(b)) + (tol if a == 0 else 0.0):
+            raise ValueError(
+                f"H v is not deterministic: the {what} differs between two passes over the data ({a!r} vs {b!r}"
+                f"{', and the number of samples changed' if count_changed else ''}). Likely causes: a loss that "
+                "draws fresh randomness per call (dropout with a new key), random data augmentation, or a loader "
+                "that does not visit every sample exactly once per pass. Shuffling alone is fine. If you know the "
+                "cause is harmless, pass check_deterministic=False."
+            )
+
+    # ------------------------------------------------------------------ products
+    def _check_native(self, x: Any) -> None:
+        if not isinstance(x, jax.Array):
+            raise TypeError(f"the jax backend takes jax arrays, got {type(x).__name__} "
+                            "(use H.asarray(x) to move a NumPy array in).")
+        if np.dtype(x.dtype) != self.dtype:
+            raise TypeError(f"vectors must be {self.dtype}, got {x.dtype} (use H.asarray(x)).")
+
+    def _product(self, v: jax.Array, first: Callable, acc: Callable) -> jax.Array:
+        self._check_native(v)
+        out = None
+        for batch, w in self._weights():
+            out = first(self.theta, batch, v, w) if out is None else acc(out, self.theta, batch, v, w)
+        return out
+
+    def hvp(self, v: jax.Array) -> jax.Array:
+        return self._product(v, self._jit["first"], self._jit["acc"])
+
+    def hvp_block(self, V: jax.Array) -> jax.Array:
+        return self._product(V, self._jit["block_first"], self._jit["block_acc"])
+
+    # ------------------------------------------------------------------ host transfers and layout
+    def asarray(self, x: np.ndarray) -> jax.Array:
+        x = np.asarray(x)
+        if x.dtype.kind == "c":
+            raise TypeError("the Hessian of a real loss is real; got a complex array")
+        out = jax.device_put(np.asarray(x, dtype=self.dtype), self.device)
+        if np.dtype(out.dtype) != self.dtype:
+            raise TypeError(_x64_message("this operator is"))
+        return out
+
+    def to_numpy(self, x: jax.Array) -> np.ndarray:
+        return np.array(jax.device_get(x))
+
+    def unflatten(self, v: Any) -> Any:
+        """A flat vector (native or NumPy, shape (n,)) as a pytree shaped like ``params`` (jax arrays), e.g. an
+        eigenvector ``result.eigenvectors[:, 0]`` as per-parameter directions."""
+        if tuple(getattr(v, "shape", ())) != (self.n,):
+            raise ValueError(f"unflatten expects a flat vector of shape ({self.n},), got {tuple(np.shape(v))}; "
+                             "for an (n, k) block unflatten each column.")
+        if not isinstance(v, jax.Array):
+            v = self.asarray(v)
+        return _unflatten(v.astype(self.jax_dtype), self._layout)
+
+    def flatten(self, tree: Any) -> jax.Array:
+        """A pytree shaped like ``params`` as a flat native vector (the inverse of :meth:`unflatten`)."""
+        if jax.tree_util.tree_structure(tree) != self.treedef:
+            raise ValueError(f"flatten expects a pytree shaped like params ({self.treedef}), got "
+                             f"{jax.tree_util.tree_structure(tree)}")
+        shapes = [tuple(np.shape(x)) for x in jax.tree_util.tree_leaves(tree)]
+        if shapes != self.shapes:
+            raise ValueError(f"flatten: leaf shapes {shapes} differ from the parameters' {self.shapes}")
+        flat, _ = ravel_pytree(jax.tree_util.tree_map(lambda x: jnp.asarray(x, self.jax_dtype), tree))
+        return jax.device_put(flat, self.device)
+
+    def describe(self) -> str:
+        return (f"jax ({self.device}, {len(self.shapes)} parameter arrays, {self.n_samples} samples, "
+                f"reduction={self.reduction!r})")
