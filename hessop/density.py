@@ -98,7 +98,8 @@ class SpectralDensity:
         Parameters
         ----------
         grid : None, int or array
-            None: 10,000 points over :meth:`support`; an int: that many points over it; an array: those points.
+            None: 10,000 points over :meth:`support`; an int: that many points over it; an increasing array: those
+            points.
         variance : float, optional
             Kernel variance (not standard deviation); default :meth:`default_variance`.
         normalize : bool
@@ -113,9 +114,9 @@ class SpectralDensity:
             grid = np.linspace(*self.support(), points)
         else:
             grid = np.asarray(grid, dtype=np.float64)
-            if grid.ndim != 1 or grid.size < 2 or not np.all(np.isfinite(grid)):
-                raise ValueError("grid must be None, a number of points, or a 1-D array of at least 2 finite values")
-        sorted_grid = bool(np.all(np.diff(grid) >= 0))
+            if grid.ndim != 1 or grid.size < 2 or not np.all(np.isfinite(grid)) or np.any(np.diff(grid) <= 0):
+                raise ValueError("grid must be None, a number of points, or an increasing 1-D array of at least 2 "
+                                 "finite values")
         if variance is None:
             variance = self.default_variance()
         variance = float(variance)
@@ -129,7 +130,7 @@ class SpectralDensity:
             for start in range(0, theta.size, NODE_CHUNK):
                 t, wc = theta[start: start + NODE_CHUNK], w[start: start + NODE_CHUNK]
                 # grid points within reach of this chunk's nodes (the kernel is below 1e-17 of its peak beyond)
-                i0, i1 = np.searchsorted(grid, [t[0] - reach, t[-1] + reach]) if sorted_grid else (0, grid.size)
+                i0, i1 = np.searchsorted(grid, [t[0] - reach, t[-1] + reach])
                 z = (grid[i0:i1, None] - t[None, :]) ** 2 / (2 * variance)
                 values[i0:i1] += np.exp(-z) @ wc
         values /= self.n_vectors * math.sqrt(2 * math.pi * variance)

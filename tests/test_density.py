@@ -260,6 +260,8 @@ def test_bad_density_arguments_raise():
         sd.density(variance=-1.0)
     with pytest.raises(ValueError, match="grid must be"):
         sd.density(grid=np.zeros((3, 3)))
+    with pytest.raises(ValueError, match="increasing"):
+        sd.density(grid=np.array([3.0, 2.0, 1.0]))
     with pytest.raises(ValueError, match="misses the spectrum"):
         sd.density(grid=np.linspace(1e4, 1e4 + 1, 10))
     with pytest.raises(ValueError, match="elementwise"):
