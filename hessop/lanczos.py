@@ -71,11 +71,15 @@ class Krylov:
         self.Q = set_column(self.Q, 0, v0 / nrm)
         self._eps = float(np.finfo(op.dtype).eps)
 
-    def step(self) -> float:
-        """One Lanczos step: ``w = H q_j``, two block Gram-Schmidt passes, ``alpha``, ``beta``.  Returns beta."""
+    def step(self, w: Any = None) -> float:
+        """One Lanczos step: ``w = H q_j``, two block Gram-Schmidt passes, ``alpha``, ``beta``.  Returns beta.
+
+        ``w``, if given, is the product ``H q_j`` already computed by the caller (several Krylov runs advanced in
+        lockstep share one block product ``H [q_j^(1) .. q_j^(b)]``); it is then not counted again."""
         xp, j = self.xp, self.j
         B = self.Q  # fixed shape; the columns past j are zero
-        w = self.op.hvp(self.Q[:, j])
+        if w is None:
+            w = self.op.hvp(self.Q[:, j])
         h1 = B.T @ w
         w = w - B @ h1
         h2 = B.T @ w

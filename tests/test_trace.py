@@ -1,0 +1,332 @@
+"""Trace and diagonal estimators against exact answers: prescribed spectra and the small network's dense Hessian.
+
+The 50-seed statistics on the network run on its dense float64 Hessian (from the ``torch_problem`` fixture, computed
+independently of hessop's products); ``test_torch_operator_gives_the_dense_answers`` shows that the PyTorch
+operator gives the same samples for the same seed (probes are host-drawn), so the statistics hold for it too
+without spending thousands of network products.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+import scipy.linalg
+
+import hessop
+from hessop._array import make_rng
+from hessop._probes import draw
+from hessop.testing import flat_spectrum, matrix_with_spectrum, outlier_spectrum
+
+SEEDS = range(50)
+
+
+# ---------------------------------------------------------------------------------------------------- problems
+@pytest.fixture(scope="module")
+def flat():
+    lam = flat_spectrum(400, seed=3)
+    return matrix_with_spectrum(lam, seed=4), float(lam.sum())
+
+
+@pytest.fixture(scope="module")
+def outlier():
+    lam = outlier_spectrum(400, seed=3)
+    return matrix_with_spectrum(lam, seed=4), float(lam.sum())
+
+
+@pytest.fixture(scope="module")
+def outlier_small():
+    """n = 200: rtol=0.01 needs ~10^4 samples on this spectrum; a small n keeps 50 such runs cheap."""
+    lam = outlier_spectrum(200, seed=5)
+    return matrix_with_spectrum(lam, seed=6), float(lam.sum())
+
+
+@pytest.fixture(scope="module")
+def network(torch_problem):
+    A = torch_problem["hessian"]
+    return A, float(np.trace(A))
+
+
+@pytest.fixture(scope="module")
+def torch_op(torch_problem):
+    p = torch_problem
+    return hessop.HessianOperator.from_torch(p["model"], p["loss_fn"], (p["x"], p["y"]))
+
+
+def counting_operator(A: np.ndarray):
+    """Operator whose single-vector product refuses to run: every product must come through ``hvp_block``."""
+    calls = []
+
+    def single(v):
+        raise AssertionError("a single-vector product was used where a block product was expected")
+
+    def block(V):
+        calls.append(V.shape[1])
+        return A @ V
+
+    return hessop.HessianOperator.from_function(single, A.shape[0], hvp_block=block), calls
+
+
+# ---------------------------------------------------------------------------------------------------- Hutchinson
+@pytest.mark.parametrize("name, n_samples", [("flat", 100), ("outlier", 100), ("network", 50)])
+def test_hutchinson_within_two_standard_errors(request, name, n_samples):
+    A, tr = request.getfixturevalue(name)
+    hits = 0
+    for seed in SEEDS:
+        r = hessop.hutchinson(A, n_samples=n_samples, seed=seed)
+        assert r.n_hvp == n_samples and r.samples.shape == (n_samples,) and r.converged
+        assert r.estimate == pytest.approx(np.mean(r.samples))
+        hits += abs(r.estimate - tr) <= 2 * r.std_error
+    assert hits >= 0.85 * len(SEEDS), f"{hits}/50 seeds within 2 standard errors"
+
+
+def test_hutchinson_gaussian_probes_within_two_standard_errors(flat):
+    A, tr = flat
+    results = [hessop.hutchinson(A, n_samples=100, seed=s, distribution="gaussian") for s in SEEDS]
+    assert sum(abs(r.estimate - tr) <= 2 * r.std_error for r in results) >= 0.85 * len(SEEDS)
+    assert results[0].method == "hutchinson(gaussian)"
+    # Gaussian probes have variance 2 ||A||_F^2, Rademacher 2 (||A||_F^2 - sum A_ii^2): visibly larger here
+    assert np.var(results[0].samples) > 2 * np.var(hessop.hutchinson(A, n_samples=100).samples)
+
+
+@pytest.mark.parametrize("name, rtol", [("flat", 0.01), ("outlier_small", 0.01), ("network", 0.1)])
+def test_rtol_stops_with_small_true_error(request, name, rtol):
+    """rtol stops when the 95% half-width is below rtol * |estimate|: the true error is then below 2 rtol in at
+    least 90% of seeds.  On the network rtol=0.1: its Rademacher variance 2(||H||_F^2 - sum H_ii^2) = 58.7 against
+    tr H = 14.0 needs ~11,500 samples per run at rtol=0.01 (more than max_samples), too many for 50 runs here."""
+    A, tr = request.getfixturevalue(name)
+    good = 0
+    for seed in SEEDS:
+        r = hessop.hutchinson(A, rtol=rtol, max_samples=20_000, block_size=64, seed=seed)
+        assert r.converged
+        lo, hi = r.interval(0.95)
+        assert (hi - lo) / 2 <= rtol * abs(r.estimate) * (1 + 1e-12)
+        good += abs(r.estimate - tr) < 2 * rtol * abs(tr)
+    assert good >= 0.9 * len(SEEDS), f"{good}/50 seeds with true error below {2 * rtol}"
+
+
+def test_rtol_reports_failure_to_converge(outlier):
+    A, _ = outlier
+    with pytest.warns(RuntimeWarning, match="did not reach rtol"):
+        r = hessop.hutchinson(A, rtol=1e-4, max_samples=64)
+    assert not r.converged and r.n_hvp == 64 and r.n_samples == 64
+
+
+def test_rtol_needs_no_more_than_it_must():
+    """A diagonal matrix has zero Rademacher variance: rtol is met at the first check (10 samples, first block)."""
+    A = np.diag(np.linspace(1.0, 2.0, 50))
+    r = hessop.hutchinson(A, rtol=1e-6, block_size=16)
+    assert r.converged and r.n_hvp == 16 and r.std_error == 0.0
+    assert r.estimate == pytest.approx(np.trace(A), rel=1e-14)
+
+
+def test_block_size_does_not_change_probes(outlier):
+    A, _ = outlier
+    a = hessop.hutchinson(A, n_samples=40, block_size=7, seed=3)
+    b = hessop.hutchinson(A, n_samples=40, block_size=40, seed=3)
+    np.testing.assert_allclose(a.samples, b.samples, rtol=1e-12)
+    assert a.estimate == pytest.approx(b.estimate, rel=1e-12)
+
+
+def test_probes_go_through_block_products(outlier):
+    A, _ = outlier
+    op, calls = counting_operator(A)
+    r = hessop.hutchinson(op, n_samples=40, block_size=16)
+    assert calls == [16, 16, 8] and r.n_hvp == 40 == op.n_hvp
+    calls.clear()
+    hessop.hutchpp(op, 30)
+    assert calls == [10, 10, 10]
+    calls.clear()
+    hessop.xtrace(op, 30)
+    assert calls == [15, 15]
+    calls.clear()
+    hessop.diagonal(op, 20, block_size=16)
+    assert calls == [16, 4]
+
+
+def test_interval_uses_student_t():
+    r = hessop.hutchinson(np.diag([1.0, -3.0, 2.0, 5.0]) + 0.1, n_samples=5)
+    lo, hi = r.interval(0.95)
+    assert (hi - lo) / 2 == pytest.approx(2.776445105 * r.std_error, rel=1e-8)  # t_{0.975, 4}
+    single = hessop.hutchinson(np.eye(3) + 0.1, n_samples=1)
+    assert math.isnan(single.std_error) and single.interval() == (-math.inf, math.inf)
+    assert "hutchinson" in repr(r) and "std_error" in repr(r)
+
+
+# ---------------------------------------------------------------------------------------------------- Hutch++ / XTrace
+def test_xtrace_and_hutchpp_beat_hutchinson_on_outliers(outlier):
+    A, tr = outlier
+    err = {name: np.median([abs(f(A, s).estimate - tr) for s in SEEDS]) for name, f in [
+        ("hutchinson", lambda A, s: hessop.hutchinson(A, n_samples=100, seed=s)),
+        ("hutchpp", lambda A, s: hessop.hutchpp(A, 100, seed=s)),
+        ("xtrace", lambda A, s: hessop.xtrace(A, 100, seed=s)),
+    ]}
+    assert err["hutchpp"] * 3 <= err["hutchinson"], err
+    assert err["xtrace"] * 3 <= err["hutchinson"], err
+
+
+@pytest.mark.parametrize("method", ["hutchpp", "xtrace"])
+@pytest.mark.parametrize("name", ["flat", "outlier"])
+def test_error_estimates_are_calibrated(request, method, name):
+    """Unbiased over 50 seeds, and the reported standard error is the size of the actual error (within 1.5x)."""
+    A, tr = request.getfixturevalue(name)
+    f = getattr(hessop, method)
+    rs = [f(A, 100, seed=s) for s in SEEDS]
+    err = np.array([r.estimate - tr for r in rs])
+    assert all(r.n_hvp == 100 for r in rs)
+    assert abs(err.mean()) <= 3 * err.std(ddof=1) / math.sqrt(len(err))
+    ratio = math.sqrt(np.mean([r.std_error**2 for r in rs])) / math.sqrt(np.mean(err**2))
+    assert 1 / 1.5 <= ratio <= 1.5, ratio
+
+
+def test_hutchpp_matches_its_definition():
+    """Recompute Hutch++ from its definition with the same host-drawn probes."""
+    A = matrix_with_spectrum(outlier_spectrum(60, n_outliers=4, n_negative=1, seed=2), seed=3)
+    r = hessop.hutchpp(A, 20, seed=7)  # s = 6 sketch vectors, g = 8 residual probes
+    rng = make_rng(7)
+    S, G = draw(rng, 60, 6), draw(rng, 60, 8)
+    Q = np.linalg.qr(A @ S)[0]
+    Gp = G - Q @ (Q.T @ G)
+    resid = np.einsum("ij,ij->j", Gp, A @ Gp)
+    np.testing.assert_allclose(r.samples, resid, rtol=1e-10, atol=1e-10)
+    assert r.estimate == pytest.approx(np.trace(Q.T @ A @ Q) + resid.mean(), rel=1e-12)
+    assert r.std_error == pytest.approx(resid.std(ddof=1) / math.sqrt(8), rel=1e-10)
+
+
+def test_xtrace_matches_its_definition():
+    """Every leave-one-out sample recomputed with explicit projectors from the same host-drawn probes."""
+    n, m = 50, 6
+    A = matrix_with_spectrum(outlier_spectrum(n, n_outliers=4, n_negative=1, seed=2), seed=3)
+    r = hessop.xtrace(A, 2 * m, seed=11)
+    Om = draw(make_rng(11), n, m, "gaussian")
+    expect = []
+    for i in range(m):
+        Qi = np.linalg.qr(A @ np.delete(Om, i, axis=1))[0]
+        P = Qi @ Qi.T
+        u = Om[:, i] - P @ Om[:, i]
+        expect.append(np.trace(P @ A) + (n - m + 1) * (u @ A @ u) / (u @ u))
+    np.testing.assert_allclose(r.samples, expect, rtol=1e-9)
+    assert r.estimate == pytest.approx(np.mean(expect), rel=1e-10)
+    assert r.std_error == pytest.approx(np.std(expect, ddof=1) / math.sqrt(m), rel=1e-8)
+
+
+def test_hutchpp_is_exact_for_low_rank():
+    rng = np.random.default_rng(0)
+    U = np.linalg.qr(rng.standard_normal((100, 5)))[0]
+    A = (U * np.array([9.0, 4.0, -2.0, 1.0, 0.5])) @ U.T
+    r = hessop.hutchpp(A, 30)
+    assert r.estimate == pytest.approx(12.5, abs=1e-10)
+    assert r.std_error < 1e-10
+
+
+def test_xtrace_refuses_rank_deficient_operator():
+    rng = np.random.default_rng(0)
+    U = np.linalg.qr(rng.standard_normal((100, 3)))[0]
+    with pytest.raises(ValueError, match="rank.*hutchpp"):
+        hessop.xtrace((U * np.array([3.0, 2.0, 1.0])) @ U.T, 20)
+
+
+# ---------------------------------------------------------------------------------------------------- diagonal
+@pytest.mark.parametrize("name", ["outlier", "network"])
+def test_diagonal_within_two_standard_errors(request, name):
+    A, _ = request.getfixturevalue(name)
+    d = hessop.diagonal(A, 100, seed=1)
+    assert d.n_hvp == 100 and d.n_samples == 100 and d.per_parameter is None
+    err = np.abs(d.diagonal - np.diag(A))
+    assert np.mean(err <= 2 * d.std_error) >= 0.9
+    # the standard error is the size of the error, not a loose bound
+    assert 0.7 <= np.sqrt(np.mean(err**2) / np.mean(d.std_error**2)) <= 1.3
+
+
+def test_diagonal_of_diagonal_matrix_is_exact():
+    A = np.diag(np.linspace(-1.0, 3.0, 30))
+    d = hessop.diagonal(A, 3, block_size=2)
+    np.testing.assert_allclose(d.diagonal, np.diag(A), rtol=1e-15)
+    np.testing.assert_allclose(d.std_error, 0.0, atol=1e-15)
+
+
+def test_diagonal_blocks_agree_with_one_pass(outlier):
+    A, _ = outlier
+    a = hessop.diagonal(A, 37, block_size=5, seed=2)
+    b = hessop.diagonal(A, 37, block_size=37, seed=2)
+    np.testing.assert_allclose(a.diagonal, b.diagonal, rtol=1e-11, atol=1e-12)
+    np.testing.assert_allclose(a.std_error, b.std_error, rtol=1e-9)
+
+
+# ---------------------------------------------------------------------------------------------------- PyTorch
+def test_torch_operator_gives_the_dense_answers(torch_op, network, torch_problem):
+    """Same seed, same probes: the network operator's samples equal those of its dense Hessian to rounding, and
+    the diagonal comes back split per parameter."""
+    torch = pytest.importorskip("torch")
+    A, tr = network
+    before = torch_op.n_hvp
+    pairs = [
+        (hessop.hutchinson(torch_op, n_samples=24, seed=5).samples, hessop.hutchinson(A, n_samples=24, seed=5).samples),
+        (hessop.hutchpp(torch_op, 24, seed=5).samples, hessop.hutchpp(A, 24, seed=5).samples),
+        (hessop.xtrace(torch_op, 24, seed=5).samples, hessop.xtrace(A, 24, seed=5).samples),
+    ]
+    for got, want in pairs:
+        np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-9 * np.abs(want).max())
+    d = hessop.diagonal(torch_op, 16, seed=5)
+    assert isinstance(d.diagonal, torch.Tensor) and isinstance(d.std_error, torch.Tensor)
+    np.testing.assert_allclose(d.diagonal.numpy(), hessop.diagonal(A, 16, seed=5).diagonal, atol=1e-12)
+    assert list(d.per_parameter) == torch_problem["names"]
+    for (name, piece), p in zip(d.per_parameter.items(), torch_problem["model"].parameters(), strict=True):
+        assert piece.shape == p.shape, name
+    flat = torch.cat([t.reshape(-1) for t in d.per_parameter.values()])
+    assert torch.equal(flat, d.diagonal)
+    assert torch_op.n_hvp - before == 24 + 24 + 24 + 16
+
+
+# ---------------------------------------------------------------------------------------------------- bad input
+def nan_operator(n=20):
+    def block(V):
+        out = V.copy()
+        out[3] = np.nan
+        return out
+
+    return hessop.HessianOperator.from_function(lambda v: block(v[:, None])[:, 0], n, hvp_block=block)
+
+
+@pytest.mark.parametrize("call", [
+    lambda H: hessop.hutchinson(H, n_samples=4),
+    lambda H: hessop.hutchinson(H, rtol=0.1),
+    lambda H: hessop.hutchpp(H, 9),
+    lambda H: hessop.xtrace(H, 8),
+    lambda H: hessop.diagonal(H, 4),
+])
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_non_finite_product_raises(call):
+    with pytest.raises(FloatingPointError, match="NaN or Inf"):
+        call(nan_operator())
+
+
+@pytest.mark.parametrize("call, error, match", [
+    (lambda A: hessop.hutchinson(A, n_samples=0), ValueError, "n_samples must be >= 1"),
+    (lambda A: hessop.hutchinson(A, n_samples=2.5), TypeError, "n_samples must be an integer"),
+    (lambda A: hessop.hutchinson(A), ValueError, "exactly one of n_samples"),
+    (lambda A: hessop.hutchinson(A, n_samples=5, rtol=0.1), ValueError, "exactly one of n_samples"),
+    (lambda A: hessop.hutchinson(A, rtol=0.0), ValueError, "rtol must be a positive"),
+    (lambda A: hessop.hutchinson(A, rtol=0.1, max_samples=3), ValueError, "max_samples must be >= 10"),
+    (lambda A: hessop.hutchinson(A, n_samples=5, distribution="uniform"), ValueError, "distribution must be one"),
+    (lambda A: hessop.hutchinson(A, n_samples=5, block_size=0), ValueError, "block_size must be >= 1"),
+    (lambda A: hessop.hutchpp(A, 3), ValueError, "n_hvp must be >= 4"),
+    (lambda A: hessop.hutchpp(A, 90), ValueError, "too large"),
+    (lambda A: hessop.xtrace(A, 3), ValueError, "n_hvp must be >= 4"),
+    (lambda A: hessop.xtrace(A, 60), ValueError, "too large"),
+    (lambda A: hessop.diagonal(A, 0), ValueError, "n_samples must be >= 1"),
+    (lambda A: hessop.hutchinson("not a matrix", n_samples=3), TypeError, "expected a HessianOperator"),
+])
+def test_bad_input_raises(call, error, match):
+    A = scipy.linalg.toeplitz(np.arange(30, 0, -1.0))
+    with pytest.raises(error, match=match):
+        call(A)
+
+
+def test_no_warning_for_fixed_budget(outlier):
+    A, _ = outlier
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        hessop.hutchinson(A, n_samples=3)
