@@ -68,15 +68,21 @@ class HessianOperator(LinearOperator):
         return cls(FunctionBackend(hvp, n, dtype, hvp_block))
 
     @classmethod
-    def from_torch(cls, model: Any, loss_fn: Callable, data: Any, **kwargs: Any) -> HessianOperator:
+    def from_torch(cls, model: Any, loss_fn: Callable, data: Any, *, comm: Any = None,
+                   **kwargs: Any) -> HessianOperator:
         """Hessian of a PyTorch model's loss over a data set; see :class:`hessop.backends.torch.TorchBackend`.
 
         ``HessianOperator.from_torch(model, loss_fn, data, *, params=None, reduction="mean",
-        loss_form="outputs", check_deterministic=True, batch_size=None)``
+        loss_form="outputs", check_deterministic=True, batch_size=None, comm=None)``
+
+        With ``comm`` (an mpi4py communicator) ``data`` is this rank's shard only and the operator is the Hessian
+        over the union of all ranks' data: see :func:`hessop.mpi.reduce_operator` (a collective call; an uncaught
+        exception on any rank then aborts the MPI job, see :func:`hessop.mpi.install_abort_hook`; to keep your own
+        ``sys.excepthook`` build the local operator and call ``reduce_operator(H, comm, abort_on_error=False)``).
         """
         from hessop.backends.torch import TorchBackend
 
-        return cls(TorchBackend(model, loss_fn, data, **kwargs))
+        return _build(lambda: cls(TorchBackend(model, loss_fn, data, **kwargs)), comm)
 
     # ------------------------------------------------------------------ native face
     @property
@@ -146,6 +152,20 @@ class HessianOperator(LinearOperator):
 
     def __repr__(self) -> str:
         return f"<{self.n}x{self.n} HessianOperator, dtype={self.dtype}, backend={self.backend.describe()}>"
+
+
+def _build(make: Callable[[], HessianOperator], comm: Any) -> HessianOperator:
+    """``make()`` without a communicator; with one, the local operator ``make()`` summed over ``comm`` (see
+    :func:`hessop.mpi.reduce_operator`).  Every constructor taking ``comm=`` ends with this call.  The abort hook is
+    installed before the local operator is built, so that an error while building it on one rank (bad data,
+    non-deterministic loss) aborts the job instead of leaving the other ranks waiting in the constructor's
+    collective."""
+    if comm is None:
+        return make()
+    from hessop.mpi import install_abort_hook, reduce_operator
+
+    install_abort_hook()
+    return reduce_operator(make(), comm)
 
 
 def as_operator(H: Any) -> HessianOperator:
