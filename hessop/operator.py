@@ -69,15 +69,21 @@ class HessianOperator(LinearOperator):
         return cls(FunctionBackend(hvp, n, dtype, hvp_block))
 
     @classmethod
-    def from_torch(cls, model: Any, loss_fn: Callable, data: Any, **kwargs: Any) -> HessianOperator:
+    def from_torch(cls, model: Any, loss_fn: Callable, data: Any, *, comm: Any = None,
+                   **kwargs: Any) -> HessianOperator:
         """Hessian of a PyTorch model's loss over a data set; see :class:`hessop.backends.torch.TorchBackend`.
 
         ``HessianOperator.from_torch(model, loss_fn, data, *, params=None, reduction="mean",
-        loss_form="outputs", check_deterministic=True, batch_size=None)``
+        loss_form="outputs", check_deterministic=True, batch_size=None, comm=None)``
+
+        With ``comm`` (an mpi4py communicator) ``data`` is this rank's shard only and the operator is the Hessian
+        over the union of all ranks' data: see :func:`hessop.mpi.reduce_operator` (a collective call; an uncaught
+        exception on any rank then aborts the MPI job, see :func:`hessop.mpi.install_abort_hook`; to keep your own
+        ``sys.excepthook`` build the local operator and call ``reduce_operator(H, comm, abort_on_error=False)``).
         """
         from hessop.backends.torch import TorchBackend
 
-        return cls(TorchBackend(model, loss_fn, data, **kwargs))
+        return _build(lambda: cls(TorchBackend(model, loss_fn, data, **kwargs)), comm)
 
     @classmethod
     def from_jax(
@@ -89,6 +95,7 @@ class HessianOperator(LinearOperator):
         reduction: str = "mean",
         check_deterministic: bool = True,
         batch_size: Callable[[Any], int] | None = None,
+        comm: Any = None,
     ) -> HessianOperator:
         """Hessian of a JAX loss ``loss_fn(params, batch) -> scalar`` over a data set, with respect to the pytree
         ``params``; see :class:`hessop.backends.jax.JaxBackend` for every argument.
@@ -104,6 +111,9 @@ class HessianOperator(LinearOperator):
         ``H.backend.unflatten(v)`` gives a flat vector (an eigenvector) back as a pytree shaped like ``params``.
         ``check_deterministic=True`` (default) compares two loss passes and two products at construction;
         ``batch_size`` (default: leading dimension of a batch's first leaf) sets the weights.
+
+        With ``comm`` (an mpi4py communicator) ``data`` is this rank's shard only and the operator is the Hessian
+        over the union of all ranks' data, reduced with one Allreduce per product (see :mod:`hessop.mpi`).
         """
         try:
             from hessop.backends.jax import JaxBackend
@@ -111,8 +121,8 @@ class HessianOperator(LinearOperator):
             if e.name is None or e.name.split(".")[0] not in ("jax", "jaxlib"):
                 raise
             raise ImportError("HessianOperator.from_jax needs JAX: pip install jax (or jax[cuda12] for a GPU).") from e
-        return cls(JaxBackend(loss_fn, params, data, reduction=reduction, check_deterministic=check_deterministic,
-                              batch_size=batch_size))
+        return _build(lambda: cls(JaxBackend(loss_fn, params, data, reduction=reduction,
+                                             check_deterministic=check_deterministic, batch_size=batch_size)), comm)
 
     @classmethod
     def from_cupy(
@@ -217,6 +227,20 @@ class HessianOperator(LinearOperator):
 
     def __repr__(self) -> str:
         return f"<{self.n}x{self.n} HessianOperator, dtype={self.dtype}, backend={self.backend.describe()}>"
+
+
+def _build(make: Callable[[], HessianOperator], comm: Any) -> HessianOperator:
+    """``make()`` without a communicator; with one, the local operator ``make()`` summed over ``comm`` (see
+    :func:`hessop.mpi.reduce_operator`).  Every constructor taking ``comm=`` ends with this call.  The abort hook is
+    installed before the local operator is built, so that an error while building it on one rank (bad data,
+    non-deterministic loss) aborts the job instead of leaving the other ranks waiting in the constructor's
+    collective."""
+    if comm is None:
+        return make()
+    from hessop.mpi import install_abort_hook, reduce_operator
+
+    install_abort_hook()
+    return reduce_operator(make(), comm)
 
 
 def as_operator(H: Any) -> HessianOperator:
