@@ -6,7 +6,6 @@ from __future__ import annotations
 import time
 
 from hessop.lanczos import lanczos
-from hessop.operator import HessianOperator
 from hessop.power import power_iteration
 from hessop.results import EigenResult
 
@@ -25,36 +24,10 @@ def run_demo(seconds: float = 2.0, seed: int = 0, tol: float = 1e-6, max_power_i
     """Train on ``samples`` digits (default all 1,797) for ``seconds``, build the Hessian of the mean loss over the
     first ``hessian_samples`` of them, run the four solves and print one table.  Returns a process exit code
     (0 when both Lanczos solves converged)."""
-    import torch
+    from hessop.backends.torch_models import demo_operator
 
-    from hessop.backends.torch_models import SmallResNet, digits
-
-    torch.manual_seed(seed)
-    x, y = digits(samples, dtype=torch.float64)
-    model = SmallResNet().double()
-    opt = torch.optim.Adam(model.parameters(), lr=0.01)
-    gen = torch.Generator().manual_seed(seed)
-    t0, steps = time.perf_counter(), 0
-    model.train()
-    while time.perf_counter() - t0 < seconds:
-        idx = torch.randint(0, len(x), (64,), generator=gen)
-        loss = torch.nn.functional.cross_entropy(model(x[idx]), y[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        steps += 1
-    model.eval()
-    for p in model.parameters():
-        p.grad = None
-    with torch.no_grad():
-        full = float(torch.nn.functional.cross_entropy(model(x), y))
-        acc = float((model(x).argmax(1) == y).double().mean())
-    xh, yh = x[:hessian_samples], y[:hessian_samples]
-    batches = [(xh[i: i + 256], yh[i: i + 256]) for i in range(0, len(xh), 256)]
-    H = HessianOperator.from_torch(model, torch.nn.CrossEntropyLoss(), batches)
-    print(f"hessop demo: SmallResNet ({H.n} parameters, float64) trained {steps} Adam steps in {seconds:g} s on "
-          f"{len(x)} digits; loss {full:.4f}, accuracy {acc:.3f}")
-    print(f"Hessian of the mean cross-entropy over {len(xh)} training digits, in {len(batches)} batches")
+    H, summary = demo_operator(seconds, seed, samples, hessian_samples)
+    print(summary)
     print(f"operator: {H!r}")
     print(f"tolerance: residual <= {tol:g} * |lambda|; power iteration capped at {max_power_iter} HVPs per pair\n")
 

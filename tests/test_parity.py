@@ -9,8 +9,6 @@ the same start vectors everywhere.  JAX's 64-bit mode is on only inside this mod
 
 from __future__ import annotations
 
-import contextlib
-
 import numpy as np
 import pytest
 
@@ -19,17 +17,12 @@ from hessop import HessianOperator
 
 torch = pytest.importorskip("torch")
 jax = pytest.importorskip("jax")
+from jax_x64 import enable_x64  # noqa: E402
+
 jnp = jax.numpy
 from jax.flatten_util import ravel_pytree  # noqa: E402
 
 SPLITS = (100, 200)  # batches of 100, 100 and 56 samples
-
-
-def enable_x64(on: bool = True) -> contextlib.AbstractContextManager:
-    ctx = getattr(jax, "enable_x64", None)
-    if ctx is None:  # pragma: no cover - older JAX
-        from jax.experimental import enable_x64 as ctx
-    return ctx(on)
 
 
 @pytest.fixture

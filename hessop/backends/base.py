@@ -53,3 +53,93 @@ class Backend(abc.ABC):
     def describe(self) -> str:
         """One line for ``repr``."""
         return self.name
+
+
+class DataBackend(Backend):
+    """Shared by backends whose Hessian is that of a loss summed over batches of data (PyTorch, JAX).
+
+    ``H = sum_b w_b H_b`` with ``w_b = |b| / N`` for ``reduction="mean"`` (each batch loss a mean; batches may
+    differ in size) and ``w_b = 1`` for ``"sum"``.  Subclasses supply ``_size(batch)``, ``_batch_loss(batch)``
+    (a host float) and the products; this class holds the data, the weights and the determinism check.
+    """
+
+    reduction: str
+    n_samples: int
+    _randomness_hint = "randomness in the loss (e.g. dropout)"
+
+    def _set_data(self, data: Any, single_batch: bool) -> None:
+        """Keep ``data`` (one batch, wrapped in a list, or a re-iterable of batches); refuse one-shot iterators."""
+        from collections.abc import Iterable
+
+        if single_batch:
+            data = [data]
+        elif not isinstance(data, Iterable):
+            raise TypeError(f"data must be a batch or a re-iterable of batches, got {type(data).__name__}")
+        elif iter(data) is data:
+            raise TypeError(
+                "data is a one-shot iterator or generator: hessop traverses the data once per Hessian-vector "
+                "product, so it needs a re-iterable (a list of batches, a DataLoader). Wrap it with list(...)."
+            )
+        self.data = data
+
+    def _batches(self) -> Any:
+        empty = True
+        for batch in self.data:
+            empty = False
+            yield batch
+        if empty:
+            raise ValueError("data is empty: it yielded no batch.")
+
+    def _size(self, batch: Any) -> int:
+        raise NotImplementedError
+
+    def _batch_loss(self, batch: Any) -> float:
+        raise NotImplementedError
+
+    def _weighted(self) -> Any:
+        """``(batch, w_b)`` for every batch of one pass."""
+        for batch in self._batches():
+            size = self._size(batch)
+            if size <= 0:
+                raise ValueError("a batch holds no samples.")
+            yield batch, (size / self.n_samples if self.reduction == "mean" else 1.0)
+
+    def _loss_pass(self) -> tuple[int, float]:
+        """(number of samples, total loss) over one pass."""
+        sizes_losses = [(self._size(b), self._batch_loss(b)) for b in self._batches()]
+        count = sum(s for s, _ in sizes_losses)
+        if count <= 0:
+            raise ValueError("data holds no samples.")
+        total = sum((s / count if self.reduction == "mean" else 1.0) * x for s, x in sizes_losses)
+        if not np.isfinite(total):
+            raise ValueError(f"the loss over the data is {total} at these parameters; check the data and model.")
+        return count, total
+
+    def _check_deterministic(self) -> None:
+        """Compare the total loss over two passes and two products of one vector; they must agree to sqrt(eps)
+        (only the summation order may differ, as with a shuffling loader).  Sets ``n_samples``."""
+        rtol = float(np.sqrt(np.finfo(self.dtype).eps))
+        self.n_samples, total1 = self._loss_pass()
+        n2, total2 = self._loss_pass()
+        if n2 != self.n_samples:
+            self._not_deterministic(f"number of samples ({self.n_samples} vs {n2})")
+        if abs(total1 - total2) > rtol * max(abs(total1), abs(total2)):
+            self._not_deterministic(f"total loss ({total1!r} vs {total2!r})")
+        xp = self.namespace
+        v = self.asarray(np.random.default_rng(12345).standard_normal(self.n))
+        h1, h2 = self.hvp(v), self.hvp(v)
+        norm1, diff = (float(x) for x in self.to_numpy(xp.stack([xp.linalg.vector_norm(h1),
+                                                                  xp.linalg.vector_norm(h1 - h2)])))
+        if not np.isfinite(norm1):
+            raise ValueError("the Hessian-vector product is NaN or Inf at these parameters; check the loss.")
+        if diff > rtol * norm1:
+            self._not_deterministic(f"Hessian-vector product of one vector (relative difference "
+                                    f"{diff / max(norm1, 1e-300):.2e})")
+
+    def _not_deterministic(self, what: str) -> None:
+        raise ValueError(
+            f"H v is not deterministic: the {what} differs between two passes over the data. Likely causes: "
+            f"{self._randomness_hint}, random data augmentation, or a loader that does not visit every sample "
+            "exactly once per pass. Shuffling alone is fine. If you know the cause is harmless, pass "
+            "check_deterministic=False."
+        )

@@ -65,14 +65,29 @@ def check_symmetric_device(A: Any, what: str = "the matrix") -> None:
         )
 
 
-class CupyMatrixBackend(Backend):
+class _CupyBackend(Backend):
+    """Host transfers shared by the CuPy backends: into the operator's dtype on its GPU, and back."""
+
+    name = "cupy"
+    device: Any
+
+    def asarray(self, x: np.ndarray) -> Any:
+        x = np.asarray(x)
+        if x.dtype.kind == "c":
+            raise TypeError("the operator is real; got a complex array")
+        with self.device:
+            return cp.asarray(np.asarray(x, dtype=self.dtype))
+
+    def to_numpy(self, x: Any) -> np.ndarray:
+        return cp.asnumpy(x)
+
+
+class CupyMatrixBackend(_CupyBackend):
     """``H v = A v`` for a symmetric dense ``cupy.ndarray`` or ``cupyx.scipy.sparse`` matrix ``A`` on a GPU.
 
     float32 and float64 keep their dtype; integer and bool matrices become float64; complex is refused.  A sparse
     matrix is stored as CSR (canonical format) for the products.
     """
-
-    name = "cupy"
 
     def __init__(self, A: Any) -> None:
         if cpsp.issparse(A):
@@ -97,22 +112,12 @@ class CupyMatrixBackend(Backend):
     def hvp_block(self, V: Any) -> Any:
         return self.A @ V
 
-    def asarray(self, x: np.ndarray) -> Any:
-        x = np.asarray(x)
-        if x.dtype.kind == "c":
-            raise TypeError("the operator is real; got a complex array")
-        with self.device:
-            return cp.asarray(np.asarray(x, dtype=self.dtype))
-
-    def to_numpy(self, x: Any) -> np.ndarray:
-        return cp.asnumpy(x)
-
     def describe(self) -> str:
         kind = "sparse CSR" if cpsp.issparse(self.A) else "dense"
         return f"cupy ({kind} matrix on GPU {self.device.id})"
 
 
-class CupyFunctionBackend(Backend):
+class CupyFunctionBackend(_CupyBackend):
     """``H v = hvp(v)`` for a user callable on CuPy vectors of length ``n`` (on the current GPU, or ``device``).
 
     Each result is checked for type, shape and dtype (metadata only, no synchronisation); a result of a lower
@@ -120,7 +125,6 @@ class CupyFunctionBackend(Backend):
     that without forming it.
     """
 
-    name = "cupy"
 
     def __init__(
         self,
@@ -163,16 +167,6 @@ class CupyFunctionBackend(Backend):
         if self._hvp_block is None:
             return super().hvp_block(V)
         return self._check(self._hvp_block(V), tuple(V.shape))
-
-    def asarray(self, x: np.ndarray) -> Any:
-        x = np.asarray(x)
-        if x.dtype.kind == "c":
-            raise TypeError("the operator is real; got a complex array")
-        with self.device:
-            return cp.asarray(np.asarray(x, dtype=self.dtype))
-
-    def to_numpy(self, x: Any) -> np.ndarray:
-        return cp.asnumpy(x)
 
     def describe(self) -> str:
         return f"cupy (callable on GPU {self.device.id})"

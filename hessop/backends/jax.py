@@ -23,7 +23,7 @@ hessop refuses to truncate them silently.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from hessop.backends.base import Backend
+from hessop.backends.base import DataBackend
 
 __all__ = ["JaxBackend", "x64_enabled"]
 
@@ -169,7 +169,7 @@ def _hvp_block_acc_jit(acc: jax.Array, theta: jax.Array, batch: Any, V: jax.Arra
     return acc + (w * _hvp_cols(theta, batch, V, fn, layout)).astype(acc.dtype)
 
 
-class JaxBackend(Backend):
+class JaxBackend(DataBackend):
     """Hessian of ``loss_fn(params, batch)`` over ``data`` with respect to every leaf of ``params``.
 
     Parameters
@@ -204,6 +204,7 @@ class JaxBackend(Backend):
     """
 
     name = "jax"
+    _randomness_hint = "a loss that draws fresh randomness per call (e.g. dropout with a new key)"
 
     def __init__(
         self,
@@ -242,16 +243,7 @@ class JaxBackend(Backend):
         self.theta = jax.device_put(theta, self.device)
 
         # ---- data: one batch or a re-iterable of batches of one structure
-        if _is_single_batch(data):
-            data = [data]
-        elif not isinstance(data, Iterable):
-            raise TypeError(f"data must be a batch or a re-iterable of batches, got {type(data).__name__}")
-        elif iter(data) is data:
-            raise TypeError(
-                "data is a one-shot iterator or generator: hessop traverses the data once per Hessian-vector "
-                "product, so it needs a re-iterable (a list of batches, a loader object). Wrap it with list(...)."
-            )
-        self.data = data
+        self._set_data(data, _is_single_batch(data))
 
         # ---- the compiled functions, built once and reused for every product
         self._jit = self._compile()
@@ -263,17 +255,7 @@ class JaxBackend(Backend):
         self._check_loss_output(first)
 
         if check_deterministic:
-            total1, n1 = self._loss_pass()
-            total2, n2 = self._loss_pass()
-            self._check_same("total loss", total1, total2, n1 != self.n_samples or n2 != self.n_samples)
-            rng = np.random.default_rng(12345)
-            v = self.asarray(rng.standard_normal(self.n))
-            h1, h2 = self.hvp(v), self.hvp(v)
-            norms = np.asarray(jax.device_get(jnp.stack([jnp.linalg.norm(h1), jnp.linalg.norm(h1 - h2)])))
-            if not np.all(np.isfinite(norms)):
-                raise ValueError("the Hessian-vector product is NaN or Inf at these parameters; check the loss.")
-            self._check_same("Hessian-vector product of one vector (relative difference)", 0.0,
-                             float(norms[1]) / max(float(norms[0]), 1e-300), False)
+            self._check_deterministic()
 
     # ------------------------------------------------------------------ compiled pieces
     def _compile(self) -> dict[str, Callable]:
@@ -283,14 +265,6 @@ class JaxBackend(Backend):
         return {name: functools.partial(f, **static) for name, f in jitted.items()}
 
     # ------------------------------------------------------------------ data
-    def _batches(self) -> Iterator[Any]:
-        empty = True
-        for batch in self.data:
-            empty = False
-            yield batch
-        if empty:
-            raise ValueError("data is empty: it yielded no batch.")
-
     def _size(self, batch: Any) -> int:
         if self._batch_size is not None:
             size = self._batch_size(batch)
@@ -337,28 +311,8 @@ class JaxBackend(Backend):
         if not jnp.issubdtype(out.dtype, jnp.floating):
             raise TypeError(f"loss_fn returned a {out.dtype} array; the loss must be a real floating-point scalar.")
 
-    def _weights(self) -> Iterator[tuple[Any, float]]:
-        for batch in self._batches():
-            yield batch, (self._size(batch) / self.n_samples if self.reduction == "mean" else 1.0)
-
-    def _loss_pass(self) -> tuple[float, int]:
-        sizes_losses = [(self._size(b), float(self._jit["loss"](self.theta, b))) for b in self._batches()]
-        count = sum(s for s, _ in sizes_losses)
-        total = sum((s / count if self.reduction == "mean" else 1.0) * x for s, x in sizes_losses)
-        if not np.isfinite(total):
-            raise ValueError(f"the loss over the data is {total} at these parameters; check the data and loss.")
-        return total, count
-
-    def _check_same(self, what: str, a: float, b: float, count_changed: bool) -> None:
-        tol = float(np.sqrt(np.finfo(self.dtype).eps))
-        if count_changed or abs(a - b) > tol * max(abs(a), abs(b)) + (tol if a == 0 else 0.0):
-            raise ValueError(
-                f"H v is not deterministic: the {what} differs between two passes over the data ({a!r} vs {b!r}"
-                f"{', and the number of samples changed' if count_changed else ''}). Likely causes: a loss that "
-                "draws fresh randomness per call (dropout with a new key), random data augmentation, or a loader "
-                "that does not visit every sample exactly once per pass. Shuffling alone is fine. If you know the "
-                "cause is harmless, pass check_deterministic=False."
-            )
+    def _batch_loss(self, batch: Any) -> float:
+        return float(self._jit["loss"](self.theta, batch))
 
     # ------------------------------------------------------------------ products
     def _check_native(self, x: Any) -> None:
@@ -371,7 +325,7 @@ class JaxBackend(Backend):
     def _product(self, v: jax.Array, first: Callable, acc: Callable) -> jax.Array:
         self._check_native(v)
         out = None
-        for batch, w in self._weights():
+        for batch, w in self._weighted():
             out = first(self.theta, batch, v, w) if out is None else acc(out, self.theta, batch, v, w)
         return out
 

@@ -19,14 +19,14 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from hessop.backends.base import Backend
+from hessop.backends.base import DataBackend
 
 __all__ = ["TorchBackend"]
 
@@ -122,7 +122,7 @@ def _buffers_preserved(model: nn.Module) -> Iterator[None]:
                 b.copy_(copy)
 
 
-class TorchBackend(Backend):
+class TorchBackend(DataBackend):
     """Hessian of ``loss`` over ``data`` with respect to some of ``model``'s parameters.
 
     Parameters
@@ -153,6 +153,7 @@ class TorchBackend(Backend):
     """
 
     name = "torch"
+    _randomness_hint = "dropout or other randomness in train mode (call model.eval())"
 
     def __init__(
         self,
@@ -200,48 +201,17 @@ class TorchBackend(Backend):
         self.offsets = np.concatenate([[0], np.cumsum(self.sizes)]).tolist()
         self.n = int(self.offsets[-1])
 
-        if _is_single_batch(data, loss_form):
-            data = [data]
-        elif not isinstance(data, Iterable):
-            raise TypeError(f"data must be a batch or a re-iterable of batches, got {type(data).__name__}")
-        elif iter(data) is data:
-            raise TypeError(
-                "data is a one-shot iterator or generator: hessop traverses the data once per Hessian-vector "
-                "product, so it needs a re-iterable (a list of batches, a DataLoader). Wrap it with list(...)."
-            )
-        self.data = data
+        self._set_data(data, _is_single_batch(data, loss_form))
         self._warn_train_mode()
 
         if check_deterministic:
-            self.n_samples, total1 = self._loss_pass()
-            n2, total2 = self._loss_pass()
-            if n2 != self.n_samples:
-                self._not_deterministic(f"number of samples ({self.n_samples} vs {n2})")
-            if abs(total1 - total2) > self._rtol * max(abs(total1), abs(total2)):
-                self._not_deterministic(f"total loss ({total1!r} vs {total2!r})")
-            v = self.asarray(np.random.default_rng(12345).standard_normal(self.n))
-            h1, h2 = self.hvp(v), self.hvp(v)
-            norm1 = float(torch.linalg.vector_norm(h1))
-            if not np.isfinite(norm1):
-                raise ValueError("the Hessian-vector product is NaN or Inf at these parameters; check the loss.")
-            diff = float(torch.linalg.vector_norm(h1 - h2))
-            if diff > self._rtol * norm1:
-                self._not_deterministic(f"Hessian-vector product of one vector (relative difference "
-                                        f"{diff / max(norm1, 1e-300):.2e})")
+            self._check_deterministic()
         else:
             self.n_samples = sum(self._size(b) for b in self._batches())
             if self.n_samples == 0:
                 raise ValueError("data holds no samples.")
 
     # ------------------------------------------------------------------ data
-    def _batches(self) -> Iterator[Any]:
-        empty = True
-        for batch in self.data:
-            empty = False
-            yield batch
-        if empty:
-            raise ValueError("data is empty: it yielded no batch.")
-
     def _size(self, batch: Any) -> int:
         if self._batch_size is not None:
             return int(self._batch_size(batch))
@@ -271,37 +241,9 @@ class TorchBackend(Backend):
             raise TypeError(f"loss_fn returned a {loss.dtype} tensor; the loss must be floating point.")
         return loss.reshape(())
 
-    def _weighted(self) -> Iterator[tuple[Any, float]]:
-        for batch in self._batches():
-            size = self._size(batch)
-            if size <= 0:
-                raise ValueError("a batch holds no samples.")
-            yield batch, (size / self.n_samples if self.reduction == "mean" else 1.0)
-
-    def _loss_pass(self) -> tuple[int, float]:
-        """(number of samples, total loss) over one pass, without building a graph."""
+    def _batch_loss(self, batch: Any) -> float:
         with torch.no_grad(), _buffers_preserved(self.model):
-            sizes_losses = [(self._size(b), float(self._loss(b))) for b in self._batches()]
-        count = sum(s for s, _ in sizes_losses)
-        if count == 0:
-            raise ValueError("data holds no samples.")
-        total = sum((s / count if self.reduction == "mean" else 1.0) * x for s, x in sizes_losses)
-        if not np.isfinite(total):
-            raise ValueError(f"the loss over the data is {total} at these parameters; check the data and model.")
-        return count, total
-
-    @property
-    def _rtol(self) -> float:
-        """Two passes agree to sqrt(eps) when only the summation order differs (shuffling)."""
-        return float(np.sqrt(np.finfo(self.dtype).eps))
-
-    def _not_deterministic(self, what: str) -> None:
-        raise ValueError(
-            f"H v is not deterministic: the {what} differs between two passes over the data. Likely causes: dropout "
-            "or other randomness in train mode (call model.eval()), random data augmentation, or a loader that "
-            "does not visit every sample exactly once per pass. Shuffling alone is fine. If you know the cause is "
-            "harmless, pass check_deterministic=False."
-        )
+            return float(self._loss(batch))
 
     def _warn_train_mode(self) -> None:
         if not self.model.training:

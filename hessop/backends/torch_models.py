@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["SmallResNet", "digits", "train"]
+__all__ = ["SmallResNet", "demo_operator", "digits", "train"]
 
 
 def digits(n: int | None = None, dtype: torch.dtype = torch.float64) -> tuple[torch.Tensor, torch.Tensor]:
@@ -66,3 +66,41 @@ def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, steps: int = 20
     for p in model.parameters():
         p.grad = None
     return losses
+
+
+def demo_operator(seconds: float = 2.0, seed: int = 0, samples: int | None = None,
+                  hessian_samples: int = 512) -> tuple[object, str]:
+    """For ``hessop demo``: train a float64 SmallResNet with Adam on mini-batches of the first ``samples`` digits
+    for ``seconds``, and return the Hessian operator of the mean cross-entropy over the first ``hessian_samples``
+    of them (in batches of 256) with a summary of the training."""
+    import time
+
+    from hessop.operator import HessianOperator
+
+    torch.manual_seed(seed)
+    x, y = digits(samples, dtype=torch.float64)
+    model = SmallResNet().double()
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    gen = torch.Generator().manual_seed(seed)
+    t0, steps = time.perf_counter(), 0
+    model.train()
+    while time.perf_counter() - t0 < seconds:
+        idx = torch.randint(0, len(x), (64,), generator=gen)
+        loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        steps += 1
+    model.eval()
+    for p in model.parameters():
+        p.grad = None
+    with torch.no_grad():
+        logits = model(x)
+        full, acc = float(nn.functional.cross_entropy(logits, y)), float((logits.argmax(1) == y).double().mean())
+    xh, yh = x[:hessian_samples], y[:hessian_samples]
+    batches = [(xh[i: i + 256], yh[i: i + 256]) for i in range(0, len(xh), 256)]
+    H = HessianOperator.from_torch(model, nn.CrossEntropyLoss(), batches)
+    summary = (f"hessop demo: SmallResNet ({H.n} parameters, float64) trained {steps} Adam steps in {seconds:g} s "
+               f"on {len(x)} digits; loss {full:.4f}, accuracy {acc:.3f}\n"
+               f"Hessian of the mean cross-entropy over {len(xh)} training digits, in {len(batches)} batches")
+    return H, summary

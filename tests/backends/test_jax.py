@@ -6,26 +6,18 @@ so the other tests in the same pytest process keep JAX's default float32 behavio
 
 from __future__ import annotations
 
-import contextlib
-
 import numpy as np
 import pytest
 
 jax = pytest.importorskip("jax")
+from jax_x64 import enable_x64  # noqa: E402
+
 jnp = pytest.importorskip("jax.numpy")
 from jax.flatten_util import ravel_pytree  # noqa: E402
 
 import hessop  # noqa: E402
 from hessop import HessianOperator  # noqa: E402
 from hessop.backends.jax import JaxBackend, x64_enabled  # noqa: E402
-
-
-def enable_x64(on: bool = True) -> contextlib.AbstractContextManager:
-    """JAX's 64-bit mode as a context (``jax.enable_x64`` in new JAX, ``jax.experimental.enable_x64`` in old)."""
-    ctx = getattr(jax, "enable_x64", None)
-    if ctx is None:  # pragma: no cover - older JAX
-        from jax.experimental import enable_x64 as ctx
-    return ctx(on)
 
 
 @pytest.fixture
