@@ -1,0 +1,46 @@
+"""``import hessop`` and the framework-free solvers need only numpy, scipy and array-api-compat."""
+
+from __future__ import annotations
+
+import pathlib
+import subprocess
+import sys
+
+CODE = """
+import sys
+BLOCKED = {"torch", "jax", "jaxlib", "cupy", "cupyx", "mpi4py", "matplotlib", "sklearn"}
+
+
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ImportError(f"{name} is blocked in this test")
+        return None
+
+
+sys.meta_path.insert(0, Block())
+import numpy as np
+import hessop
+from hessop.testing import matrix_with_spectrum
+A = matrix_with_spectrum(np.linspace(-1.0, 2.0, 60))
+H = hessop.HessianOperator.from_matrix(A)
+assert abs(hessop.lanczos(H, 1).eigenvalues[0] - 2.0) < 1e-10
+assert hessop.power_iteration(H, 1).n_hvp > 0
+assert abs(hessop.hutchinson(H, n_samples=5).estimate) < 100
+assert hessop.slq(H, n_iter=10, n_vectors=2).n_hvp == 20
+try:
+    hessop.HessianOperator.from_torch(None, None, None)
+except ImportError:
+    pass
+else:
+    raise AssertionError("from_torch without torch should raise ImportError")
+assert not BLOCKED & set(m.split(".")[0] for m in sys.modules)
+print("ok")
+"""
+
+
+def test_import_needs_no_framework():
+    root = pathlib.Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", CODE], capture_output=True, text=True, cwd=root, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"
