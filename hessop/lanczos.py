@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 import scipy.linalg
+from array_api_compat import device
 
 from hessop._array import check_finite, make_rng, set_column
 from hessop._validate import check_choice, check_int, check_k, check_tol
@@ -57,7 +58,7 @@ class Krylov:
         self.xp = op.xp
         self.m = m
         xp = self.xp
-        self.Q = xp.zeros((op.n, m + 1), dtype=v0.dtype, device=_device(v0))
+        self.Q = xp.zeros((op.n, m + 1), dtype=v0.dtype, device=device(v0))
         self.T = np.zeros((m + 1, m + 1))
         self.j = 0
         self.beta = 0.0
@@ -142,12 +143,6 @@ class Krylov:
         self.T = T
         self.j = p
         self.tridiagonal = False
-
-
-def _device(x: Any) -> Any:
-    from array_api_compat import device
-
-    return device(x)
 
 
 def _order(theta: np.ndarray, which: str) -> np.ndarray:

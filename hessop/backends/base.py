@@ -6,6 +6,7 @@ import abc
 from typing import Any
 
 import numpy as np
+from array_api_compat import array_namespace
 
 
 class Backend(abc.ABC):
@@ -46,8 +47,6 @@ class Backend(abc.ABC):
     @property
     def namespace(self) -> Any:
         """The array-API namespace of this backend's arrays."""
-        from array_api_compat import array_namespace
-
         return array_namespace(self.asarray(np.zeros(1, dtype=self.dtype)))
 
     def describe(self) -> str:
