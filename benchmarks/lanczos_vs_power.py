@@ -35,7 +35,7 @@ def matrix_problem():
 def network_problem():
     import torch
 
-    from hessop.backends.torch_models import SmallResNet, digits, train
+    from hessop.models.digits import SmallResNet, digits, train
 
     torch.manual_seed(0)
     x, y = digits(512)

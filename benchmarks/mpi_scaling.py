@@ -43,7 +43,7 @@ def worker(threads: int, use_mpi: bool, reps: int, lanczos_reps: int) -> None:
     import torch
 
     import hessop
-    from hessop.backends.torch_models import SmallResNet, digits
+    from hessop.models.digits import SmallResNet, digits
 
     torch.set_num_threads(threads)
     comm = None

@@ -38,7 +38,7 @@ METHODS = {
 def network_problem() -> tuple[hessop.HessianOperator, float]:
     import torch
 
-    from hessop.backends.torch_models import SmallResNet, digits, train
+    from hessop.models.digits import SmallResNet, digits, train
 
     torch.manual_seed(0)
     x, y = digits(256)

@@ -24,7 +24,7 @@ import torch
 from mpi4py import MPI
 
 import hessop
-from hessop.backends.torch_models import SmallResNet, digits, train
+from hessop.models.digits import SmallResNet, digits, train
 
 
 def main() -> None:

@@ -24,7 +24,7 @@ def run_demo(seconds: float = 2.0, seed: int = 0, tol: float = 1e-6, max_power_i
     """Train on ``samples`` digits (default all 1,797) for ``seconds``, build the Hessian of the mean loss over the
     first ``hessian_samples`` of them, run the four solves and print one table.  Returns a process exit code
     (0 when both Lanczos solves converged)."""
-    from hessop.backends.torch_models import demo_operator
+    from hessop.models.digits import demo_operator
 
     H, summary = demo_operator(seconds, seed, samples, hessian_samples)
     print(summary)

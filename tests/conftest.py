@@ -27,7 +27,7 @@ def torch_problem():
     pytest.importorskip("sklearn")
     from torch.func import functional_call, grad, jvp, vmap
 
-    from hessop.backends.torch_models import SmallResNet, digits, train
+    from hessop.models.digits import SmallResNet, digits, train
 
     torch.manual_seed(0)
     x, y = digits(256)

@@ -101,7 +101,7 @@ def solve(workdir: Path) -> None:
     torch.set_num_threads(1)
     comm = MPI.COMM_WORLD
     rank, size = comm.Get_rank(), comm.Get_size()
-    from hessop.backends.torch_models import SmallResNet
+    from hessop.models.digits import SmallResNet
 
     saved = torch.load(workdir / "problem.pt")
     model = SmallResNet().double()
@@ -194,7 +194,7 @@ def fail_while_building() -> None:
     import torch
     from mpi4py import MPI
 
-    from hessop.backends.torch_models import SmallResNet
+    from hessop.models.digits import SmallResNet
 
     comm = MPI.COMM_WORLD
     x = torch.zeros(4, 1, 8, 8, dtype=torch.float64)

@@ -72,7 +72,7 @@ def problem(tmp_path_factory):
 
 
 def _problem(tmp_path_factory):
-    from hessop.backends.torch_models import SmallResNet, digits, train
+    from hessop.models.digits import SmallResNet, digits, train
 
     torch.manual_seed(0)
     x, y = digits(N_DATA)

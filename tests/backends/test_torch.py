@@ -13,7 +13,7 @@ from scipy.sparse.linalg import eigsh  # noqa: E402
 
 import hessop  # noqa: E402
 from hessop import HessianOperator  # noqa: E402
-from hessop.backends.torch_models import SmallResNet  # noqa: E402
+from hessop.models.digits import SmallResNet  # noqa: E402
 
 
 def op(problem, data=None, **kw):
