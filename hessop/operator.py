@@ -10,6 +10,7 @@ import scipy.sparse as sp
 from scipy.sparse.linalg import LinearOperator
 
 from hessop.backends.base import Backend
+from hessop.backends.mpi import MPIBackend, install_abort_hook
 from hessop.backends.numpy import FunctionBackend, MatrixBackend
 
 __all__ = ["HessianOperator", "as_operator"]
@@ -237,10 +238,9 @@ def _build(make: Callable[[], HessianOperator], comm: Any) -> HessianOperator:
     collective."""
     if comm is None:
         return make()
-    from hessop.mpi import install_abort_hook, reduce_operator
-
-    install_abort_hook()
-    return reduce_operator(make(), comm)
+    install_abort_hook()  # imports mpi4py, only now
+    local = make()
+    return type(local)(MPIBackend(local.backend, comm))
 
 
 def as_operator(H: Any) -> HessianOperator:

@@ -44,3 +44,21 @@ def test_import_needs_no_framework():
     out = subprocess.run([sys.executable, "-c", CODE], capture_output=True, text=True, cwd=root, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
+
+
+def test_operator_and_mpi_import_in_either_order():
+    """``hessop.operator`` and ``hessop.mpi`` do not import each other in a circle: either can be imported first
+    in a fresh interpreter, and the MPI backend module depends on ``hessop.backends.base`` only."""
+    root = pathlib.Path(__file__).resolve().parents[1]
+    for first, second in (("hessop.mpi", "hessop.operator"), ("hessop.operator", "hessop.mpi"),
+                          ("hessop.backends.mpi", "hessop.mpi")):
+        code = (f"import importlib, sys; importlib.import_module({first!r}); importlib.import_module({second!r}); "
+                "from hessop.mpi import MPIBackend, install_abort_hook, reduce_operator; "
+                "from hessop.backends.mpi import MPIBackend as B; assert MPIBackend is B; print('ok')")
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, timeout=120)
+        assert out.returncode == 0 and out.stdout.strip() == "ok", (first, out.stderr)
+    src = (root / "hessop" / "backends" / "mpi.py").read_text()
+    imports = [line for line in src.splitlines() if line.startswith(("from hessop", "import hessop"))]
+    assert imports == ["from hessop.backends.base import Backend"], imports
+    assert "hessop.mpi" not in "".join(
+        line for line in (root / "hessop" / "operator.py").read_text().splitlines() if "import" in line)
