@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 from array_api_compat import array_namespace, is_jax_array
 
+from hessop._validate import check_seed
+
 __all__ = ["array_namespace", "check_finite", "make_rng", "set_column", "to_float"]
 
 
@@ -50,6 +52,5 @@ def make_rng(seed: int | np.random.Generator | None) -> np.random.Generator:
     backend; they are moved to the device once per block, never once per product."""
     if isinstance(seed, np.random.Generator):
         return seed
-    if seed is not None and not isinstance(seed, (int, np.integer)):
-        raise TypeError(f"seed must be an int, a numpy Generator or None, not {type(seed).__name__}")
+    check_seed(seed)
     return np.random.default_rng(seed)

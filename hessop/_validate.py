@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import math
 import numbers
+from typing import Any
 
-__all__ = ["check_choice", "check_int", "check_k", "check_tol"]
+import numpy as np
+from array_api_compat import device
+
+__all__ = ["check_choice", "check_int", "check_k", "check_native", "check_real", "check_seed",
+           "check_symmetric_product", "check_tol"]
 
 
 def check_int(value: object, name: str, low: int, high: int | None = None) -> int:
@@ -40,8 +46,66 @@ def check_tol(tol: object, name: str = "tol") -> float:
     return tol
 
 
+def check_real(value: object, name: str) -> float:
+    """A finite real number."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a finite number, got {value!r}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value}")
+    return value
+
+
 def check_choice(value: object, name: str, choices: tuple[str, ...]) -> str:
     """One of ``choices``."""
     if value not in choices:
         raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
     return str(value)
+
+
+def check_seed(seed: object) -> None:
+    """A seed is ``None``, a non-negative integer or a ``numpy.random.Generator``; anything else (a float, a string,
+    a bool, a torch/JAX generator) is refused rather than silently turned into some other stream."""
+    if seed is None or isinstance(seed, np.random.Generator):
+        return
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"seed must be an int >= 0, a numpy.random.Generator or None, got {type(seed).__name__} "
+                        f"{seed!r}; e.g. seed=0 or seed=numpy.random.default_rng(0).")
+    if seed < 0:
+        raise ValueError(f"seed must be >= 0 (NumPy seeds are non-negative), got {seed}.")
+
+
+def check_native(x: Any, ref: Any, what: str) -> None:
+    """``x`` must be an array of the same type, dtype and device as ``ref`` (an array the operator made): a
+    TypeError saying how to fix it otherwise.  Cheap: no data is read."""
+    if not isinstance(x, type(ref)):
+        raise TypeError(f"{what} must be a {type(ref).__module__.split('.')[0]} array ({type(ref).__name__}) like "
+                        f"this operator's, got {type(x).__name__}; move a NumPy array in with H.asarray(x).")
+    if x.dtype != ref.dtype:
+        raise TypeError(f"{what} must have dtype {ref.dtype} (the operator's), got {x.dtype}; hessop does not cast "
+                        "silently: convert it (H.asarray(x) for a NumPy array) or build the operator in that dtype.")
+    if device(x) != device(ref):
+        raise TypeError(f"{what} is on device {device(x)} but the operator computes on {device(ref)}; move it there "
+                        "(e.g. x.to(device) in torch, jax.device_put in JAX) or use H.asarray(numpy_array).")
+
+
+def check_symmetric_product(u: np.ndarray, w: np.ndarray, hu: np.ndarray, hw: np.ndarray, dtype: Any) -> None:
+    """Randomised symmetry test of a product: ``u . (H w)`` must equal ``w . (H u)`` to ``sqrt(eps)`` relative to
+    ``||u|| ||H w|| + ||w|| ||H u||``.  For ``H = S + K`` (S symmetric, K antisymmetric) the two sides differ by
+    ``2 u^T K w``, of size ``||K||_F`` for Gaussian u, w.  Skipped (no error) when a product is NaN or Inf: the
+    solvers report that with the step it happens at."""
+    u, w, hu, hw = (np.asarray(x, dtype=np.float64) for x in (u, w, hu, hw))
+    if not (np.all(np.isfinite(hu)) and np.all(np.isfinite(hw))):
+        return
+    a, b = float(u @ hw), float(w @ hu)
+    scale = float(np.linalg.norm(u) * np.linalg.norm(hw) + np.linalg.norm(w) * np.linalg.norm(hu))
+    if not (math.isfinite(a) and math.isfinite(b) and math.isfinite(scale)):
+        return
+    tol = math.sqrt(np.finfo(dtype).eps) * scale
+    if abs(a - b) > tol:
+        raise ValueError(
+            f"the product is not symmetric: for two random vectors u . (H w) = {a:.6e} but w . (H u) = {b:.6e} "
+            f"(difference {abs(a - b):.2e} > {tol:.2e}). A Hessian is symmetric and hessop's solvers rely on it; "
+            "check the product (e.g. H v = A v for a non-symmetric A: use (A + A.T) / 2). Pass check_symmetric=False "
+            "to skip this check."
+        )

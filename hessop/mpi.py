@@ -41,6 +41,9 @@ operator is built, hessop therefore installs a :data:`sys.excepthook` that print
 traceback prefixed with ``[hessop rank r/P]`` and calls ``MPI.COMM_WORLD.Abort(1)``, which ends every process of
 the job (``abort_on_error=False`` leaves ``sys.excepthook`` alone).  ``python -m mpi4py script.py`` gives the same
 protection for the whole script.  ``SystemExit`` (``sys.exit``) on a single rank is not an error and is not caught.
+A rank that stops answering (a hang, a deadlock, a lost node) is caught by ``comm_timeout`` (default 300 s): every
+collective is polled with a deadline, and a rank that waited that long names the ranks that did not arrive and
+aborts the job.  A rank killed by a signal is noticed by ``mpiexec``, which ends the job.
 
 GPU arrays are copied to host buffers for the Allreduce (device -> host -> Allreduce -> host -> device) unless
 ``cuda_aware=True``, which hands the device buffer itself to an MPI library built with CUDA support (after
@@ -53,14 +56,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from hessop.backends.mpi import MPIBackend, install_abort_hook
+from hessop.backends.mpi import DEFAULT_COMM_TIMEOUT, MPIBackend, install_abort_hook
 from hessop.operator import HessianOperator, as_operator
 
 __all__ = ["MPIBackend", "install_abort_hook", "reduce_operator"]
 
 
 def reduce_operator(H: Any, comm: Any, *, cuda_aware: bool = False, abort_on_error: bool = True,
-                    check_parameters: bool = True) -> HessianOperator:
+                    check_parameters: bool = True,
+                    comm_timeout: float | None = DEFAULT_COMM_TIMEOUT) -> HessianOperator:
     """The full-data Hessian from this rank's local operator: every product is summed over ``comm``.
 
     Maths
@@ -92,6 +96,13 @@ def reduce_operator(H: Any, comm: Any, *, cuda_aware: bool = False, abort_on_err
     check_parameters : bool
         Compare a SHA-256 digest of the local backend's parameters across ranks (one pass over the parameters).
         Default True.
+    comm_timeout : float or None
+        Most seconds one collective (each product's Allreduce, the exchange at construction) waits for the other
+        ranks; past it the rank aborts the job, naming the ranks that did not arrive and the product number.
+        Default 300 (:data:`hessop.backends.mpi.DEFAULT_COMM_TIMEOUT`); ``None`` waits forever (blocking
+        ``Allreduce``).  Raise it when one rank may legitimately spend longer than that between two products
+        (very uneven shards, I/O on rank 0 between solver calls).  Cost: the collectives are non-blocking and
+        polled, measured at the noise level per product (docs/benchmarks.md).
 
     Returns
     -------
@@ -101,4 +112,5 @@ def reduce_operator(H: Any, comm: Any, *, cuda_aware: bool = False, abort_on_err
     if abort_on_error:
         install_abort_hook()
     op = as_operator(H)
-    return HessianOperator(MPIBackend(op.backend, comm, cuda_aware=cuda_aware, check_parameters=check_parameters))
+    return HessianOperator(MPIBackend(op.backend, comm, cuda_aware=cuda_aware, check_parameters=check_parameters,
+                                      timeout=comm_timeout))

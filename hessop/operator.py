@@ -9,11 +9,14 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.sparse.linalg import LinearOperator
 
+from hessop._validate import check_native, check_symmetric_product
 from hessop.backends.base import Backend
-from hessop.backends.mpi import MPIBackend, install_abort_hook
+from hessop.backends.mpi import DEFAULT_COMM_TIMEOUT, MPIBackend, install_abort_hook
 from hessop.backends.numpy import FunctionBackend, MatrixBackend
 
 __all__ = ["HessianOperator", "as_operator"]
+
+_SYMMETRY_SEED = 0x5E77  # seed of the two random vectors of the symmetry check (the same on every MPI rank)
 
 
 class HessianOperator(LinearOperator):
@@ -42,6 +45,7 @@ class HessianOperator(LinearOperator):
         self._n_hvp = 0
         super().__init__(dtype=np.dtype(backend.dtype), shape=(backend.n, backend.n))
         self.xp = backend.namespace
+        self._ref = backend.asarray(np.zeros(1, dtype=self.dtype))  # type, dtype and device of native vectors
 
     # ------------------------------------------------------------------ constructors
     @classmethod
@@ -61,30 +65,48 @@ class HessianOperator(LinearOperator):
         dtype: Any = np.float64,
         *,
         hvp_block: Callable[[np.ndarray], np.ndarray] | None = None,
+        check_symmetric: bool = True,
     ) -> HessianOperator:
         """Operator for any callable ``hvp(v) -> H v`` on NumPy vectors of length ``n``.
 
         ``hvp_block(V)``, if given, maps an (n, k) block to H V in one call.  The callable must represent a
-        symmetric matrix; hessop cannot check that without forming it.
+        symmetric matrix.  ``check_symmetric=True`` (default) tests that cheaply at construction: two products of
+        random vectors (one ``hvp_block`` call of 2 columns, or 2 ``hvp`` calls; not counted in ``n_hvp``) and
+        ``u . (H w)`` must equal ``w . (H u)`` to ``sqrt(eps)`` relative, else ``ValueError`` (see
+        :func:`hessop._validate.check_symmetric_product`: it catches an antisymmetric part above about
+        ``sqrt(n eps)`` of ``||H||_F``, not every tiny one).
         """
-        return cls(FunctionBackend(hvp, n, dtype, hvp_block))
+        return _symmetric(cls(FunctionBackend(hvp, n, dtype, hvp_block)), check_symmetric)
 
     @classmethod
     def from_torch(cls, model: Any, loss_fn: Callable, data: Any, *, comm: Any = None,
+                   comm_timeout: float | None = DEFAULT_COMM_TIMEOUT, check_symmetric: bool = False,
                    **kwargs: Any) -> HessianOperator:
         """Hessian of a PyTorch model's loss over a data set; see :class:`hessop.backends.torch.TorchBackend`.
 
         ``HessianOperator.from_torch(model, loss_fn, data, *, params=None, reduction="mean",
-        loss_form="outputs", check_deterministic=True, batch_size=None, comm=None)``
+        loss_form="outputs", check_deterministic=True, batch_size=None, comm=None, comm_timeout=300,
+        check_symmetric=False)``
+
+        ``check_symmetric=True`` adds the randomised symmetry test of :meth:`from_function` (two products at
+        construction).  Off by default: the Hessian of a scalar loss is symmetric by construction, up to rounding.
 
         With ``comm`` (an mpi4py communicator) ``data`` is this rank's shard only and the operator is the Hessian
         over the union of all ranks' data: see :func:`hessop.mpi.reduce_operator` (a collective call; an uncaught
         exception on any rank then aborts the MPI job, see :func:`hessop.mpi.install_abort_hook`; to keep your own
         ``sys.excepthook`` build the local operator and call ``reduce_operator(H, comm, abort_on_error=False)``).
+        ``comm_timeout`` (seconds, default 300) bounds the wait in each collective: a rank that stops answering
+        makes the others abort the job naming it (see :mod:`hessop.mpi`).
         """
-        from hessop.backends.torch import TorchBackend
-
-        return _build(lambda: cls(TorchBackend(model, loss_fn, data, **kwargs)), comm)
+        try:
+            from hessop.backends.torch import TorchBackend
+        except ModuleNotFoundError as e:
+            if e.name is None or e.name.split(".")[0] != "torch":
+                raise
+            raise ImportError("HessianOperator.from_torch needs PyTorch: pip install torch (see pytorch.org for the "
+                              "wheel matching your CUDA).") from e
+        return _build(lambda: _symmetric(cls(TorchBackend(model, loss_fn, data, **kwargs)), check_symmetric), comm,
+                      comm_timeout)
 
     @classmethod
     def from_jax(
@@ -97,6 +119,8 @@ class HessianOperator(LinearOperator):
         check_deterministic: bool = True,
         batch_size: Callable[[Any], int] | None = None,
         comm: Any = None,
+        comm_timeout: float | None = DEFAULT_COMM_TIMEOUT,
+        check_symmetric: bool = False,
     ) -> HessianOperator:
         """Hessian of a JAX loss ``loss_fn(params, batch) -> scalar`` over a data set, with respect to the pytree
         ``params``; see :class:`hessop.backends.jax.JaxBackend` for every argument.
@@ -114,7 +138,9 @@ class HessianOperator(LinearOperator):
         ``batch_size`` (default: leading dimension of a batch's first leaf) sets the weights.
 
         With ``comm`` (an mpi4py communicator) ``data`` is this rank's shard only and the operator is the Hessian
-        over the union of all ranks' data, reduced with one Allreduce per product (see :mod:`hessop.mpi`).
+        over the union of all ranks' data, reduced with one Allreduce per product (see :mod:`hessop.mpi`);
+        ``comm_timeout`` bounds the wait in each collective, as in :meth:`from_torch`.  ``check_symmetric=True``
+        adds the randomised symmetry test of :meth:`from_function` (off by default, as in :meth:`from_torch`).
         """
         try:
             from hessop.backends.jax import JaxBackend
@@ -122,8 +148,10 @@ class HessianOperator(LinearOperator):
             if e.name is None or e.name.split(".")[0] not in ("jax", "jaxlib"):
                 raise
             raise ImportError("HessianOperator.from_jax needs JAX: pip install jax (or jax[cuda12] for a GPU).") from e
-        return _build(lambda: cls(JaxBackend(loss_fn, params, data, reduction=reduction,
-                                             check_deterministic=check_deterministic, batch_size=batch_size)), comm)
+        return _build(lambda: _symmetric(cls(JaxBackend(loss_fn, params, data, reduction=reduction,
+                                                        check_deterministic=check_deterministic,
+                                                        batch_size=batch_size)), check_symmetric),
+                      comm, comm_timeout)
 
     @classmethod
     def from_cupy(
@@ -133,6 +161,7 @@ class HessianOperator(LinearOperator):
         dtype: Any = None,
         *,
         hvp_block: Callable[[Any], Any] | None = None,
+        check_symmetric: bool = True,
     ) -> HessianOperator:
         """Operator whose products run on a GPU through CuPy; see :mod:`hessop.backends.cupy`.
 
@@ -147,7 +176,8 @@ class HessianOperator(LinearOperator):
         Matrices keep float32 / float64 (integers become float64) and are checked square and symmetric to
         ``sqrt(eps) * max|A|`` on the device (two scalars come to the host).  The solvers then hold every vector on
         the GPU; only their small projected matrices and scalars come to the host.  Host (NumPy / SciPy) matrices
-        are refused: use :meth:`from_matrix` for them.
+        are refused: use :meth:`from_matrix` for them.  ``check_symmetric`` (default True) applies the randomised
+        symmetry test of :meth:`from_function` to a callable (a matrix is checked exactly).
         """
         try:
             from hessop.backends.cupy import cupy_backend
@@ -158,7 +188,7 @@ class HessianOperator(LinearOperator):
                 "HessianOperator.from_cupy needs CuPy and a CUDA GPU: pip install cupy-cuda12x (or the wheel "
                 "matching your CUDA). Without a GPU use HessianOperator.from_matrix or from_function on NumPy."
             ) from e
-        return cls(cupy_backend(A, n, dtype, hvp_block=hvp_block))
+        return _symmetric(cls(cupy_backend(A, n, dtype, hvp_block=hvp_block)), check_symmetric and callable(A))
 
     # ------------------------------------------------------------------ native face
     @property
@@ -173,6 +203,7 @@ class HessianOperator(LinearOperator):
 
     def hvp(self, v: Any) -> Any:
         """``H v`` for a native flat vector of shape (n,), returned on the backend's device."""
+        check_native(v, self._ref, "the vector given to hvp")
         if tuple(v.shape) != (self.n,):
             raise ValueError(f"hvp expects a vector of shape ({self.n},), got {tuple(v.shape)}")
         self._n_hvp += 1
@@ -180,6 +211,7 @@ class HessianOperator(LinearOperator):
 
     def hvp_block(self, V: Any) -> Any:
         """``H V`` for a native block of shape (n, k): k products, batched where the backend can."""
+        check_native(V, self._ref, "the block given to hvp_block")
         if len(V.shape) != 2 or V.shape[0] != self.n:
             raise ValueError(f"hvp_block expects a block of shape ({self.n}, k), got {tuple(V.shape)}")
         self._n_hvp += int(V.shape[1])
@@ -230,7 +262,17 @@ class HessianOperator(LinearOperator):
         return f"<{self.n}x{self.n} HessianOperator, dtype={self.dtype}, backend={self.backend.describe()}>"
 
 
-def _build(make: Callable[[], HessianOperator], comm: Any) -> HessianOperator:
+def _symmetric(op: HessianOperator, check: bool) -> HessianOperator:
+    """``op``, after the randomised symmetry test of :func:`hessop._validate.check_symmetric_product` if
+    ``check``: one block product of two seeded Gaussian vectors through the backend (not counted in ``n_hvp``)."""
+    if check:
+        U = np.random.default_rng(_SYMMETRY_SEED).standard_normal((op.n, 2))
+        Y = op.to_numpy(op.backend.hvp_block(op.asarray(U)))
+        check_symmetric_product(U[:, 0], U[:, 1], Y[:, 0], Y[:, 1], op.dtype)
+    return op
+
+
+def _build(make: Callable[[], HessianOperator], comm: Any, comm_timeout: float | None) -> HessianOperator:
     """``make()`` without a communicator; with one, the local operator ``make()`` summed over ``comm`` (see
     :func:`hessop.mpi.reduce_operator`).  Every constructor taking ``comm=`` ends with this call.  The abort hook is
     installed before the local operator is built, so that an error while building it on one rank (bad data,
@@ -240,12 +282,13 @@ def _build(make: Callable[[], HessianOperator], comm: Any) -> HessianOperator:
         return make()
     install_abort_hook()  # imports mpi4py, only now
     local = make()
-    return type(local)(MPIBackend(local.backend, comm))
+    return type(local)(MPIBackend(local.backend, comm, timeout=comm_timeout))
 
 
 def as_operator(H: Any) -> HessianOperator:
-    """Accept a HessianOperator, a square SciPy ``LinearOperator`` (assumed symmetric), a NumPy array or a SciPy
-    sparse matrix, and return a HessianOperator."""
+    """Accept a HessianOperator, a square SciPy ``LinearOperator`` (its symmetry checked by the randomised test of
+    :meth:`HessianOperator.from_function`: two extra products), a NumPy array or a SciPy sparse matrix, and return a
+    HessianOperator."""
     if isinstance(H, HessianOperator):
         return H
     if isinstance(H, np.ndarray) or sp.issparse(H):
@@ -253,9 +296,7 @@ def as_operator(H: Any) -> HessianOperator:
     if isinstance(H, LinearOperator):
         if H.shape[0] != H.shape[1]:
             raise ValueError(f"the operator must be square; got shape {H.shape}")
-        return HessianOperator.from_function(
-            H.matvec, H.shape[0], H.dtype, hvp_block=H.matmat
-        )
+        return HessianOperator.from_function(H.matvec, H.shape[0], H.dtype, hvp_block=H.matmat)
     raise TypeError(
         f"expected a HessianOperator, a scipy LinearOperator, a numpy array or a scipy sparse matrix, "
         f"got {type(H).__name__}"

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from hessop._array import check_finite, make_rng
-from hessop._validate import check_int, check_k, check_tol
+from hessop._validate import check_int, check_k, check_real, check_tol
 from hessop.lanczos import start_vector
 from hessop.operator import as_operator
 from hessop.results import EigenResult
@@ -70,7 +70,7 @@ def power_iteration(
     k = check_k(k, n)
     tol = check_tol(tol)
     max_iter = check_int(max_iter, "max_iter", 1)
-    shift = float(shift)
+    shift = check_real(shift, "shift")
     rng = make_rng(seed)
     xp = op.xp
     eps23 = np.finfo(op.dtype).eps ** (2.0 / 3.0)

@@ -6,9 +6,11 @@ SmallResNet and its digits), keeps its own unequal shard, builds the reduced ope
 ``WORKDIR/rank<r>of<P>.json`` (floats written with ``repr``: exact) and its block product to ``.npy``.
 
 ``python tests/mpi_worker.py raise WORKDIR``: rank 1 raises in the middle of a Lanczos run while the other ranks
-wait in an Allreduce; the job must end (non-zero) instead of hanging.  ``raise-plain`` does the same with
-``abort_on_error=False`` (run it as ``python -m mpi4py``, whose own handler must then abort).  ``raise-build``: rank
-1's ``from_torch(..., comm=)`` raises (empty shard) while the other ranks wait in the constructor's collective.
+wait in an Allreduce; the job must end (non-zero) instead of hanging.  ``kill``: rank 1 is killed by SIGKILL
+there; ``hang``: rank 1 sleeps forever there and the others' ``comm_timeout`` (3 s) must end the job.
+``raise-plain`` does the same as ``raise`` with ``abort_on_error=False`` (run it as ``python -m mpi4py``, whose
+own handler must then abort).  ``raise-build``: rank 1's ``from_torch(..., comm=)`` raises (empty shard) while
+the other ranks wait in the constructor's collective.
 """
 
 from __future__ import annotations
@@ -163,6 +165,11 @@ def solve(workdir: Path) -> None:
     except ValueError as e:
         out["param_mismatch"] = str(e)
     try:
+        reduce_operator(hessop.HessianOperator.from_matrix(local_matrix(rank)), comm, comm_timeout=0)
+        out["bad_timeout"] = None
+    except ValueError as e:
+        out["bad_timeout"] = str(e)
+    try:
         reduce_operator(hessop.HessianOperator.from_matrix(local_matrix(rank)), "COMM_WORLD")
         out["bad_comm"] = None
     except TypeError as e:
@@ -171,7 +178,11 @@ def solve(workdir: Path) -> None:
     (workdir / f"rank{rank}of{size}.json").write_text(json.dumps(out))
 
 
-def fail_midway(abort_on_error: bool) -> None:
+def fail_midway(abort_on_error: bool, how: str = "raise") -> None:
+    """Rank 1 fails in its 4th product while the other ranks wait in the Allreduce: it raises, is killed by
+    SIGKILL, or stops answering (sleeps forever; the others' comm_timeout of 3 s must end the job)."""
+    import signal
+
     from mpi4py import MPI
 
     comm = MPI.COMM_WORLD
@@ -182,10 +193,16 @@ def fail_midway(abort_on_error: bool) -> None:
     def hvp(v: np.ndarray) -> np.ndarray:
         calls[0] += 1
         if rank == 1 and calls[0] == 4:
+            print(f"rank 1: failing ({how}) in the 4th product", flush=True)
+            if how == "kill":
+                os.kill(os.getpid(), signal.SIGKILL)
+            if how == "hang":
+                time.sleep(10 ** 6)
             raise RuntimeError("deliberate failure in the 4th product on rank 1")
         return A @ v
 
-    H = reduce_operator(hessop.HessianOperator.from_function(hvp, A.shape[0]), comm, abort_on_error=abort_on_error)
+    H = reduce_operator(hessop.HessianOperator.from_function(hvp, A.shape[0], check_symmetric=False), comm,
+                        abort_on_error=abort_on_error, comm_timeout=3.0)
     hessop.lanczos(H, k=2)
     print(f"rank {rank}: finished, which it should not have", flush=True)
 
@@ -213,6 +230,8 @@ if __name__ == "__main__":
         fail_midway(abort_on_error=True)
     elif mode == "raise-build":
         fail_while_building()
+    elif mode in ("kill", "hang"):
+        fail_midway(abort_on_error=True, how=mode)
     elif mode == "raise-plain":
         fail_midway(abort_on_error=False)
     else:

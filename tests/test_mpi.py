@@ -159,6 +159,7 @@ def check_matches_single_process(results: list[dict], ref: dict) -> None:
     assert all("number of parameters differs" in r["mismatch"] for r in results)
     assert all("mpi4py communicator" in r["bad_comm"] for r in results)
     assert all("parameters differ between ranks" in r["param_mismatch"] for r in results)
+    assert all("comm_timeout must be a positive number of seconds or None" in r["bad_timeout"] for r in results)
 
 
 @pytest.mark.parametrize("n_ranks", [2, 3])
@@ -171,24 +172,33 @@ def test_reduced_operator_matches_single_process(problem, n_ranks):
     check_matches_single_process(results, problem[1])
 
 
-@pytest.mark.parametrize(("runner", "mode", "n", "message"), [
-    ([], "raise", 3, "deliberate failure in the 4th product on rank 1"),
-    (["-m", "mpi4py"], "raise-plain", 3, "deliberate failure in the 4th product on rank 1"),
-    ([], "raise-build", 2, "data is empty"),
+@pytest.mark.parametrize(("runner", "mode", "n", "messages"), [
+    ([], "raise", 2, ["deliberate failure in the 4th product on rank 1", "[hessop rank 1/2]"]),
+    ([], "raise", 3, ["deliberate failure in the 4th product on rank 1", "[hessop rank 1/3]"]),
+    (["-m", "mpi4py"], "raise-plain", 3, ["deliberate failure in the 4th product on rank 1"]),
+    ([], "raise-build", 2, ["data is empty", "[hessop rank 1/2]"]),
+    # SIGKILL: the rank cannot report; mpiexec sees the process die and ends the job
+    ([], "kill", 2, ["rank 1: failing (kill)", "BAD TERMINATION", "signal 9"]),
+    ([], "kill", 3, ["rank 1: failing (kill)", "BAD TERMINATION", "signal 9"]),
+    # a rank that stops answering: the others' comm_timeout (3 s) names it and the product, and aborts
+    ([], "hang", 2, ["rank 1: failing (hang)", "timed out: rank(s) [1] of the communicator did not reach the "
+                     "Allreduce of product #4 within comm_timeout=3 s (ranks [0] were waiting"]),
+    ([], "hang", 3, ["rank 1: failing (hang)", "timed out: rank(s) [1] of the communicator did not reach the "
+                     "Allreduce of product #4 within comm_timeout=3 s (ranks [0, 2] were waiting"]),
 ])
-def test_failing_rank_aborts_the_job(tmp_path, runner, mode, n, message):
-    """A rank that raises mid-run, while the others wait in an Allreduce, ends the job with a non-zero exit within
-    60 s and its error (with its rank) in the output: through hessop's excepthook, or through
-    ``python -m mpi4py`` when the hook is disabled.  Also when the error comes while ``from_torch(comm=)`` builds
-    the local operator and the other ranks already wait in its collective."""
+def test_failing_rank_aborts_the_job(tmp_path, runner, mode, n, messages):
+    """A rank that raises, is killed by SIGKILL or stops answering mid-run, while the others wait in an Allreduce,
+    ends the job with a non-zero exit within 60 s, its failure (with its rank) in the output: through hessop's
+    excepthook, through ``python -m mpi4py`` when the hook is disabled, through mpiexec for a killed rank, through
+    ``comm_timeout`` for a silent one.  Also when the error comes while ``from_torch(comm=)`` builds the local
+    operator and the other ranks already wait in its collective."""
     code, out, secs = launch([sys.executable, *runner, str(WORKER), mode, str(tmp_path)], n, timeout=60)
     assert code != -999, f"the job hung (killed after 60 s):\n{out[-4000:]}"
     assert code != 0, out
     assert secs < 60
-    assert message in out
+    for message in messages:
+        assert message in out, out[-4000:]
     assert "finished, which it should not have" not in out
-    if mode != "raise-plain":
-        assert f"[hessop rank 1/{n}]" in out
 
 
 def test_import_does_not_initialise_mpi():

@@ -7,7 +7,9 @@ abort hook installed, never at import.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import pickle
 import sys
 import time
 import traceback
@@ -18,7 +20,14 @@ from array_api_compat import is_cupy_array, is_numpy_array, is_torch_array
 
 from hessop.backends.base import Backend
 
-__all__ = ["MPIBackend", "install_abort_hook"]
+__all__ = ["DEFAULT_COMM_TIMEOUT", "MPIBackend", "install_abort_hook"]
+
+DEFAULT_COMM_TIMEOUT = 300.0
+"""Seconds a rank waits in one collective (a product's Allreduce, the construction's exchange) for the others
+before it aborts the job naming the ranks that did not arrive."""
+
+_TIMEOUT_TAG = 7177  # tag of the "I am waiting" messages of timed-out ranks
+_INFO_BYTES = 1024  # fixed size of the pickled per-rank description exchanged at construction
 
 
 def _mpi() -> Any:
@@ -93,9 +102,22 @@ class MPIBackend(Backend):
         Allreduce calls made so far (one per product or block product).
     allreduce_seconds : float
         Wall time spent in them, including the wait for the slowest rank (load imbalance shows up here).
+    timeout : float or None
+        ``comm_timeout``: the most seconds one collective may wait (``None``: wait forever).
+
+    Timeout
+    -------
+    With a ``timeout`` every collective is non-blocking (``Iallreduce``, ``Iallgather``) and polled with
+    ``Request.Test``: back-to-back for the first millisecond, then with sleeps growing to 0.2 ms.  If it has not
+    completed ``timeout`` seconds after this rank entered it, the rank tells the others that it is waiting
+    (point-to-point messages, which MPI keeps apart from collectives), listens ``min(2, timeout / 2)`` s for the
+    same message from them, writes ``[hessop rank r/P] timed out: rank(s) [..] ... did not reach the Allreduce of
+    product #j within comm_timeout=t s`` to stderr and calls ``MPI.COMM_WORLD.Abort(1)``.  A rank that raises is
+    handled by :func:`install_abort_hook`; a rank killed by a signal is seen by ``mpiexec`` itself.
     """
 
-    def __init__(self, local: Backend, comm: Any, *, cuda_aware: bool = False, check_parameters: bool = True) -> None:
+    def __init__(self, local: Backend, comm: Any, *, cuda_aware: bool = False, check_parameters: bool = True,
+                 timeout: float | None = DEFAULT_COMM_TIMEOUT) -> None:
         MPI = _mpi()
         if not isinstance(local, Backend):
             raise TypeError(f"local must be a hessop Backend, got {type(local).__name__}")
@@ -110,6 +132,12 @@ class MPIBackend(Backend):
         if not isinstance(comm, MPI.Intracomm):
             raise TypeError("comm must be an intra-communicator (e.g. MPI.COMM_WORLD or comm.Split(...)); "
                             "inter-communicators are not supported.")
+        if timeout is not None:
+            timeout = float(timeout)
+            if not timeout > 0 or timeout == float("inf"):
+                raise ValueError(f"comm_timeout must be a positive number of seconds or None (wait forever), got "
+                                 f"{timeout}")
+        self.timeout = timeout
         self._MPI = MPI
         self.local = local
         self.comm = comm
@@ -127,8 +155,9 @@ class MPIBackend(Backend):
                              "cannot weight it by its share of the data.")
         # one collective at construction: dimension, dtype, reduction and sample count of every rank
         digest = _parameter_digest(local) if check_parameters else None
-        info = comm.allgather((int(self.n), self.dtype.str, reduction,
-                               None if local_n is None else int(local_n), digest))
+        self.n_allreduce = 0
+        info = self._allgather((int(self.n), self.dtype.str, reduction, None if local_n is None else int(local_n),
+                                digest))
         problems = []
         if len({i[0] for i in info}) > 1:
             problems.append(f"the number of parameters differs between ranks ({[i[0] for i in info]}): every rank "
@@ -156,7 +185,6 @@ class MPIBackend(Backend):
             self.weight = self.local_n_samples / self.n_samples
         else:
             self.weight = 1.0
-        self.n_allreduce = 0
         self.allreduce_seconds = 0.0
 
     def __getattr__(self, item: str) -> Any:
@@ -175,9 +203,68 @@ class MPIBackend(Backend):
     def _allreduce(self, buf: Any) -> None:
         MPI = self._MPI
         t0 = time.perf_counter()
-        self.comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)
-        self.allreduce_seconds += time.perf_counter() - t0
         self.n_allreduce += 1
+        if self.timeout is None:
+            self.comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)
+        else:
+            self._wait(self.comm.Iallreduce(MPI.IN_PLACE, buf, op=MPI.SUM), t0,
+                       f"the Allreduce of product #{self.n_allreduce}")
+        self.allreduce_seconds += time.perf_counter() - t0
+
+    def _allgather(self, obj: Any) -> list[Any]:
+        """``comm.allgather(obj)`` of a small picklable object, bounded by the timeout (fixed-size byte buffers)."""
+        if self.timeout is None:
+            return self.comm.allgather(obj)
+        data = pickle.dumps(obj)
+        if len(data) > _INFO_BYTES - 4:
+            raise ValueError("internal: the per-rank description is too large to exchange")
+        mine = np.zeros(_INFO_BYTES, dtype=np.uint8)
+        mine[:4] = np.frombuffer(np.uint32(len(data)).tobytes(), dtype=np.uint8)
+        mine[4: 4 + len(data)] = np.frombuffer(data, dtype=np.uint8)
+        every = np.empty((self.comm.Get_size(), _INFO_BYTES), dtype=np.uint8)
+        self._wait(self.comm.Iallgather(mine, every), time.perf_counter(), "the exchange that builds the operator")
+        sizes = every[:, :4].copy().view(np.uint32)[:, 0]
+        return [pickle.loads(every[r, 4: 4 + int(sizes[r])].tobytes()) for r in range(len(every))]
+
+    def _wait(self, request: Any, t0: float, what: str) -> None:
+        """Poll ``request`` until it completes; abort the job if it has not ``timeout`` s after ``t0``."""
+        spin_until, deadline, pause = t0 + 1e-3, t0 + self.timeout, 1e-5
+        while not request.Test():
+            now = time.perf_counter()
+            if now > deadline:
+                self._abort_after_timeout(what)
+            if now > spin_until:
+                time.sleep(pause)
+                pause = min(2 * pause, 2e-4)
+
+    def _abort_after_timeout(self, what: str) -> None:
+        """Find out which ranks are waiting too (they send the same message), name the others, abort the job."""
+        MPI, diag = self._MPI, self.comm  # point-to-point messages: a context apart from the collectives
+        rank, size = diag.Get_rank(), diag.Get_size()
+        world = MPI.COMM_WORLD
+        with contextlib.suppress(MPI.Exception):
+            for r in range(size):
+                if r != rank:
+                    diag.isend(rank, dest=r, tag=_TIMEOUT_TAG)
+        waiting = {rank}
+        end = time.perf_counter() + min(2.0, self.timeout / 2)
+        with contextlib.suppress(MPI.Exception):
+            while time.perf_counter() < end and len(waiting) < size:
+                status = MPI.Status()
+                if diag.Iprobe(source=MPI.ANY_SOURCE, tag=_TIMEOUT_TAG, status=status):
+                    waiting.add(diag.recv(source=status.Get_source(), tag=_TIMEOUT_TAG))
+                else:
+                    time.sleep(1e-3)
+        missing = sorted(set(range(size)) - waiting)
+        prefix = f"[hessop rank {world.Get_rank()}/{world.Get_size()}] "
+        sys.stderr.write(
+            f"{prefix}timed out: rank(s) {missing} of the communicator did not reach {what} within "
+            f"comm_timeout={self.timeout:g} s (ranks {sorted(waiting)} were waiting there). A rank that stopped "
+            "answering (a hang, a deadlock, a lost node) or one much slower than the others: raise comm_timeout if "
+            "the wait is legitimate.\n"
+            f"{prefix}aborting the MPI job (MPI.COMM_WORLD.Abort(1))\n")
+        sys.stderr.flush()
+        world.Abort(1)
 
     def _reduce(self, y: Any) -> Any:
         """``sum_r w_r y_r`` in one in-place Allreduce on a contiguous buffer, returned as a native array."""

@@ -31,14 +31,10 @@ def check_symmetric_matrix(A: Any, what: str = "the matrix") -> None:
         raise ValueError(f"{what} must be square (n, n); got shape {tuple(A.shape)}.")
     if A.shape[0] < 2:
         raise ValueError(f"{what} must be at least 2 x 2; got shape {tuple(A.shape)}.")
-    if sp.issparse(A):
-        scale = abs(A).max() if A.nnz else 0.0
-        asym = abs(A - A.T).max() if A.nnz else 0.0
-    else:
-        scale = float(np.max(np.abs(A)))
-        asym = float(np.max(np.abs(A - A.T)))
+    scale = (abs(A).max() if A.nnz else 0.0) if sp.issparse(A) else float(np.max(np.abs(A)))
     if not np.isfinite(scale):
         raise ValueError(f"{what} contains NaN or Inf.")
+    asym = (abs(A - A.T).max() if A.nnz else 0.0) if sp.issparse(A) else float(np.max(np.abs(A - A.T)))
     tol = np.sqrt(np.finfo(np.dtype(A.dtype) if A.dtype.kind == "f" else np.float64).eps) * scale
     if asym > tol:
         raise ValueError(

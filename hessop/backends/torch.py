@@ -45,15 +45,18 @@ def _is_single_batch(data: Any, loss_form: str) -> bool:
     return False
 
 
-def _first_tensor(batch: Any) -> torch.Tensor | None:
+def _tensors(batch: Any) -> Iterator[torch.Tensor]:
+    """Every tensor of a batch (nested tuples, lists and mappings), in order."""
     if isinstance(batch, torch.Tensor):
-        return batch
+        yield batch
+        return
     items = batch.values() if isinstance(batch, Mapping) else batch if isinstance(batch, (tuple, list)) else ()
     for x in items:
-        t = _first_tensor(x)
-        if t is not None:
-            return t
-    return None
+        yield from _tensors(x)
+
+
+def _first_tensor(batch: Any) -> torch.Tensor | None:
+    return next(_tensors(batch), None)
 
 
 def _select_params(model: nn.Module, params: Any) -> tuple[list[str], list[torch.Tensor]]:
@@ -222,14 +225,30 @@ class TorchBackend(DataBackend):
         return int(t.shape[0])
 
     def _loss(self, batch: Any) -> torch.Tensor:
-        if self.loss_form == "outputs":
-            if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
-                raise ValueError("with loss_form='outputs' each batch must be (inputs, targets); for other batch "
-                                 "structures use loss_form='model' and loss_fn(model, batch).")
-            inputs, targets = batch
-            loss = self.loss_fn(self.model(inputs), targets)
-        else:
-            loss = self.loss_fn(self.model, batch)
+        if self.loss_form == "outputs" and not (isinstance(batch, (tuple, list)) and len(batch) == 2):
+            raise ValueError("with loss_form='outputs' each batch must be (inputs, targets); for other batch "
+                             "structures use loss_form='model' and loss_fn(model, batch).")
+        try:
+            if self.loss_form == "outputs":
+                inputs, targets = batch
+                loss = self.loss_fn(self.model(inputs), targets)
+            else:
+                loss = self.loss_fn(self.model, batch)
+        except RuntimeError as e:  # torch's dtype mismatch error does not say what to convert
+            other = sorted({str(t.dtype) for t in _tensors(batch) if t.is_floating_point()} - {str(self.torch_dtype)})
+            if other:
+                raise TypeError(
+                    f"the batch holds {', '.join(other)} tensors but the model's parameters are {self.torch_dtype} "
+                    f"(torch: {e}). Convert the data to the model's dtype (e.g. x.to({self.torch_dtype}), or build "
+                    "the batches in it) or the model to the data's (model.to(torch.float64))."
+                ) from e
+            raise
+        if isinstance(loss, (bool, int, float)):
+            raise TypeError(
+                f"loss_fn returned a Python {type(loss).__name__} ({loss!r}), not a scalar torch tensor: a Python "
+                "number carries no graph to differentiate. Return the loss tensor itself (no .item(), float() or "
+                "int())."
+            )
         if not isinstance(loss, torch.Tensor):
             raise TypeError(f"loss_fn returned {type(loss).__name__}, expected a scalar torch tensor.")
         if loss.numel() != 1:
@@ -238,7 +257,8 @@ class TorchBackend(DataBackend):
                 "(e.g. reduction='mean' in the loss) and tell hessop which reduction with reduction=..."
             )
         if not loss.is_floating_point():
-            raise TypeError(f"loss_fn returned a {loss.dtype} tensor; the loss must be floating point.")
+            raise TypeError(f"loss_fn returned a {loss.dtype} tensor; the loss must be floating point (an integer "
+                            "has no derivative: compute it from the model's floating-point outputs).")
         return loss.reshape(())
 
     def _batch_loss(self, batch: Any) -> float:

@@ -229,3 +229,73 @@ def test_bad_arguments(torch_problem):
         op(p, loss_form="batch")
     with pytest.raises(TypeError, match="nn.Module"):
         HessianOperator.from_torch(lambda x: x, p["loss_fn"], (p["x"], p["y"]))
+
+
+def test_float32_model_given_float64_data_says_what_to_convert(torch_problem):
+    p = torch_problem
+    model = copy.deepcopy(p["model"]).float()
+    with pytest.raises(TypeError, match=r"the batch holds torch.float64 tensors but the model's parameters are "
+                                        r"torch.float32 .* Convert the data to the model's dtype \(e.g. "
+                                        r"x.to\(torch.float32\)"):
+        HessianOperator.from_torch(model, p["loss_fn"], (p["x"], p["y"]))
+    with pytest.raises(TypeError, match="the batch holds torch.float64 tensors"):  # also for loss_fn(model, batch)
+        HessianOperator.from_torch(model, lambda m, b: p["loss_fn"](m(b[0]), b[1]), (p["x"], p["y"]),
+                                   loss_form="model")
+
+
+@pytest.mark.parametrize(("loss", "words"), [
+    (lambda out, y: 1.0, r"loss_fn returned a Python float \(1.0\), not a scalar torch tensor: .*no .item\(\)"),
+    (lambda out, y: 3, r"loss_fn returned a Python int \(3\), not a scalar torch tensor"),
+    (lambda out, y: torch.nn.functional.cross_entropy(out, y).item(), "Python float"),
+    (lambda out, y: (out.argmax(1) != y).sum(), "loss_fn returned a torch.int64 tensor; the loss must be floating "
+                                                "point"),
+    (lambda out, y: [torch.nn.functional.cross_entropy(out, y)], "loss_fn returned list, expected a scalar torch "
+                                                                 "tensor"),
+])
+def test_loss_returning_a_number_or_an_integer(torch_problem, loss, words):
+    p = torch_problem
+    with pytest.raises(TypeError, match=words):
+        HessianOperator.from_torch(p["model"], loss, (p["x"], p["y"]))
+
+
+def test_loader_whose_batches_change_between_passes(torch_problem):
+    """Complete and shuffled is fine; a loader that serves other samples on each pass is refused."""
+    p = torch_problem
+    n = len(p["x"])
+
+    class Shuffled:  # every sample once per pass, in a new order each time
+        def __init__(self):
+            self.g = torch.Generator().manual_seed(0)
+
+        def __iter__(self):
+            idx = torch.randperm(n, generator=self.g)
+            return iter([(p["x"][idx[i: i + 25]], p["y"][idx[i: i + 25]]) for i in range(0, n, 25)])
+
+    class Subsample(Shuffled):  # a random half of the data on each pass: another loss every time
+        def __iter__(self):
+            idx = torch.randperm(n, generator=self.g)[: n // 2]
+            return iter([(p["x"][idx], p["y"][idx])])
+
+    op(p, data=Shuffled())
+    with pytest.raises(ValueError, match="H v is not deterministic: the total loss .* differs between two passes "
+                                         "over the data. .* a loader that does not visit every sample"):
+        op(p, data=Subsample())
+
+
+def test_vectors_of_wrong_length_dtype_or_device_given_to_hvp(torch_problem):
+    H = op(torch_problem)
+    with pytest.raises(ValueError, match=rf"hvp expects a vector of shape \({H.n},\), got \({H.n - 1},\)"):
+        H.hvp(torch.ones(H.n - 1, dtype=torch.float64))
+    with pytest.raises(TypeError, match="the vector given to hvp must have dtype torch.float64 .* got torch.float32"):
+        H.hvp(torch.ones(H.n))
+    with pytest.raises(TypeError, match="the block given to hvp_block is on device meta but the operator computes "
+                                        "on cpu; move it there"):
+        H.hvp_block(torch.ones(H.n, 2, dtype=torch.float64, device="meta"))
+    with pytest.raises(TypeError, match=r"must be a torch array \(Tensor\) like this operator's, got ndarray"):
+        H.hvp(np.ones(H.n))
+
+
+def test_check_symmetric_on_a_model(torch_problem):
+    """Off by default for autodiff Hessians; when asked, a real model's product passes it (two uncounted products)."""
+    H = op(torch_problem, check_symmetric=True)
+    assert H.n_hvp == 0
