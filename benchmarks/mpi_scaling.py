@@ -15,6 +15,9 @@ It launches, one after the other (never concurrently):
 * ``Allreduce``: ``mpiexec -n 2 python mpi_scaling.py --allreduce``: in-place Allreduce(SUM) of float32 vectors of
   10^3 .. 2.5 * 10^7 entries (a barrier before each timed call, so no waiting is counted).
 
+Separately, ``mpiexec -n 2 python benchmarks/mpi_scaling.py --timeout-cost --reps 200`` measures what
+``comm_timeout`` (polled non-blocking Allreduce) costs per product against ``comm_timeout=None`` (blocking).
+
 Model: ``SmallResNet(channels=16, hidden=64)`` (19,610 parameters, float32, untrained, eval mode) on all 1,797
 digits in batches of 300 per rank: the HVP costs ~0.1-0.3 s, the reduced vector is 78 KB.  Times are medians
 over repetitions; the three configurations are run round-robin ``--rounds`` times and the least disturbed round
@@ -120,6 +123,42 @@ def allreduce_bench(reps: int) -> None:
         print("RESULT " + json.dumps({"ranks": comm.Get_size(), "rows": rows}), flush=True)
 
 
+def timeout_cost(reps: int) -> None:
+    """Per-product cost of ``comm_timeout``: products of a reduced identity operator (the product is then only the
+    reduction, the worst case for the overhead) with ``comm_timeout=None`` (blocking Allreduce) and the default
+    (polled Iallreduce), interleaved call by call, a barrier before each timed call."""
+    from mpi4py import MPI
+
+    import hessop
+    from hessop.mpi import reduce_operator
+
+    comm = MPI.COMM_WORLD
+    rows = []
+    for n in (1_000, N_MODEL, 272_474, 4_000_000):
+        ops = {name: reduce_operator(hessop.HessianOperator.from_function(lambda v: v, n, np.float32,
+                                                                          check_symmetric=False), comm,
+                                     comm_timeout=t) for name, t in (("blocking", None), ("polled", 300.0))}
+        v = next(iter(ops.values())).asarray(np.ones(n, dtype=np.float32))
+        times: dict[str, list[float]] = {name: [] for name in ops}
+        for i in range(reps + 3):
+            for name, H in ops.items():
+                comm.Barrier()
+                t0 = time.perf_counter()
+                H.hvp(v)
+                if i >= 3:  # warm-up
+                    times[name].append(time.perf_counter() - t0)
+        med = {name: comm.allreduce(float(np.median(ts)), op=MPI.MAX) for name, ts in times.items()}
+        rows.append({"n": n, **med})
+    if comm.Get_rank() == 0:
+        print(f"comm_timeout cost, {comm.Get_size()} ranks, float32, reduced identity operator, median of {reps} "
+              "interleaved products (max over ranks)\n")
+        print("| n | comm_timeout=None (blocking Allreduce) | comm_timeout=300 (polled Iallreduce) | difference |")
+        print("|---|---|---|---|")
+        for r in rows:
+            print(f"| {r['n']:,} | {1e6 * r['blocking']:.1f} us | {1e6 * r['polled']:.1f} us "
+                  f"| {1e6 * (r['polled'] - r['blocking']):+.1f} us |")
+
+
 def launch(cmd: list[str], threads: int) -> dict:
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
                PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
@@ -201,6 +240,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--worker", action="store_true", help="run one configuration (internal)")
     ap.add_argument("--allreduce", action="store_true", help="Allreduce bandwidth (run under mpiexec)")
+    ap.add_argument("--timeout-cost", action="store_true", help="cost of comm_timeout per product (under mpiexec)")
     ap.add_argument("--mpi", action="store_true", help="shard the data over MPI.COMM_WORLD")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--reps", type=int, default=15)
@@ -212,6 +252,8 @@ def main() -> None:
         worker(a.threads, a.mpi, a.reps, a.lanczos_reps)
     elif a.allreduce:
         allreduce_bench(a.reps)
+    elif a.timeout_cost:
+        timeout_cost(a.reps)
     else:
         driver(a.quick, a.rounds)
 
