@@ -14,7 +14,7 @@ BLOCKED = {"torch", "jax", "jaxlib", "cupy", "cupyx", "mpi4py", "matplotlib", "s
 class Block:
     def find_spec(self, name, path=None, target=None):
         if name.split(".")[0] in BLOCKED:
-            raise ImportError(f"{name} is blocked in this test")
+            raise ModuleNotFoundError(f"No module named {name!r} (blocked in this test)", name=name)
         return None
 
 
