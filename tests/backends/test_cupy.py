@@ -151,7 +151,8 @@ def test_callable_hvp(small):
         return Ad @ v
 
     H = HessianOperator.from_cupy(hvp, A.shape[0])
-    assert H.dtype == np.float64
+    assert H.dtype == np.float64 and len(calls) == 2 and H.n_hvp == 0  # the symmetry check's two products
+    calls.clear()
     res = hessop.lanczos(H, k=3, tol=1e-10)
     np.testing.assert_allclose(res.eigenvalues, lam[:3], rtol=1e-10)
     assert isinstance(res.eigenvectors, cp.ndarray) and len(calls) == res.n_hvp
@@ -159,6 +160,8 @@ def test_callable_hvp(small):
     V = H.asarray(np.random.default_rng(2).standard_normal((H.n, 4)))
     blocks = []
     Hb = HessianOperator.from_cupy(hvp, A.shape[0], hvp_block=lambda X: blocks.append(X.shape) or Ad @ X)
+    assert blocks == [(H.n, 2)]  # the symmetry check: one block of two
+    blocks.clear()
     np.testing.assert_allclose(cp.asnumpy(Hb.hvp_block(V)), A @ cp.asnumpy(V), rtol=1e-12, atol=1e-12)
     assert blocks == [(H.n, 4)] and Hb.n_hvp == 4
     calls.clear()
@@ -252,15 +255,18 @@ def test_bad_callables(small):
         HessianOperator.from_cupy(lambda v: Ad @ v)
     with pytest.raises(ValueError, match="n .* must be an integer"):
         HessianOperator.from_cupy(lambda v: Ad @ v, 1)
-    H = HessianOperator.from_cupy(lambda v: A @ cp.asnumpy(v), 300)  # returns NumPy: a host round-trip
-    with pytest.raises(TypeError, match="cupy.ndarray"):
-        hessop.lanczos(H, k=1)
-    H = HessianOperator.from_cupy(lambda v: (Ad @ v)[:-1], 300)
-    with pytest.raises(ValueError, match="shape"):
-        hessop.lanczos(H, k=1)
-    H = HessianOperator.from_cupy(lambda v: Ad @ v.astype(cp.float64), 300, np.float32)
-    with pytest.raises(TypeError, match="down-cast"):
-        hessop.lanczos(H, k=1)
+    # wrong results are found by the symmetry check's products at construction, or by the solver without it
+    for check in (True, False):
+        with pytest.raises(TypeError, match="cupy.ndarray"):  # returns NumPy: a host round-trip
+            hessop.lanczos(HessianOperator.from_cupy(lambda v: A @ cp.asnumpy(v), 300, check_symmetric=check), k=1)
+        with pytest.raises(ValueError, match="shape"):
+            hessop.lanczos(HessianOperator.from_cupy(lambda v: (Ad @ v)[:-1], 300, check_symmetric=check), k=1)
+        with pytest.raises(TypeError, match="down-cast"):
+            hessop.lanczos(HessianOperator.from_cupy(lambda v: Ad @ v.astype(cp.float64), 300, np.float32,
+                                                     check_symmetric=check), k=1)
+    B = cp.asarray(np.triu(A))
+    with pytest.raises(ValueError, match="the product is not symmetric"):
+        HessianOperator.from_cupy(lambda v: B @ v, 300)
     H = HessianOperator.from_cupy(lambda v: Ad @ v * cp.nan, 300)
     with pytest.raises(FloatingPointError):
         hessop.lanczos(H, k=1)
