@@ -7,7 +7,8 @@ SmallResNet and its digits), keeps its own unequal shard, builds the reduced ope
 
 ``python tests/mpi_worker.py raise WORKDIR``: rank 1 raises in the middle of a Lanczos run while the other ranks
 wait in an Allreduce; the job must end (non-zero) instead of hanging.  ``kill``: rank 1 is killed by SIGKILL
-there; ``hang``: rank 1 sleeps forever there and the others' ``comm_timeout`` (3 s) must end the job.
+there; ``hang``: rank 1 sleeps forever there and the others' ``comm_timeout`` (3 s) must end the job
+(``hang-build``: rank 1 never reaches the construction's collective).
 ``raise-plain`` does the same as ``raise`` with ``abort_on_error=False`` (run it as ``python -m mpi4py``, whose
 own handler must then abort).  ``raise-build``: rank 1's ``from_torch(..., comm=)`` raises (empty shard) while
 the other ranks wait in the constructor's collective.
@@ -207,6 +208,18 @@ def fail_midway(abort_on_error: bool, how: str = "raise") -> None:
     print(f"rank {rank}: finished, which it should not have", flush=True)
 
 
+def hang_while_building() -> None:
+    """Rank 1 never reaches the construction's collective; the others' comm_timeout (3 s) must end the job."""
+    from mpi4py import MPI
+
+    comm = MPI.COMM_WORLD
+    if comm.Get_rank() == 1:
+        print("rank 1: never building the operator", flush=True)
+        time.sleep(10 ** 6)
+    reduce_operator(hessop.HessianOperator.from_matrix(local_matrix(comm.Get_rank())), comm, comm_timeout=3.0)
+    print(f"rank {comm.Get_rank()}: finished, which it should not have", flush=True)
+
+
 def fail_while_building() -> None:
     import torch
     from mpi4py import MPI
@@ -230,6 +243,8 @@ if __name__ == "__main__":
         fail_midway(abort_on_error=True)
     elif mode == "raise-build":
         fail_while_building()
+    elif mode == "hang-build":
+        hang_while_building()
     elif mode in ("kill", "hang"):
         fail_midway(abort_on_error=True, how=mode)
     elif mode == "raise-plain":

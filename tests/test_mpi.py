@@ -185,6 +185,8 @@ def test_reduced_operator_matches_single_process(problem, n_ranks):
                      "Allreduce of product #4 within comm_timeout=3 s (ranks [0] were waiting"]),
     ([], "hang", 3, ["rank 1: failing (hang)", "timed out: rank(s) [1] of the communicator did not reach the "
                      "Allreduce of product #4 within comm_timeout=3 s (ranks [0, 2] were waiting"]),
+    ([], "hang-build", 3, ["rank 1: never building the operator", "timed out: rank(s) [1] of the communicator did "
+                           "not reach the exchange that builds the operator within comm_timeout=3 s"]),
 ])
 def test_failing_rank_aborts_the_job(tmp_path, runner, mode, n, messages):
     """A rank that raises, is killed by SIGKILL or stops answering mid-run, while the others wait in an Allreduce,
