@@ -197,6 +197,8 @@ def test_draws_advance_through_block_products():
         raise AssertionError("single-vector product")
 
     op = hessop.HessianOperator.from_function(single, 100, hvp_block=block)
+    assert calls == [2] and op.n_hvp == 0  # the symmetry check at construction: one uncounted block of two
+    calls.clear()
     sd = hessop.slq(op, n_iter=12, n_vectors=7, block_size=4)
     assert calls == [4] * 12 + [3] * 12 and sd.n_hvp == 84 == op.n_hvp
 

@@ -66,7 +66,10 @@ def counting_operator(A: np.ndarray):
         calls.append(V.shape[1])
         return A @ V
 
-    return hessop.HessianOperator.from_function(single, A.shape[0], hvp_block=block), calls
+    op = hessop.HessianOperator.from_function(single, A.shape[0], hvp_block=block)
+    assert calls == [2] and op.n_hvp == 0  # the symmetry check at construction: one uncounted block of two
+    calls.clear()
+    return op, calls
 
 
 # ---------------------------------------------------------------------------------------------------- Hutchinson
