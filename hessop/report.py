@@ -250,10 +250,10 @@ class EigenvaluesSection(Section):
             rows = [[str(i + 1), _f(lam, 10), _f(res, 3), _ok(ok)]
                     for i, (lam, res, ok) in enumerate(zip(r.eigenvalues, r.residuals, r.converged, strict=True))]
             label = "largest" if which == "LA" else "smallest"
-            parts.append(f"<h3>{k} {label} (Lanczos, which={which})</h3>"
+            parts.append(f"<div><h3>{k} {label} (Lanczos, which={which})</h3>"
                          + _table(["#", "eigenvalue", "residual", "converged"], rows)
                          + f"<p class='meta'>{r.n_hvp} HVPs, {r.n_iter} steps, {r.n_restarts} restarts, "
-                           f"{seconds:.2f} s</p>")
+                           f"{seconds:.2f} s</p></div>")
             steps = np.array([h[0] for h in history])
             for i in range(k):
                 have = [len(h[1]) > i for h in history]
@@ -276,7 +276,8 @@ class EigenvaluesSection(Section):
                  "||Hv &minus; &lambda;v|| &le; tol&middot;|&lambda;|; for a symmetric H the eigenvalue error is at "
                  "most the residual (and usually about residual&sup2;/gap).</p>")
         converged = all(all(data[name]["converged"]) for name, _, _ in solves)
-        return SectionOutput(data, intro + "".join(parts), {"convergence": fig}, converged)
+        body = intro + f"<div class='cols'>{''.join(parts)}</div>"
+        return SectionOutput(data, body, {"convergence": fig}, converged)
 
 
 class TraceSection(Section):
@@ -326,7 +327,7 @@ class TraceSection(Section):
                  str(est.n_hvp), _ok(est.converged)]]
         note = ("Hutchinson stops when the 95% interval's half-width is at most "
                 f"{self.rtol:g} of the estimate (capped at {self.n_hvp} samples)"
-                if self.estimator == "hutchinson" else f"a fixed budget of {est.n_hvp} HVPs")
+                if self.estimator == "hutchinson" else f"{est.method} with a fixed budget of {est.n_hvp} HVPs")
         body = (f"<p>{html.escape(note)}. The interval is estimate &plusmn; t<sub>0.975</sub>&middot;standard "
                 "error (Student t over the samples).</p>"
                 + _table(["method", "estimate", "std. error", "95% interval", "HVPs", "converged"], rows)
@@ -413,7 +414,7 @@ h1{font-size:1.7em;margin-bottom:.2em}h2{border-bottom:2px solid #dde3ea;padding
 h3{font-size:1.05em;margin:1.2em 0 .4em}
 table{border-collapse:collapse;margin:.4em 0;font-size:.93em}
 th,td{border:1px solid #d5dbe1;padding:.28em .7em;text-align:right}th{background:#f1f4f7}
-td:first-child,th:first-child{text-align:left}
+td:first-child,th:first-child{text-align:left}table.kv td{text-align:left}
 .ok{color:#18794e;font-weight:600}.bad{color:#c62828;font-weight:700}
 .meta{color:#5b6670;font-size:.9em;margin:.2em 0}.lead{color:#3b4650}
 img{max-width:100%;border:1px solid #e3e7eb;margin:.6em 0}
