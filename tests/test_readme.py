@@ -19,7 +19,7 @@ BASH = re.findall(r"```bash\n(.*?)```", TEXT, flags=re.S)
 
 # sizes made smaller for the test; each replacement must apply, so an edited README cannot silently skip one
 SMALLER = {
-    "x, y = digits()": "x, y = digits(240)",
+    "x, y = digits()": "x, y = digits(120)",
     "steps=100": "steps=20",
     "rtol=0.01": "rtol=0.5",
     "n_hvp=100": "n_hvp=20",
