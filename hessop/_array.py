@@ -15,7 +15,7 @@ from array_api_compat import array_namespace, is_jax_array
 
 from hessop._validate import check_seed
 
-__all__ = ["array_namespace", "check_finite", "make_rng", "set_column", "to_float"]
+__all__ = ["array_namespace", "check_finite", "make_rng", "set_column"]
 
 
 def set_column(Q: Any, j: int | slice, v: Any) -> Any:
@@ -25,11 +25,6 @@ def set_column(Q: Any, j: int | slice, v: Any) -> Any:
         return Q.at[:, j].set(v)
     Q[:, j] = v
     return Q
-
-
-def to_float(x: Any) -> float:
-    """A 0-d backend array as a Python float (the one host synchronisation a solver step makes)."""
-    return float(x)
 
 
 def check_finite(value: float, what: str, iteration: int) -> float:

@@ -25,6 +25,7 @@ the first restart, ``eigh`` after), never a general eigensolver.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -174,6 +175,7 @@ def lanczos(
     max_basis: int | None = None,
     seed: int | np.random.Generator | None = 0,
     v0: Any = None,
+    callback: Callable[[int, np.ndarray, np.ndarray], None] | None = None,
 ) -> EigenResult:
     """The ``k`` extreme eigenpairs of a symmetric operator by Lanczos with full reorthogonalisation and thick
     restart.
@@ -204,6 +206,9 @@ def lanczos(
         backend).  Default 0.
     v0 : array, optional
         Start vector (NumPy or native) instead of a random one.
+    callback : callable, optional
+        Called after every step as ``callback(step, ritz_values, residuals)`` with the wanted Ritz values and their
+        residuals so far (host arrays, most wanted first, at most k); for convergence plots.  Costs nothing extra.
 
     Notes
     -----
@@ -248,6 +253,8 @@ def lanczos(
         anorm = max(kry.anorm, float(np.max(np.abs(theta))))
         ok_all = res_all <= tol * np.maximum(np.abs(theta), eps23 * anorm)
         res, conv = res_all[sel], ok_all[sel]
+        if callback is not None:
+            callback(n_iter, theta[sel].copy(), res.copy())
         done = kry.j >= k and bool(np.all(conv))
         block_joins_wanted = explore_from is None
         if explore_from is not None:

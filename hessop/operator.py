@@ -123,19 +123,8 @@ class HessianOperator(LinearOperator):
         check_symmetric: bool = False,
     ) -> HessianOperator:
         """Hessian of a JAX loss ``loss_fn(params, batch) -> scalar`` over a data set, with respect to the pytree
-        ``params``; see :class:`hessop.backends.jax.JaxBackend` for every argument.
-
-        Maths: ``H v = sum_b w_b  d/dt grad L_b(theta + t v)|_0`` over the batches ``b`` of ``data``, with
-        ``w_b = |b| / N`` for ``reduction="mean"`` (default; batches may differ in size) and ``w_b = 1`` for
-        ``"sum"``.  Each term is forward-over-reverse differentiation (``jax.jvp`` of ``jax.grad``; Pearlmutter,
-        "Fast exact multiplication by the Hessian", Neural Computation 1994), compiled once per loss, parameter
-        layout and batch shape and reused; a block ``H V`` is one ``jax.vmap``-ed call per batch.
-
-        ``params`` is any pytree of float32 or float64 arrays (float64 needs ``jax_enable_x64``; float32 stays
-        float32).  The flat vector is the leaves in ``jax.tree_util.tree_leaves`` order, each row-major;
-        ``H.backend.unflatten(v)`` gives a flat vector (an eigenvector) back as a pytree shaped like ``params``.
-        ``check_deterministic=True`` (default) compares two loss passes and two products at construction;
-        ``batch_size`` (default: leading dimension of a batch's first leaf) sets the weights.
+        ``params``, by forward-over-reverse products; see :class:`hessop.backends.jax.JaxBackend` for the maths and
+        every argument, and ``H.backend.unflatten(v)`` to shape a flat vector (an eigenvector) like ``params``.
 
         With ``comm`` (an mpi4py communicator) ``data`` is this rank's shard only and the operator is the Hessian
         over the union of all ranks' data, reduced with one Allreduce per product (see :mod:`hessop.mpi`);

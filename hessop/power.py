@@ -55,6 +55,8 @@ def power_iteration(
         Iterate on ``H - shift * I``: with ``shift`` near ``lambda_max`` the dominant eigenvalues of the shifted
         operator are the smallest (most negative) eigenvalues of H.  Reported eigenvalues are those of H.
 
+    Notes
+    -----
     A final Rayleigh-Ritz step on the span of the found vectors, using the products already computed (no extra
     HVP), removes the coupling that deflation against inexact earlier vectors leaves behind, so the reported
     residuals are true residuals of H.

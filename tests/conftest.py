@@ -8,6 +8,19 @@ import pytest
 from hessop.testing import matrix_with_spectrum, outlier_spectrum
 
 
+@pytest.fixture
+def nan_operator():
+    """A 20 x 20 operator whose every product (single or block) has a NaN in row 3: solvers must raise."""
+    import hessop
+
+    def block(V):
+        out = V.copy()
+        out[3] = np.nan
+        return out
+
+    return hessop.HessianOperator.from_function(lambda v: block(v[:, None])[:, 0], 20, hvp_block=block)
+
+
 @pytest.fixture(scope="session")
 def outlier_matrix() -> tuple[np.ndarray, np.ndarray]:
     """(A, eigenvalues descending): n = 2000, 10 outliers over a bulk, 3 negative eigenvalues."""

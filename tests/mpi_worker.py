@@ -118,6 +118,16 @@ def solve(workdir: Path) -> None:
     out: dict = {"seconds_to_operator": time.perf_counter() - T0, "rank": rank, "size": size,
                  "local_samples": hi - lo, "n_samples": H.backend.n_samples,
                  "describe": repr(H), "unflatten": list(H.backend.unflatten(np.zeros(H.n)))}
+    # count the operator's product calls (a block counts once) to compare with the Allreduce count
+    mpi_backend, calls, allreduce0 = H.backend, [0], H.backend.n_allreduce
+
+    def counting(f):
+        def counted(x):
+            calls[0] += 1
+            return f(x)
+        return counted
+
+    mpi_backend.hvp, mpi_backend.hvp_block = counting(mpi_backend.hvp), counting(mpi_backend.hvp_block)
     res = hessop.lanczos(H, k=5)
     out["lanczos"] = {"eigenvalues": res.eigenvalues.tolist(), "n_hvp": res.n_hvp, "converged": res.converged.tolist()}
     res = hessop.power_iteration(H, k=1, tol=1e-7)
@@ -130,7 +140,8 @@ def solve(workdir: Path) -> None:
     out["slq"] = {"nodes": [np.asarray(a).tolist() for a in d.nodes],
                   "weights": [np.asarray(a).tolist() for a in d.weights]}
     out["n_hvp_total"] = H.n_hvp
-    out["n_allreduce"] = H.backend.n_allreduce
+    out["n_allreduce"] = H.backend.n_allreduce - allreduce0
+    out["n_product_calls"] = calls[0]
 
     # operators with no sample count are summed: H = sum_r A_r
     S = reduce_operator(hessop.HessianOperator.from_matrix(local_matrix(rank)), comm)

@@ -48,13 +48,9 @@ class HostGuard:
             raise AssertionError(f"{how} of a length-n {type(x).__name__} {tuple(x.shape)}: a host round-trip")
 
     def wrap(self, fn, how: str):
-        def wrapped(x, *args, **kwargs):
-            self.check(x, how)
-            return fn(x, *args, **kwargs)
+        """``fn`` (a function of an array, or an unbound method taking the array as ``self``) guarded by
+        :meth:`check`."""
 
-        return wrapped
-
-    def wrap_method(self, fn, how: str):
         def wrapped(x, *args, **kwargs):
             self.check(x, how)
             return fn(x, *args, **kwargs)
@@ -92,7 +88,7 @@ def test_torch_solvers_make_no_host_roundtrip(torch_operator, monkeypatch):
     H = torch_operator
     guard = HostGuard(monkeypatch, H, torch.Tensor)
     for name in ("__array__", "numpy", "tolist"):
-        monkeypatch.setattr(torch.Tensor, name, guard.wrap_method(getattr(torch.Tensor, name), f"Tensor.{name}"))
+        monkeypatch.setattr(torch.Tensor, name, guard.wrap(getattr(torch.Tensor, name), f"Tensor.{name}"))
     v = torch.ones(H.n, dtype=torch.float64)
     # the guards catch a deliberate round-trip ...
     for convert in (lambda: np.asarray(v), lambda: v.numpy(), lambda: v.tolist(), lambda: H.to_numpy(v),
@@ -134,7 +130,7 @@ def test_jax_solvers_make_no_host_roundtrip(jax_operator, monkeypatch, capfd):
     H = jax_operator
     guard = HostGuard(monkeypatch, H, jax.Array)
     for name in ("__array__", "tolist", "__dlpack__"):
-        monkeypatch.setattr(ArrayImpl, name, guard.wrap_method(getattr(ArrayImpl, name), f"Array.{name}"))
+        monkeypatch.setattr(ArrayImpl, name, guard.wrap(getattr(ArrayImpl, name), f"Array.{name}"))
     value = ArrayImpl._value
 
     def guarded_value(self):  # behind float(), .item(), jax.device_get, printing

@@ -21,7 +21,7 @@ import cupyx.scipy.sparse as cpsp
 import numpy as np
 
 from hessop.backends.base import Backend
-from hessop.backends.numpy import float_dtype
+from hessop.backends.numpy import check_product, check_square, check_symmetry, float_dtype
 
 __all__ = ["CupyFunctionBackend", "CupyMatrixBackend", "check_symmetric_device", "cupy_backend"]
 
@@ -38,11 +38,8 @@ def check_symmetric_device(A: Any, what: str = "the matrix") -> None:
     The comparison runs on the GPU (dense: by row blocks, so the temporary stays below ``2**24`` entries; sparse:
     ``A - A^T`` by cuSPARSE); only ``max |A - A^T|`` and ``max |A|`` come to the host.
     """
-    if len(A.shape) != 2 or A.shape[0] != A.shape[1]:
-        raise ValueError(f"{what} must be square (n, n); got shape {tuple(A.shape)}.")
+    check_square(tuple(A.shape), what)
     n = int(A.shape[0])
-    if n < 2:
-        raise ValueError(f"{what} must be at least 2 x 2; got shape {tuple(A.shape)}.")
     zero = cp.zeros((), dtype=A.dtype)
     if cpsp.issparse(A):
         D = A - A.T
@@ -55,14 +52,7 @@ def check_symmetric_device(A: Any, what: str = "the matrix") -> None:
         for i in range(0, n, rows):
             asym = cp.maximum(asym, cp.max(cp.abs(A[i: i + rows, :] - A[:, i: i + rows].T)))
     scale_h, asym_h = (float(x) for x in cp.stack([scale, asym]).astype(cp.float64).get())
-    if not (np.isfinite(scale_h) and np.isfinite(asym_h)):
-        raise ValueError(f"{what} contains NaN or Inf.")
-    tol = float(np.sqrt(np.finfo(np.dtype(A.dtype)).eps)) * scale_h
-    if asym_h > tol:
-        raise ValueError(
-            f"{what} is not symmetric: max |A - A.T| = {asym_h:.3e} exceeds {tol:.3e}. A Hessian is symmetric; "
-            "if the asymmetry is rounding, pass (A + A.T) / 2."
-        )
+    check_symmetry(scale_h, asym_h, A.dtype, what)
 
 
 class _CupyBackend(Backend):
@@ -149,16 +139,7 @@ class CupyFunctionBackend(_CupyBackend):
         if not isinstance(y, cp.ndarray):
             raise TypeError(f"the hvp callable returned {type(y).__name__}; it must return a cupy.ndarray on the "
                             "GPU (a NumPy result would mean a host round-trip at every product).")
-        if tuple(y.shape) != shape:
-            raise ValueError(f"the hvp callable returned shape {tuple(y.shape)}, expected {shape}")
-        if y.dtype != self.dtype:
-            if y.dtype.kind == "c" or not np.can_cast(y.dtype, self.dtype, casting="safe"):
-                raise TypeError(
-                    f"the hvp callable returned {y.dtype} but the operator was declared {self.dtype}; "
-                    f"declare dtype={y.dtype} or return {self.dtype} (hessop does not down-cast silently)."
-                )
-            y = y.astype(self.dtype)
-        return y
+        return check_product(y, shape, self.dtype)
 
     def hvp(self, v: Any) -> Any:
         return self._check(self._hvp(v), (self.n,))

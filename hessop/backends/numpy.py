@@ -25,22 +25,54 @@ def float_dtype(dtype: Any, what: str) -> np.dtype:
     )
 
 
-def check_symmetric_matrix(A: Any, what: str = "the matrix") -> None:
-    """Raise ValueError unless ``A`` is square and symmetric to ``sqrt(eps)`` relative to its largest entry."""
-    if getattr(A, "ndim", 2) != 2 or A.shape[0] != A.shape[1]:
-        raise ValueError(f"{what} must be square (n, n); got shape {tuple(A.shape)}.")
-    if A.shape[0] < 2:
-        raise ValueError(f"{what} must be at least 2 x 2; got shape {tuple(A.shape)}.")
-    scale = (abs(A).max() if A.nnz else 0.0) if sp.issparse(A) else float(np.max(np.abs(A)))
-    if not np.isfinite(scale):
+def check_square(shape: tuple[int, ...], what: str = "the matrix") -> None:
+    """Raise ValueError unless ``shape`` is that of a square matrix of at least 2 x 2."""
+    if len(shape) != 2 or shape[0] != shape[1]:
+        raise ValueError(f"{what} must be square (n, n); got shape {tuple(shape)}.")
+    if shape[0] < 2:
+        raise ValueError(f"{what} must be at least 2 x 2; got shape {tuple(shape)}.")
+
+
+def check_symmetry(scale: float, asym: float, dtype: Any, what: str = "the matrix") -> None:
+    """Raise ValueError unless ``asym = max |A - A^T|`` is within ``sqrt(eps) * scale``, ``scale = max |A|``
+    (both host floats, computed wherever ``A`` lives; eps of ``dtype``, float64 for non-float dtypes)."""
+    if not (np.isfinite(scale) and np.isfinite(asym)):
         raise ValueError(f"{what} contains NaN or Inf.")
-    asym = (abs(A - A.T).max() if A.nnz else 0.0) if sp.issparse(A) else float(np.max(np.abs(A - A.T)))
-    tol = np.sqrt(np.finfo(np.dtype(A.dtype) if A.dtype.kind == "f" else np.float64).eps) * scale
+    dtype = np.dtype(dtype)
+    tol = float(np.sqrt(np.finfo(dtype if dtype.kind == "f" else np.float64).eps)) * scale
     if asym > tol:
         raise ValueError(
             f"{what} is not symmetric: max |A - A.T| = {asym:.3e} exceeds {tol:.3e}. A Hessian is symmetric; "
             "if the asymmetry is rounding, pass (A + A.T) / 2."
         )
+
+
+def check_symmetric_matrix(A: Any, what: str = "the matrix") -> None:
+    """Raise ValueError unless the NumPy / SciPy sparse ``A`` is square and symmetric to ``sqrt(eps)`` relative to
+    its largest entry."""
+    check_square(tuple(A.shape), what)
+    if sp.issparse(A):
+        scale = float(abs(A).max()) if A.nnz else 0.0
+        asym = float(abs(A - A.T).max()) if A.nnz else 0.0
+    else:
+        scale = float(np.max(np.abs(A)))
+        asym = float(np.max(np.abs(A - A.T)))
+    check_symmetry(scale, asym, A.dtype, what)
+
+
+def check_product(y: Any, shape: tuple[int, ...], dtype: np.dtype) -> Any:
+    """The result ``y`` of a user's hvp callable, checked: shape ``shape``, dtype ``dtype`` or a lower precision
+    (promoted; never down-cast, never complex).  Works on any array with ``.shape``, ``.dtype`` and ``.astype``."""
+    if tuple(y.shape) != shape:
+        raise ValueError(f"the hvp callable returned shape {tuple(y.shape)}, expected {shape}")
+    if y.dtype != dtype:
+        if y.dtype.kind == "c" or not np.can_cast(y.dtype, dtype, casting="safe"):
+            raise TypeError(
+                f"the hvp callable returned {y.dtype} but the operator was declared {dtype}; "
+                f"declare dtype={y.dtype} or return {dtype} (hessop does not down-cast silently)."
+            )
+        y = y.astype(dtype)
+    return y
 
 
 class MatrixBackend(Backend):
@@ -95,17 +127,7 @@ class FunctionBackend(Backend):
         self._hvp_block = hvp_block
 
     def _check(self, y: Any, shape: tuple[int, ...]) -> np.ndarray:
-        y = np.asarray(y)
-        if y.shape != shape:
-            raise ValueError(f"the hvp callable returned shape {y.shape}, expected {shape}")
-        if y.dtype != self.dtype:
-            if not np.can_cast(y.dtype, self.dtype, casting="safe") or y.dtype.kind == "c":
-                raise TypeError(
-                    f"the hvp callable returned {y.dtype} but the operator was declared {self.dtype}; "
-                    f"declare dtype={y.dtype} or return {self.dtype} (hessop does not down-cast silently)."
-                )
-            y = y.astype(self.dtype)
-        return y
+        return check_product(np.asarray(y), shape, self.dtype)
 
     def hvp(self, v: np.ndarray) -> np.ndarray:
         return self._check(self._hvp(v), (self.n,))

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["SmallResNet", "demo_operator", "digits", "train"]
+__all__ = ["SmallResNet", "analyze_problem", "demo_operator", "digits", "train"]
 
 
 def digits(n: int | None = None, dtype: torch.dtype = torch.float64) -> tuple[torch.Tensor, torch.Tensor]:
@@ -104,3 +104,27 @@ def demo_operator(seconds: float = 2.0, seed: int = 0, samples: int | None = Non
                f"on {len(x)} digits; loss {full:.4f}, accuracy {acc:.3f}\n"
                f"Hessian of the mean cross-entropy over {len(xh)} training digits, in {len(batches)} batches")
     return H, summary
+
+
+def analyze_problem(seed: int = 0, device: str | None = None, *, steps: int = 150,
+                    hessian_samples: int = 256) -> dict:
+    """The problem ``hessop analyze`` runs when given no SPEC (``hessop.models.digits:analyze_problem``).
+
+    A float64 :class:`SmallResNet` (1,706 parameters) trained with :func:`train` for ``steps`` Adam steps (a fixed
+    number, so one seed gives one model) on all 1,797 digits, and the mean cross-entropy over the first
+    ``hessian_samples`` of them in batches of 128.  Returns the problem dictionary of :mod:`hessop.report`.
+    """
+    torch.manual_seed(seed)
+    x, y = digits(dtype=torch.float64)
+    model = SmallResNet().double()
+    losses = train(model, x, y, steps=steps, seed=seed)
+    if device is not None:
+        model, x, y = model.to(device), x.to(device), y.to(device)
+    xh, yh = x[:hessian_samples], y[:hessian_samples]
+    batches = [(xh[i: i + 128], yh[i: i + 128]) for i in range(0, len(xh), 128)]
+    return {
+        "model": model, "loss_fn": nn.CrossEntropyLoss(), "data": batches, "reduction": "mean",
+        "description": (f"built-in example: SmallResNet (float64) after {steps} Adam steps on the 1,797 scikit-learn "
+                        f"digits (last mini-batch loss {losses[-1]:.3f}); Hessian of the mean cross-entropy over "
+                        f"the first {len(xh)} digits in {len(batches)} batches"),
+    }

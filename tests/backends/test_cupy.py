@@ -193,8 +193,6 @@ def test_solvers_make_no_host_roundtrip(small, monkeypatch):
 # ---------------------------------------------------------------------------------------------------- parity
 @needs_gpu
 def test_hutchinson_same_as_numpy(small):
-    if not hasattr(hessop, "hutchinson"):
-        pytest.skip("needs hessop.hutchinson (issue 3)")
     A, _ = small
     a = hessop.hutchinson(HessianOperator.from_cupy(cp.asarray(A)), n_samples=50, seed=0)
     b = hessop.hutchinson(HessianOperator.from_matrix(A), n_samples=50, seed=0)
