@@ -205,6 +205,8 @@ def lanczos(
     v0 : array, optional
         Start vector (NumPy or native) instead of a random one.
 
+    Memory: ``max_basis + 4`` n-vectors (the basis, the product and two Gram-Schmidt temporaries).
+
     Notes
     -----
     A Krylov space holds one copy of each distinct eigenvalue.  When the basis closes (an invariant subspace,
