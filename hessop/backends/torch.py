@@ -42,8 +42,9 @@ __all__ = ["CACHE_MEMORY", "HVP_METHODS", "TorchBackend"]
 
 HVP_METHODS = ("auto", "forward_over_reverse", "double_backward")
 CACHE_MEMORY = 0
-"""Default ``cache_memory``: keep no linearisation.  Building one (``torch.func.linearize`` traces the product)
-costs about as much as 100 products on the test CNN (docs/benchmarks.md), more than a typical analysis saves."""
+"""Default ``cache_memory``: keep no linearisation unless the user gives a budget.  Building one
+(``torch.func.linearize`` traces the product) costs several products; docs/benchmarks.md has the measured cost
+and saving per product."""
 
 _DTYPES = {torch.float32: np.dtype(np.float32), torch.float64: np.dtype(np.float64)}
 
@@ -434,7 +435,7 @@ class TorchBackend(DataBackend):
                     return grad(lambda q: functional_call(self._loss_module, q, (batch,)))(ps)
 
                 fresh = cacheable and i not in self._cache
-                lin = linearize(grad_fn, primals)[1] if fresh else self._cache.get(i)
+                lin = self._linearize(grad_fn, primals) if fresh else self._cache.get(i)
                 if lin is None:
                     def tangent(v: torch.Tensor, grad_fn: Callable = grad_fn) -> torch.Tensor:
                         return self._flat(jvp(grad_fn, (primals,), (self._split(v),))[1])
@@ -445,6 +446,12 @@ class TorchBackend(DataBackend):
                 if fresh:
                     self._keep(i, lin, batch)
         return out
+
+    @staticmethod
+    def _linearize(grad_fn: Callable, primals: dict) -> Callable:
+        with warnings.catch_warnings():  # torch's constant folding warns about its own graph internals
+            warnings.filterwarnings("ignore", message="Attempted to insert a get_attr Node", category=UserWarning)
+            return linearize(grad_fn, primals)[1]
 
     def _keep(self, i: int, lin: Callable, batch: Any) -> None:
         """Keep batch ``i``'s linearisation (its constants are folded by its first call) if it fits what is left of
