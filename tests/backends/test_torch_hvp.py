@@ -182,5 +182,5 @@ def test_every_batch_goes_through_the_device_move(torch_problem, monkeypatch, me
     seen.clear()
     v = np.random.default_rng(5).standard_normal(H.n)
     assert rel(H @ v, p["hessian"] @ v) < 1e-12
-    assert {i for i, _ in seen} == {id(b) for b in data}
+    assert {id(b) for b in data} <= {i for i, _ in seen}  # each batch (and, recursively, its tensors)
     assert {d for _, d in seen} == {H.backend.device}
