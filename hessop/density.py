@@ -38,6 +38,9 @@ VARIANCE_SCALE = 1e-5
 MARGIN = 0.01
 KERNEL_CUTOFF = 9.0  # kernel evaluated within 9 standard deviations of a node: exp(-40.5) < 3e-18 of the peak
 NODE_CHUNK = 256  # nodes per (grid x nodes) block: bounds memory for rules with many nodes
+MEMORY = 400
+"""Default memory budget of :func:`slq` in vectors of length n (4 draws of 90 steps at a time; 1.1 GB for a
+700k-parameter float32 model, 18 GB for 11M parameters)."""
 
 
 def _integrate(x: np.ndarray, y: np.ndarray) -> float:
@@ -62,6 +65,10 @@ class SpectralDensity:
         Hessian-vector products used.
     n_iter : int
         Lanczos steps requested per draw.
+    blocks : tuple of int
+        How the draws were run: the number of draws advanced together in each consecutive block.
+    memory : int
+        Peak memory of the run in vectors of length n (``max(blocks) * (n_iter + 4)``).
     """
 
     nodes: list[np.ndarray] = field(repr=False)
@@ -69,6 +76,8 @@ class SpectralDensity:
     n: int
     n_hvp: int
     n_iter: int = 0
+    blocks: tuple[int, ...] = ()
+    memory: int = 0
 
     @property
     def n_vectors(self) -> int:
@@ -200,7 +209,8 @@ class SpectralDensity:
         lo = min(float(np.min(x)) for x in self.nodes)
         hi = max(float(np.max(x)) for x in self.nodes)
         return (f"SpectralDensity(n={self.n}, n_vectors={self.n_vectors}, n_iter={self.n_iter}, "
-                f"n_hvp={self.n_hvp}, nodes in [{lo:.6g}, {hi:.6g}])")
+                f"n_hvp={self.n_hvp}, blocks={self.blocks}, memory={self.memory} n-vectors, "
+                f"nodes in [{lo:.6g}, {hi:.6g}])")
 
 
 def slq(
@@ -211,6 +221,7 @@ def slq(
     seed: int | np.random.Generator | None = 0,
     block_size: int | None = None,
     distribution: str = "gaussian",
+    memory: int = MEMORY,
 ) -> SpectralDensity:
     """Eigenvalue spectral density of H by stochastic Lanczos quadrature (Ghorbani, Krishnan, Xiao, ICML 2019;
     Lin, Saad, Yang 2016).
@@ -238,15 +249,21 @@ def slq(
     seed : int, numpy Generator or None
         Seed of the host-drawn start vectors; default 0.
     block_size : int, optional
-        Draws run together; default all ``n_vectors``.  Memory is ``block_size * (n_iter + 1)`` vectors of length
-        n: lower it for large models.
+        Draws run together; default as many as ``memory`` allows (at most ``n_vectors``).
     distribution : {"gaussian", "rademacher"}
         Distribution of the start vectors before normalisation; default Gaussian.
+    memory : int
+        Budget in vectors of length n; default ``MEMORY`` = 400.  A block of b draws holds ``b * (n_iter + 4)``
+        (b bases of ``n_iter + 1`` vectors, the probe, input and product blocks); ``ValueError`` if one draw
+        does not fit.  The results do not depend on the blocking (draw j is the same vector whatever the blocks).
+
+    Memory: ``block_size * (n_iter + 4)`` n-vectors, at most ``memory``.
 
     Returns
     -------
     SpectralDensity
-        Nodes and weights per draw, ``n``, ``n_hvp``; ``.density()``, ``.trace(f)``, ``.plot()``.
+        Nodes and weights per draw, ``n``, ``n_hvp``, ``blocks`` (the blocking used) and ``memory`` (its peak in
+        n-vectors); ``.density()``, ``.trace(f)``, ``.plot()``.
     """
     op = as_operator(H)
     n_iter = check_int(n_iter, "n_iter", 1)
@@ -254,7 +271,18 @@ def slq(
         raise ValueError(f"n_iter = {n_iter} exceeds n = {op.n}: Lanczos spans the whole space in at most n steps; "
                          f"use n_iter <= {op.n}.")
     n_vectors = check_int(n_vectors, "n_vectors", 1)
-    block_size = n_vectors if block_size is None else check_int(block_size, "block_size", 1)
+    memory = check_int(memory, "memory", 1)
+    per_draw = n_iter + 4
+    if per_draw > memory:
+        raise ValueError(f"memory = {memory} n-vectors holds no draw of n_iter = {n_iter} steps (each needs "
+                         f"n_iter + 4 = {per_draw}); raise memory or lower n_iter.")
+    fit = memory // per_draw
+    if block_size is None:
+        block_size = min(n_vectors, fit)
+    elif check_int(block_size, "block_size", 1) > fit:
+        raise ValueError(f"block_size = {block_size} draws of n_iter = {n_iter} steps need {block_size * per_draw} "
+                         f"n-vectors, over memory = {memory}; lower block_size to {fit} or raise memory.")
+    blocks = tuple(block_sizes(n_vectors, block_size))
     distribution = check_choice(distribution, "distribution", DISTRIBUTIONS)
     rng = make_rng(seed)
     xp = op.xp
@@ -262,7 +290,7 @@ def slq(
 
     nodes: list[np.ndarray] = []
     weights: list[np.ndarray] = []
-    for b in block_sizes(n_vectors, block_size):
+    for b in blocks:
         V0 = probe_block(op, rng, b, distribution)
         runs = [Krylov(op, V0[:, i], n_iter) for i in range(b)]
         active = runs
@@ -276,4 +304,5 @@ def slq(
             w = U[0, :] ** 2
             nodes.append(np.asarray(theta, dtype=np.float64))
             weights.append(w / np.sum(w))
-    return SpectralDensity(nodes=nodes, weights=weights, n=op.n, n_hvp=op.n_hvp - hvp0, n_iter=n_iter)
+    return SpectralDensity(nodes=nodes, weights=weights, n=op.n, n_hvp=op.n_hvp - hvp0, n_iter=n_iter,
+                           blocks=blocks, memory=max(blocks) * per_draw)

@@ -210,6 +210,8 @@ def lanczos(
         Called after every step as ``callback(step, ritz_values, residuals)`` with the wanted Ritz values and their
         residuals so far (host arrays, most wanted first, at most k); for convergence plots.  Costs nothing extra.
 
+    Memory: ``max_basis + 4`` n-vectors (the basis, the product and two Gram-Schmidt temporaries).
+
     Notes
     -----
     A Krylov space holds one copy of each distinct eigenvalue.  When the basis closes (an invariant subspace,

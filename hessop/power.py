@@ -61,6 +61,8 @@ def power_iteration(
     HVP), removes the coupling that deflation against inexact earlier vectors leaves behind, so the reported
     residuals are true residuals of H.
 
+    Memory: ``2 k + 4`` n-vectors (the found vectors and their products, the iterate, its product, temporaries).
+
     Returns
     -------
     EigenResult

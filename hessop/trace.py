@@ -181,6 +181,8 @@ def hutchinson(
     distribution : {"rademacher", "gaussian"}
         Probe entries: +-1 (default) or standard normal.
 
+    Memory: ``3 * block_size`` n-vectors (one probe block, its product, temporaries).
+
     Returns
     -------
     TraceEstimate
@@ -258,6 +260,8 @@ def hutchpp(H: Any, n_hvp: int, *, seed: int | np.random.Generator | None = 0) -
     seed : int, numpy Generator or None
         Seed of the host-drawn probes; default 0.
 
+    Memory: about ``n_hvp`` n-vectors (``S``, ``Q``, ``H Q``, ``G`` and ``H G``, a third of the budget each).
+
     Returns
     -------
     TraceEstimate
@@ -323,6 +327,8 @@ def xtrace(H: Any, n_hvp: int, *, seed: int | np.random.Generator | None = 0) ->
         Product budget, ``4 <= n_hvp < 2 n``; an odd budget leaves one product unused.
     seed : int, numpy Generator or None
         Seed of the host-drawn probes; default 0.
+
+    Memory: about ``2 * n_hvp`` n-vectors (``Omega``, ``Y``, ``Q``, ``Z`` of ``n_hvp / 2`` columns each).
 
     Returns
     -------
@@ -399,6 +405,8 @@ def diagonal(
         Seed of the host-drawn probes; default 0.
     block_size : int
         Probes per block product; default 16.
+
+    Memory: ``3 * block_size + 4`` n-vectors (one probe block, its product, the running mean and variance).
 
     Returns
     -------

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -67,3 +69,14 @@ def torch_problem():
         "model": model, "x": x, "y": y, "loss_fn": loss_fn, "names": names, "sizes": sizes,
         "hessian": dense, "eigenvalues": np.linalg.eigvalsh(dense)[::-1],
     }
+
+
+@pytest.fixture(autouse=True)
+def _torch_hvp_method(monkeypatch):
+    """``HESSOP_TEST_HVP_METHOD=double_backward pytest`` (or ``forward_over_reverse``) reruns every test with
+    that default ``hvp_method`` for the PyTorch backend; unset, the library default ("auto") is tested."""
+    method = os.environ.get("HESSOP_TEST_HVP_METHOD")
+    if method:
+        from hessop.backends.torch import TorchBackend
+
+        monkeypatch.setitem(TorchBackend.__init__.__kwdefaults__, "hvp_method", method)

@@ -283,3 +283,24 @@ def test_bad_density_arguments_raise():
 def test_non_finite_product_raises(nan_operator):
     with pytest.raises(FloatingPointError, match="NaN or Inf"):
         hessop.slq(nan_operator, n_iter=5)
+
+
+def test_memory_budget_blocks_the_draws_and_reports_it():
+    lam = outlier_spectrum(300, seed=0)
+    A = matrix_with_spectrum(lam, seed=1)
+    calls = []
+    op = hessop.HessianOperator.from_function(lambda v: A @ v, 300, hvp_block=lambda V: calls.append(V.shape[1])
+                                              or A @ V)
+    sd = hessop.slq(op, n_iter=20, n_vectors=10, seed=4, memory=3 * 24 + 5)  # 3 draws of 20 + 4 vectors fit
+    assert sd.blocks == (3, 3, 3, 1) and sd.memory == 3 * 24 <= 3 * 24 + 5
+    assert set(calls) == {3, 1} and "blocks=(3, 3, 3, 1)" in repr(sd)
+    ref = hessop.slq(A, n_iter=20, n_vectors=10, seed=4, memory=10_000)
+    assert ref.blocks == (10,) and ref.memory == 240
+    for x, y in zip(sd.nodes + sd.weights, ref.nodes + ref.weights, strict=True):
+        np.testing.assert_allclose(x, y, rtol=1e-10, atol=1e-12)
+    # the default budget: 4 draws of the default 90 steps at a time
+    assert hessop.density.MEMORY // (90 + 4) == 4
+    with pytest.raises(ValueError, match="holds no draw"):
+        hessop.slq(A, n_iter=20, memory=23)
+    with pytest.raises(ValueError, match="lower block_size to 2"):
+        hessop.slq(A, n_iter=20, n_vectors=5, block_size=3, memory=50)

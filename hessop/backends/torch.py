@@ -1,15 +1,24 @@
-"""PyTorch backend: Hessian-vector products of a model's loss over a data set, by double backward.
+"""PyTorch backend: Hessian-vector products of a model's loss over a data set.
 
 Maths
 -----
 For a loss ``L(theta) = sum_b w_b L_b(theta)`` over batches ``b`` (``w_b = |b| / N`` when ``L_b`` is a per-batch
-mean, ``w_b = 1`` when it is a per-batch sum) the product is accumulated batch by batch:
+mean, ``w_b = 1`` when it is a per-batch sum) the product is accumulated batch by batch, by one of
 
-    H v = sum_b w_b  d/dtheta ( grad L_b(theta) . v ),
+* forward-over-reverse (``hvp_method="forward_over_reverse"``, the default through ``"auto"``):
+  ``H v = sum_b w_b d/dt grad L_b(theta + t v)|_{t=0}``, ``torch.func.jvp`` of ``torch.func.grad`` of the loss as a
+  function of the selected parameters (``torch.func.functional_call``; buffers and unselected parameters are the
+  module's own, unchanged).  A block ``V = [v_1 .. v_k]`` is ``torch.func.vmap`` of it over the k columns: one
+  batched pass per batch.  When the data are a list or tuple of batches and the user gives a ``cache_memory``
+  budget (none by default) that the per-batch linearisation fits (``torch.func.linearize``: the jvp graph with
+  everything that depends only on ``theta`` folded into constants), it is built on the first product and reused
+  by every later product;
+* reverse-over-reverse (``hvp_method="double_backward"``): ``H v = sum_b w_b d/dtheta (grad L_b(theta) . v)``
+  (Pearlmutter 1994; the HVP of PyHessian, Yao et al. 2020); a block shares each batch's forward pass and first
+  backward pass between its k second backward passes.
 
-i.e. reverse-over-reverse differentiation (Pearlmutter 1994; the HVP of PyHessian, Yao et al. 2020).  For a block
-``V = [v_1 .. v_k]`` the forward pass and first backward pass of each batch are done once and the k second
-backward passes reuse that graph.
+Batches are moved to the parameters' device inside the loop (tensors nested in tuples, lists and dicts;
+``non_blocking`` when pinned), so a model on a GPU takes a CPU ``DataLoader``.
 
 What it never does: change the model's train/eval mode, touch ``.grad``, or leave the model's buffers (BatchNorm
 running statistics) changed.
@@ -25,10 +34,17 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.func import functional_call, grad, jvp, linearize, vmap
 
 from hessop.backends.base import DataBackend
 
-__all__ = ["TorchBackend"]
+__all__ = ["CACHE_MEMORY", "HVP_METHODS", "TorchBackend"]
+
+HVP_METHODS = ("auto", "forward_over_reverse", "double_backward")
+CACHE_MEMORY = 0
+"""Default ``cache_memory``: keep no linearisation unless the user gives a budget.  Building one
+(``torch.func.linearize`` traces the product) costs several products; docs/benchmarks.md has the measured cost
+and saving per product."""
 
 _DTYPES = {torch.float32: np.dtype(np.float32), torch.float64: np.dtype(np.float64)}
 
@@ -57,6 +73,51 @@ def _tensors(batch: Any) -> Iterator[torch.Tensor]:
 
 def _first_tensor(batch: Any) -> torch.Tensor | None:
     return next(_tensors(batch), None)
+
+
+def _to_device(batch: Any, device: torch.device) -> Any:
+    """``batch`` with every tensor (nested in tuples, lists, dicts) on ``device``; pinned tensors move with
+    ``non_blocking=True``.  Tensors already there and non-tensor leaves are returned as they are."""
+    if isinstance(batch, torch.Tensor):
+        return batch if batch.device == device else batch.to(device, non_blocking=batch.is_pinned())
+    if isinstance(batch, Mapping):
+        return {k: _to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, tuple) and hasattr(batch, "_fields"):  # namedtuple
+        return type(batch)(*(_to_device(x, device) for x in batch))
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(_to_device(x, device) for x in batch)
+    return batch
+
+
+def _held_bytes(fn: Callable, exclude: set[int]) -> int | None:
+    """Bytes of the tensors a ``torch.func.linearize`` product holds (the constants of its folded graph), not
+    counting storages in ``exclude``; None when they cannot be found (then nothing is cached)."""
+    graphs = [c.cell_contents for c in (getattr(fn, "__closure__", None) or ())
+              if isinstance(c.cell_contents, nn.Module)]
+    if not graphs:
+        return None
+    seen, total = set(exclude), 0
+    for gm in graphs:
+        for m in gm.modules():
+            for t in [*m.__dict__.values(), *m._parameters.values(), *m._buffers.values()]:
+                if isinstance(t, torch.Tensor):
+                    key = t.untyped_storage().data_ptr()
+                    if key not in seen:
+                        seen.add(key)
+                        total += t.untyped_storage().nbytes()
+    return total
+
+
+class _LossModule(nn.Module):
+    """``forward(batch) = loss of batch`` with ``model`` as submodule ``m``, for ``functional_call``."""
+
+    def __init__(self, backend: TorchBackend) -> None:
+        super().__init__()
+        self.m = backend.model
+        object.__setattr__(self, "_backend", backend)  # not a submodule
+
+    def forward(self, batch: Any) -> torch.Tensor:
+        return self._backend._loss(batch)
 
 
 def _select_params(model: nn.Module, params: Any) -> tuple[list[str], list[torch.Tensor]]:
@@ -153,6 +214,16 @@ class TorchBackend(DataBackend):
     batch_size : callable, optional
         ``batch_size(batch) -> int`` for the weights when ``loss_form="model"``; default: the first dimension of
         the first tensor in the batch.
+    hvp_method : {"auto", "forward_over_reverse", "double_backward"}
+        How products are computed (module docstring).  ``"auto"`` (default) is forward-over-reverse, and falls
+        back to double backward, once and with a warning naming the cause, when the model uses an operation
+        without a forward-mode derivative (e.g. a custom ``torch.autograd.Function`` without ``jvp``).
+    cache_memory : int
+        Budget in bytes for keeping each batch's linearisation between forward-over-reverse products (only when
+        ``data`` is a list or tuple of batches; rebuilt when a parameter, buffer or batch tensor is modified in
+        place).  Default ``CACHE_MEMORY`` = 0: nothing is kept (building a linearisation costs many products;
+        give a budget for long analyses of a fixed data set).  Batches whose linearisation would overflow the
+        budget are differentiated afresh at every product.
     """
 
     name = "torch"
@@ -169,6 +240,8 @@ class TorchBackend(DataBackend):
         loss_form: str = "outputs",
         check_deterministic: bool = True,
         batch_size: Callable[[Any], int] | None = None,
+        hvp_method: str = "auto",
+        cache_memory: int = CACHE_MEMORY,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -181,8 +254,16 @@ class TorchBackend(DataBackend):
                 f"loss_form must be 'outputs' (loss_fn(model(inputs), targets)) or 'model' (loss_fn(model, batch)), "
                 f"got {loss_form!r}"
             )
+        if hvp_method not in HVP_METHODS:
+            raise ValueError(f"hvp_method must be one of {', '.join(map(repr, HVP_METHODS))}; got {hvp_method!r}")
+        if isinstance(cache_memory, bool) or not isinstance(cache_memory, int) or cache_memory < 0:
+            raise ValueError(f"cache_memory must be a number of bytes >= 0 (0 keeps nothing), got {cache_memory!r}")
         self.model, self.loss_fn, self.reduction, self.loss_form = model, loss_fn, reduction, loss_form
         self._batch_size = batch_size
+        self.hvp_method, self.cache_memory = hvp_method, cache_memory
+        self._cache: dict[int, Callable | None] = {}  # batch index -> linearised product (None: over budget)
+        self._cache_key: tuple = ()
+        self.cache_bytes = 0
 
         self.names, self.params = _select_params(model, params)
         dtypes = {p.dtype for p in self.params}
@@ -203,6 +284,8 @@ class TorchBackend(DataBackend):
         self.sizes = [p.numel() for p in self.params]
         self.offsets = np.concatenate([[0], np.cumsum(self.sizes)]).tolist()
         self.n = int(self.offsets[-1])
+        self._loss_module = _LossModule(self)
+        self._fnames = ["m." + name for name in self.names]
 
         self._set_data(data, _is_single_batch(data, loss_form))
         self._warn_train_mode()
@@ -225,6 +308,7 @@ class TorchBackend(DataBackend):
         return int(t.shape[0])
 
     def _loss(self, batch: Any) -> torch.Tensor:
+        batch = _to_device(batch, self.device)
         if self.loss_form == "outputs" and not (isinstance(batch, (tuple, list)) and len(batch) == 2):
             raise ValueError("with loss_form='outputs' each batch must be (inputs, targets); for other batch "
                              "structures use loss_form='model' and loss_fn(model, batch).")
@@ -298,6 +382,23 @@ class TorchBackend(DataBackend):
         if V.dtype != self.torch_dtype or V.device != self.device:
             raise TypeError(f"vectors must be {self.torch_dtype} on {self.device}, got {V.dtype} on {V.device} "
                             "(use H.asarray(x) to move a NumPy array in).")
+        if self.hvp_method == "double_backward":
+            return self._double_backward(V)
+        if self.hvp_method == "forward_over_reverse":
+            return self._forward_over_reverse(V)
+        try:
+            return self._forward_over_reverse(V)
+        except (RuntimeError, NotImplementedError) as e:
+            out = self._double_backward(V)  # raises if the loss itself is at fault
+            self.hvp_method = "double_backward"
+            self._cache.clear()
+            warnings.warn(f"hessop: forward-over-reverse Hessian-vector products failed on this model "
+                          f"({type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else e!r}); "
+                          "using double backward from now on (slower). Pass hvp_method='double_backward' to "
+                          "silence this.", UserWarning, stacklevel=4)
+            return out
+
+    def _double_backward(self, V: torch.Tensor) -> torch.Tensor:
         k = V.shape[1]
         out = torch.zeros_like(V)
         off = self.offsets
@@ -318,6 +419,61 @@ class TorchBackend(DataBackend):
                         if h is not None:
                             out[off[i]: off[i + 1], j].add_(h.reshape(-1), alpha=w)
         return out
+
+    def _split(self, v: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {name: v[self.offsets[i]: self.offsets[i + 1]].reshape(shape)
+                for i, (name, shape) in enumerate(zip(self._fnames, self.shapes, strict=True))}
+
+    def _flat(self, tangents: dict[str, torch.Tensor]) -> torch.Tensor:
+        return torch.cat([tangents[name].reshape(-1) for name in self._fnames])
+
+    def _state_key(self, batches: list) -> tuple:
+        """Version counters of everything a linearisation depends on: in-place changes invalidate the cache."""
+        tensors = [*self.model.parameters(), *self.model.buffers(), *(t for b in batches for t in _tensors(b))]
+        return tuple((id(t), t._version) for t in tensors)
+
+    def _forward_over_reverse(self, V: torch.Tensor) -> torch.Tensor:
+        primals = {name: p.detach() for name, p in zip(self._fnames, self.params, strict=True)}
+        cacheable = isinstance(self.data, (list, tuple)) and self.cache_memory > 0
+        if cacheable:
+            key = self._state_key(list(self.data))
+            if key != self._cache_key:
+                self._cache.clear()
+                self.cache_bytes, self._cache_key = 0, key
+        out = torch.zeros_like(V)
+        with torch.no_grad(), _buffers_preserved(self.model):
+            for i, (batch, w) in enumerate(self._weighted()):
+                def grad_fn(ps: dict, batch: Any = batch) -> dict:
+                    return grad(lambda q: functional_call(self._loss_module, q, (batch,)))(ps)
+
+                fresh = cacheable and i not in self._cache
+                lin = self._linearize(grad_fn, primals) if fresh else self._cache.get(i)
+                if lin is None:
+                    def tangent(v: torch.Tensor, grad_fn: Callable = grad_fn) -> torch.Tensor:
+                        return self._flat(jvp(grad_fn, (primals,), (self._split(v),))[1])
+                else:
+                    def tangent(v: torch.Tensor, lin: Callable = lin) -> torch.Tensor:
+                        return self._flat(lin(self._split(v)))
+                out.add_(vmap(tangent, in_dims=1, out_dims=1)(V), alpha=w)
+                if fresh:
+                    self._keep(i, lin, batch)
+        return out
+
+    @staticmethod
+    def _linearize(grad_fn: Callable, primals: dict) -> Callable:
+        with warnings.catch_warnings():  # torch's constant folding warns about its own graph internals
+            warnings.filterwarnings("ignore", message="Attempted to insert a get_attr Node", category=UserWarning)
+            return linearize(grad_fn, primals)[1]
+
+    def _keep(self, i: int, lin: Callable, batch: Any) -> None:
+        """Keep batch ``i``'s linearisation (its constants are folded by its first call) if it fits what is left of
+        the budget; one that does not fit is remembered as None and the batch is differentiated afresh later."""
+        exclude = {t.untyped_storage().data_ptr() for t in [*self.model.parameters(), *self.model.buffers(),
+                                                            *_tensors(batch)]}
+        size = _held_bytes(lin, exclude)
+        fits = size is not None and self.cache_bytes + size <= self.cache_memory
+        self._cache[i] = lin if fits else None
+        self.cache_bytes += size if fits else 0
 
     # ------------------------------------------------------------------ host transfers and layout
     def asarray(self, x: np.ndarray) -> torch.Tensor:

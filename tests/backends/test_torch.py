@@ -16,6 +16,16 @@ from hessop import HessianOperator  # noqa: E402
 from hessop.models.digits import SmallResNet  # noqa: E402
 
 
+@pytest.fixture(autouse=True, params=["forward_over_reverse", "double_backward"])
+def hvp_method(request, monkeypatch):
+    """Every test of this module runs with each product method as from_torch's default ("auto", the library
+    default, is forward-over-reverse and runs in the rest of the suite)."""
+    from hessop.backends.torch import TorchBackend
+
+    monkeypatch.setitem(TorchBackend.__init__.__kwdefaults__, "hvp_method", request.param)
+    return request.param
+
+
 def op(problem, data=None, **kw):
     p = problem
     return HessianOperator.from_torch(p["model"], p["loss_fn"], (p["x"], p["y"]) if data is None else data, **kw)
