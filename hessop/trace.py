@@ -165,6 +165,8 @@ class DiagonalEstimate:
     n_samples : int
         Probes averaged.
     method : str
+    converged : bool
+        With a target: whether it was met before ``max_samples`` (True for a fixed number of samples).
     """
 
     diagonal: Any = field(repr=False)
@@ -173,6 +175,7 @@ class DiagonalEstimate:
     n_hvp: int
     n_samples: int
     method: str = "hutchinson-diagonal"
+    converged: bool = True
 
 
 def hutchinson(
@@ -430,8 +433,11 @@ def _exact_trace(op: Any, block_size: int = DEFAULT_BLOCK) -> TraceEstimate:
 
 def diagonal(
     H: Any,
-    n_samples: int,
+    n_samples: int | None = None,
     *,
+    rtol: float | None = None,
+    atol: float | None = None,
+    max_samples: int = 10_000,
     seed: int | np.random.Generator | None = 0,
     block_size: int = DEFAULT_BLOCK,
 ) -> DiagonalEstimate:
@@ -445,11 +451,19 @@ def diagonal(
     ``sqrt(n_samples)``.  Means and variances are accumulated on the backend block by block (Chan et al.'s pairwise
     update, stable for large means), so nothing of length n goes to the host.
 
+    Stopping rule with ``rtol`` / ``atol`` (the rule of :func:`trace`, norm-wise): after each block, from
+    ``MIN_RTOL_SAMPLES = 32`` probes on, stop when the root mean square of the entries' 95% half-widths
+    ``t_{0.975, N-1} se_i`` is at most ``max(rtol * rms(diagonal), atol)``; two scalars go to the host per block.
+
     Parameters
     ----------
     H : HessianOperator or symmetric scipy LinearOperator / array
-    n_samples : int
-        Number of probes, >= 1.
+    n_samples : int, optional
+        Number of probes, >= 1.  Give either ``n_samples`` or a target (``rtol`` and/or ``atol``).
+    rtol, atol : float, optional
+        Target root-mean-square 95% half-width, relative to the diagonal's root mean square and absolute.
+    max_samples : int
+        Most probes with a target; default 10,000 (a ``RuntimeWarning`` if the target is not met).
     seed : int, numpy Generator or None
         Seed of the host-drawn probes; default 0.
     block_size : int
@@ -462,6 +476,13 @@ def diagonal(
         parameter name to its diagonal entries shaped like the parameter.
     """
     op = as_operator(H)
+    targeted = rtol is not None or atol is not None
+    if (n_samples is None) == (not targeted):
+        raise ValueError("give exactly one of n_samples (a fixed number of probes) or a target: rtol (relative "
+                         "root-mean-square 95% half-width, e.g. rtol=0.05) and/or atol")
+    if targeted:
+        target = _target_rule(rtol, atol)
+        n_samples = check_int(max_samples, "max_samples", MIN_RTOL_SAMPLES)
     n_samples = check_int(n_samples, "n_samples", 1)
     block_size = check_int(block_size, "block_size", 1)
     rng = make_rng(seed)
@@ -470,6 +491,7 @@ def diagonal(
 
     mean = m2 = None
     count = 0
+    converged = not targeted
     for k in block_sizes(n_samples, block_size):
         V = probe_block(op, rng, k)
         X = V * op.hvp_block(V)
@@ -484,6 +506,15 @@ def diagonal(
             mean = mean + delta * (k / total)
             m2 = m2 + bm2 + delta**2 * (count * k / total)
         count += k
+        if targeted and count >= MIN_RTOL_SAMPLES:
+            rms = op.to_numpy(xp.stack([xp.mean(m2), xp.mean(mean**2)]))
+            half = _t_quantile(0.95, count - 1) * math.sqrt(float(rms[0]) / (count - 1) / count)
+            if half <= target(math.sqrt(float(rms[1]))):
+                converged = True
+                break
+    if not converged:
+        _warn_not_converged("diagonal", rtol, atol, f"max_samples={n_samples}", math.sqrt(float(xp.mean(mean**2))),
+                            half)
     if count > 1:
         se = xp.sqrt(m2 / (count - 1) / count)
     else:
@@ -491,7 +522,7 @@ def diagonal(
     unflatten = getattr(op.backend, "unflatten", None)
     per_parameter = unflatten(mean) if callable(unflatten) else None
     return DiagonalEstimate(diagonal=mean, std_error=se, per_parameter=per_parameter, n_hvp=op.n_hvp - hvp0,
-                            n_samples=count)
+                            n_samples=count, converged=converged)
 
 
 MAX_HVP = 10_000
