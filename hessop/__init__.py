@@ -18,3 +18,4 @@ __all__ = [
     "xtrace",
 ]
 __version__ = "0.1.0"
+# ``hessop.trace`` is the function imported above; the module stays importable with ``from hessop.trace import ...``

@@ -6,6 +6,9 @@ the products it used in ``n_hvp``.
 
 Which one to use
 ----------------
+* :func:`trace` is the entry point for a target accuracy: it chooses Hutchinson or adaptive Hutch++ from the first
+  products, grows the budget until the 95% interval meets ``max(rtol * |estimate|, atol)``, and says what it chose
+  and why it stopped.
 * :func:`hutchinson` is unbiased for any symmetric H, needs no memory beyond one block, and can stop on a
   confidence-interval rule (``rtol``).  Its variance with Rademacher probes is ``2 (||H||_F^2 - sum_i H_ii^2)``
   per sample: large when a few eigenvalues dominate (trained networks).
