@@ -10,10 +10,12 @@ from hessop.operator import HessianOperator, as_operator
 from hessop.power import power_iteration
 from hessop.results import EigenResult
 from hessop.sketch import SketchResult, sketch
-from hessop.trace import DiagonalEstimate, TraceEstimate, diagonal, hutchinson, hutchpp, xtrace
+from hessop.trace import DiagonalEstimate, TraceEstimate, diagonal, hutchinson, hutchpp, trace, xtrace
 
 __all__ = [
     "DiagonalEstimate", "EigenResult", "HessianOperator", "SketchResult", "SpectralDensity", "TraceEstimate",
-    "as_operator", "diagonal", "hutchinson", "hutchpp", "lanczos", "power_iteration", "sketch", "slq", "xtrace",
+    "as_operator", "diagonal", "hutchinson", "hutchpp", "lanczos", "power_iteration", "sketch", "slq", "trace",
+    "xtrace",
 ]
 __version__ = "0.1.0"
+# ``hessop.trace`` is the function imported above; the module stays importable with ``from hessop.trace import ...``

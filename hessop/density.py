@@ -29,7 +29,7 @@ from hessop._probes import DISTRIBUTIONS, block_sizes, probe_block
 from hessop._validate import check_choice, check_int
 from hessop.lanczos import Krylov
 from hessop.operator import as_operator
-from hessop.trace import TraceEstimate
+from hessop.trace import TraceEstimate, _mean_se, _target_rule, _warn_not_converged
 
 __all__ = ["SpectralDensity", "slq"]
 
@@ -154,7 +154,9 @@ class SpectralDensity:
         """Estimate ``tr f(H)`` from the same quadrature rules (no further products).
 
         Each draw gives ``n * sum_i w_i f(theta_i)``, an estimate of ``n q^T f(H) q``; their mean estimates
-        ``tr f(H)`` and their standard deviation over ``sqrt(n_vectors)`` its standard error.  ``f=None`` is the
+        ``tr f(H)`` and their standard deviation over ``sqrt(n_vectors)`` its standard error; ``.interval()`` is the
+        Student-t 95% interval over the draws (it covers the sampling error; the quadrature error of ``n_iter``
+        steps, zero for polynomials of degree < 2 n_iter such as the identity, is not in it).  ``f=None`` is the
         identity (the trace); ``numpy.log`` gives ``log det H`` for a positive definite H.  ``f`` must accept and
         return NumPy arrays elementwise.
         """
@@ -171,8 +173,7 @@ class SpectralDensity:
                     "needs a positive definite H (log det of an indefinite Hessian is undefined)."
                 )
             values[d] = self.n * float(np.dot(w, fx))
-        mean = float(np.mean(values))
-        se = float(np.std(values, ddof=1) / math.sqrt(values.size)) if values.size > 1 else float("nan")
+        mean, se = _mean_se(values)
         name = "identity" if f is None else getattr(f, "__name__", "f")
         return TraceEstimate(estimate=mean, std_error=se, samples=values, n_hvp=self.n_hvp, converged=True,
                              method=f"slq(f={name})")
@@ -222,6 +223,10 @@ def slq(
     block_size: int | None = None,
     distribution: str = "gaussian",
     memory: int = MEMORY,
+    rtol: float | None = None,
+    atol: float | None = None,
+    f: Callable[[np.ndarray], np.ndarray] | None = None,
+    max_vectors: int = 100,
 ) -> SpectralDensity:
     """Eigenvalue spectral density of H by stochastic Lanczos quadrature (Ghorbani, Krishnan, Xiao, ICML 2019;
     Lin, Saad, Yang 2016).
@@ -252,6 +257,14 @@ def slq(
         Draws run together; default as many as ``memory`` allows (at most ``n_vectors``).
     distribution : {"gaussian", "rademacher"}
         Distribution of the start vectors before normalisation; default Gaussian.
+    rtol, atol : float, optional
+        Stopping rule on the number of draws: after the first ``n_vectors`` draws, further blocks of
+        ``block_size`` draws run until the 95% half-width of ``trace(f)`` is at most ``max(rtol * |estimate|,
+        atol)`` (as :func:`hessop.trace`), or ``max_vectors`` draws (then a ``RuntimeWarning``).
+    f : callable, optional
+        The function whose trace the rule watches (default the identity; e.g. ``numpy.log`` for log det).
+    max_vectors : int
+        Most draws with a target; default 100.
     memory : int
         Budget in vectors of length n; default ``MEMORY`` = 400.  A block of b draws holds ``b * (n_iter + 4)``
         (b bases of ``n_iter + 1`` vectors, the probe, input and product blocks); ``ValueError`` if one draw
@@ -271,6 +284,11 @@ def slq(
         raise ValueError(f"n_iter = {n_iter} exceeds n = {op.n}: Lanczos spans the whole space in at most n steps; "
                          f"use n_iter <= {op.n}.")
     n_vectors = check_int(n_vectors, "n_vectors", 1)
+    targeted = rtol is not None or atol is not None
+    if targeted:
+        target = _target_rule(rtol, atol)
+        n_vectors = max(n_vectors, 2)
+        max_vectors = check_int(max_vectors, "max_vectors", n_vectors)
     memory = check_int(memory, "memory", 1)
     per_draw = n_iter + 4
     if per_draw > memory:
@@ -282,7 +300,6 @@ def slq(
     elif check_int(block_size, "block_size", 1) > fit:
         raise ValueError(f"block_size = {block_size} draws of n_iter = {n_iter} steps need {block_size * per_draw} "
                          f"n-vectors, over memory = {memory}; lower block_size to {fit} or raise memory.")
-    blocks = tuple(block_sizes(n_vectors, block_size))
     distribution = check_choice(distribution, "distribution", DISTRIBUTIONS)
     rng = make_rng(seed)
     xp = op.xp
@@ -290,7 +307,10 @@ def slq(
 
     nodes: list[np.ndarray] = []
     weights: list[np.ndarray] = []
-    for b in blocks:
+    pending, blocks = list(block_sizes(n_vectors, block_size)), []
+    while pending:
+        b = pending.pop(0)
+        blocks.append(b)
         V0 = probe_block(op, rng, b, distribution)
         runs = [Krylov(op, V0[:, i], n_iter) for i in range(b)]
         active = runs
@@ -304,5 +324,12 @@ def slq(
             w = U[0, :] ** 2
             nodes.append(np.asarray(theta, dtype=np.float64))
             weights.append(w / np.sum(w))
+        if targeted and not pending:
+            est = SpectralDensity(nodes=nodes, weights=weights, n=op.n, n_hvp=0).trace(f)
+            if len(nodes) < max_vectors and est.half_width() > target(est.estimate):
+                pending.append(min(block_size, max_vectors - len(nodes)))
+            elif est.half_width() > target(est.estimate):
+                _warn_not_converged("slq", rtol, atol, f"max_vectors={max_vectors}", est.estimate,
+                                    est.half_width())
     return SpectralDensity(nodes=nodes, weights=weights, n=op.n, n_hvp=op.n_hvp - hvp0, n_iter=n_iter,
-                           blocks=blocks, memory=max(blocks) * per_draw)
+                           blocks=tuple(blocks), memory=max(blocks) * per_draw)

@@ -118,10 +118,10 @@ def test_rtol_reports_failure_to_converge(outlier):
 
 
 def test_rtol_needs_no_more_than_it_must():
-    """A diagonal matrix has zero Rademacher variance: rtol is met at the first check (10 samples, first block)."""
+    """A diagonal matrix has zero Rademacher variance: rtol is met at the first check (32 samples, two blocks)."""
     A = np.diag(np.linspace(1.0, 2.0, 50))
     r = hessop.hutchinson(A, rtol=1e-6, block_size=16)
-    assert r.converged and r.n_hvp == 16 and r.std_error == 0.0
+    assert r.converged and r.n_hvp == 32 and r.std_error == 0.0
     assert r.estimate == pytest.approx(np.trace(A), rel=1e-14)
 
 
@@ -224,11 +224,22 @@ def test_hutchpp_is_exact_for_low_rank():
     assert r.std_error < 1e-10
 
 
-def test_xtrace_refuses_rank_deficient_operator():
+def test_xtrace_is_exact_on_rank_deficient_operator():
+    """rank(H) = 3 < m = 10: the sketch spans the range of H and XTrace returns tr(Q^T H Q), the exact trace."""
     rng = np.random.default_rng(0)
     U = np.linalg.qr(rng.standard_normal((100, 3)))[0]
-    with pytest.raises(ValueError, match="rank.*hutchpp"):
-        hessop.xtrace((U * np.array([3.0, 2.0, 1.0])) @ U.T, 20)
+    r = hessop.xtrace((U * np.array([3.0, 2.0, 1.0])) @ U.T, 20)
+    assert r.exact and r.n_hvp == 20 and "spans the range" in r.stop_reason
+    assert r.estimate == pytest.approx(6.0, abs=1e-12) and r.std_error < 1e-10
+    lo, hi = r.interval()
+    assert lo <= 6.0 <= hi
+
+
+def test_xtrace_is_exact_when_the_budget_covers_n():
+    A = scipy.linalg.toeplitz(np.arange(30, 0, -1.0))
+    r = hessop.xtrace(A, 30)
+    assert r.exact and r.method == "exact" and r.n_hvp == 30
+    assert r.estimate == pytest.approx(np.trace(A), rel=1e-14)
 
 
 # ---------------------------------------------------------------------------------------------------- diagonal
@@ -290,6 +301,7 @@ def test_torch_operator_gives_the_dense_answers(torch_op, network, torch_problem
     lambda H: hessop.hutchpp(H, 9),
     lambda H: hessop.xtrace(H, 8),
     lambda H: hessop.diagonal(H, 4),
+    lambda H: hessop.trace(H, rtol=0.1),
 ])
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")
 def test_non_finite_product_raises(call, nan_operator):
@@ -303,13 +315,18 @@ def test_non_finite_product_raises(call, nan_operator):
     (lambda A: hessop.hutchinson(A), ValueError, "exactly one of n_samples"),
     (lambda A: hessop.hutchinson(A, n_samples=5, rtol=0.1), ValueError, "exactly one of n_samples"),
     (lambda A: hessop.hutchinson(A, rtol=0.0), ValueError, "rtol must be a positive"),
-    (lambda A: hessop.hutchinson(A, rtol=0.1, max_samples=3), ValueError, "max_samples must be >= 10"),
+    (lambda A: hessop.hutchinson(A, rtol=0.1, max_samples=3), ValueError, "max_samples must be >= 32"),
+    (lambda A: hessop.hutchinson(A, atol=-1.0), ValueError, "atol must be a positive"),
+    (lambda A: hessop.trace(A), ValueError, "give a target"),
+    (lambda A: hessop.trace(A, rtol=0.1, method="xtrace"), ValueError, "budget n_hvp only"),
+    (lambda A: hessop.trace(A, rtol=0.1, method="magic"), ValueError, "method must be one of"),
+    (lambda A: hessop.trace(A, rtol=0.1, block_size=1), ValueError, "block_size must be >= 2"),
+    (lambda A: hessop.trace(A, n_hvp=0), ValueError, "n_hvp must be >= 1"),
     (lambda A: hessop.hutchinson(A, n_samples=5, distribution="uniform"), ValueError, "distribution must be one"),
     (lambda A: hessop.hutchinson(A, n_samples=5, block_size=0), ValueError, "block_size must be >= 1"),
     (lambda A: hessop.hutchpp(A, 3), ValueError, "n_hvp must be >= 4"),
     (lambda A: hessop.hutchpp(A, 90), ValueError, "too large"),
     (lambda A: hessop.xtrace(A, 3), ValueError, "n_hvp must be >= 4"),
-    (lambda A: hessop.xtrace(A, 60), ValueError, "too large"),
     (lambda A: hessop.diagonal(A, 0), ValueError, "n_samples must be >= 1"),
     (lambda A: hessop.hutchinson("not a matrix", n_samples=3), TypeError, "expected a HessianOperator"),
 ])
@@ -324,3 +341,128 @@ def test_no_warning_for_fixed_budget(outlier):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         hessop.hutchinson(A, n_samples=3)
+
+
+# ---------------------------------------------------------------------------------------------------- hessop.trace
+def coverage_and_se_ratio(A, tr, seeds, **kw):
+    """Fraction of seeds whose 95% interval covers ``tr``, and RMS reported standard error / spread of estimates."""
+    rs = [hessop.trace(A, seed=s, **kw) for s in seeds]
+    est = np.array([r.estimate for r in rs])
+    covered = np.mean([r.interval()[0] <= tr <= r.interval()[1] for r in rs])
+    ratio = math.sqrt(np.mean([r.std_error**2 for r in rs])) / np.std(est, ddof=1)
+    return covered, ratio, rs
+
+
+@pytest.mark.parametrize("name, rtol, method", [
+    ("flat", 0.01, "hutchinson"), ("outlier", 0.01, "hutch++"), ("network", 0.01, "hutch++"),
+    ("network", 0.003, "hutch++"),
+])
+def test_trace_interval_is_true(request, name, rtol, method):
+    """Over 40 seeds (the 200-seed version is marked slow): the 95% interval covers the exact trace in >= 88% of
+    seeds (36/40; a true 95% interval fails this with probability 0.05) and the reported standard error is the
+    spread of the estimates within 30%; the method chosen is the expected one and the target is met."""
+    A, tr = request.getfixturevalue(name)
+    covered, ratio, rs = coverage_and_se_ratio(A, tr, range(40), rtol=rtol)
+    assert covered >= 0.88, covered
+    assert 0.7 <= ratio <= 1.3, ratio
+    assert all(r.converged and r.method == method and "target met" in r.stop_reason for r in rs)
+    assert all(r.half_width() <= rtol * abs(r.estimate) * (1 + 1e-12) for r in rs)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, rtol", [
+    ("flat", 0.01), ("flat", 0.003),
+    pytest.param("outlier", 0.01, marks=pytest.mark.xfail(
+        reason="measured coverage 0.915 over these 200 seeds (0.935 over 600): the residual after a rank-16 sketch "
+               "keeps part of the three negative eigen-directions, heavy-tailed samples; open", strict=False)),
+    ("outlier", 0.002), ("network", 0.01), ("network", 0.003)])
+def test_trace_interval_is_true_over_200_seeds(request, name, rtol):
+    A, tr = request.getfixturevalue(name)
+    covered, ratio, _ = coverage_and_se_ratio(A, tr, range(200), rtol=rtol)
+    assert covered >= 0.93, covered
+    assert 0.75 <= ratio <= 1.25, ratio
+
+
+def test_trace_chooses_and_saves(flat, outlier):
+    """Outliers: Hutch++ at >= 10x fewer products than hutchinson(rtol) (median of 3 seeds); flat: Hutchinson with
+    at most 1.3x its products (the same probes, plus one block spent trying deflation when that could pay)."""
+    A, _ = outlier
+    auto = np.median([hessop.trace(A, rtol=0.01, seed=s).n_hvp for s in range(3)])
+    plain = np.median([hessop.hutchinson(A, rtol=0.01, seed=s).n_hvp for s in range(3)])
+    assert auto * 10 <= plain, (auto, plain)
+    A, _ = flat
+    for rtol in (0.1, 0.004):
+        for s in range(3):
+            r, h = hessop.trace(A, rtol=rtol, seed=s), hessop.hutchinson(A, rtol=rtol, seed=s)
+            assert r.method == "hutchinson" and r.n_hvp <= 1.3 * h.n_hvp, (rtol, r.n_hvp, h.n_hvp, r.choice)
+    assert "deflation not tried" in hessop.trace(A, rtol=0.1).choice
+    assert "only" in hessop.trace(A, rtol=0.004).choice
+
+
+def test_trace_fixed_budget_and_forced_methods(outlier):
+    A, tr = outlier
+    for method in ("auto", "hutchinson", "hutch++"):
+        r = hessop.trace(A, n_hvp=150, method=method, seed=1)
+        assert r.n_hvp == 150 and r.converged and r.stop_reason.startswith("budget")
+        assert abs(r.estimate - tr) <= 5 * r.std_error
+    assert hessop.trace(A, n_hvp=150, method="hutch++").rank >= 16
+    x = hessop.trace(A, n_hvp=100, method="xtrace", seed=2)
+    assert x.method == "xtrace" and x.estimate == hessop.xtrace(A, 100, seed=2).estimate
+
+
+def test_trace_budget_cap_warns(outlier):
+    A, _ = outlier
+    with pytest.warns(RuntimeWarning, match="did not reach rtol=1e-05 within n_hvp=96"):
+        r = hessop.trace(A, rtol=1e-5, n_hvp=96)
+    assert not r.converged and r.n_hvp <= 96
+
+
+def test_trace_is_exact_when_cheaper():
+    """A target that would need >= n more products takes the n identity columns instead; low rank is exact too."""
+    A = matrix_with_spectrum(flat_spectrum(60, seed=1), seed=2)
+    r = hessop.trace(A, rtol=1e-6)
+    assert r.exact and r.estimate == pytest.approx(np.trace(A), rel=1e-13)
+    assert r.interval()[0] <= np.trace(A) <= r.interval()[1]
+    rng = np.random.default_rng(0)
+    U = np.linalg.qr(rng.standard_normal((300, 5)))[0]
+    r = hessop.trace((U * np.array([90.0, 40.0, -20.0, 10.0, 5.0])) @ U.T, rtol=1e-6, method="hutch++")
+    assert r.converged and r.estimate == pytest.approx(125.0, rel=1e-10) and r.n_hvp <= 64
+
+
+def test_near_zero_trace_needs_atol():
+    """A traceless H: a relative target cannot be met, the warning says so; atol stops at once."""
+    A = matrix_with_spectrum(np.concatenate([np.linspace(1, 2, 50), -np.linspace(1, 2, 50)]), seed=3)
+    with pytest.warns(RuntimeWarning, match="near zero.*atol="):
+        r = hessop.hutchinson(A, rtol=0.01, max_samples=64)
+    assert not r.converged
+    r = hessop.hutchinson(A, atol=1.0, seed=1)
+    assert r.converged and abs(r.estimate) <= r.half_width() + 1e-12 and r.half_width() <= 1.0
+    with pytest.warns(RuntimeWarning, match="near zero.*atol="):
+        hessop.trace(A, rtol=0.01, n_hvp=60)  # below n = 100, so no exact fallback
+    t = hessop.trace(A, atol=1.0, seed=1)
+    assert t.converged and t.half_width() <= 1.0 and abs(t.estimate) <= 4 * t.std_error
+
+
+def test_trace_on_the_torch_operator_matches_the_dense_hessian(torch_op, network):
+    A, _ = network
+    got, want = hessop.trace(torch_op, rtol=0.05, seed=3), hessop.trace(A, rtol=0.05, seed=3)
+    assert (got.method, got.n_hvp, got.rank) == (want.method, want.n_hvp, want.rank)
+    assert got.estimate == pytest.approx(want.estimate, rel=1e-9)
+    assert got.std_error == pytest.approx(want.std_error, rel=1e-6)
+
+
+@pytest.mark.parametrize("name, target", [("flat", {"rtol": 0.1}), ("outlier", {"atol": 0.5})])
+def test_diagonal_to_a_target(request, name, target):
+    """diagonal(rtol= / atol=): the RMS 95% half-width meets the target, >= 90% of the entries' intervals cover
+    them.  (On the outlier matrix rtol=0.1 would need ~24,000 probes: its entries' variance ||H||_F^2 / n ~ 60
+    dwarfs diagonal entries ~1; a relative target on such a diagonal needs deflation, not done here.)"""
+    A, _ = request.getfixturevalue(name)
+    d = hessop.diagonal(A, seed=2, **target)
+    exact = np.diag(A)
+    half = 1.96 * d.std_error
+    goal = max(target.get("rtol", 0) * np.sqrt(np.mean(d.diagonal**2)), target.get("atol", 0))
+    assert d.converged and d.n_samples >= 32 and d.n_hvp == d.n_samples
+    assert np.sqrt(np.mean(half**2)) <= goal * 1.03
+    assert np.mean(np.abs(d.diagonal - exact) <= half) >= 0.9
+    with pytest.warns(RuntimeWarning, match="diagonal did not reach rtol=0.001"):
+        assert not hessop.diagonal(A, rtol=1e-3, max_samples=48).converged
