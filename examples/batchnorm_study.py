@@ -35,7 +35,7 @@ from hessop.models.digits import SmallResNet, digits
 
 VARIANTS = {"BN + residual": {}, "no BN": {"batchnorm": False}, "no residual": {"residual": False}}
 STAGES = {"stem": ["conv1", "bn1"], "residual block": ["conv2"], "head": ["fc1", "fc2"]}
-FULL = {"steps": 300, "hessian_samples": 256, "grid": 9, "radius": 0.5, "slq_steps": 30, "slq_vectors": 2,
+FULL = {"steps": 200, "hessian_samples": 128, "grid": 9, "radius": 0.5, "slq_steps": 30, "slq_vectors": 2,
         "trace_hvp": 30, "checkpoints": 3, "tol": 1e-6}
 SMALL = {"steps": 12, "hessian_samples": 32, "grid": 3, "radius": 0.5, "slq_steps": 8, "slq_vectors": 2,
          "trace_hvp": 9, "checkpoints": 2, "tol": 1e-4}
