@@ -142,3 +142,14 @@ class DataBackend(Backend):
             "exactly once per pass. Shuffling alone is fine. If you know the cause is harmless, pass "
             "check_deterministic=False."
         )
+
+
+class DataView:
+    """The batches of an existing backend's data, handed to a new backend as a re-iterable (so a single batch the
+    first backend wrapped is never mistaken for a list of batches).  Used to restrict a backend to a block."""
+
+    def __init__(self, data: Any) -> None:
+        self.data = data
+
+    def __iter__(self) -> Any:
+        return iter(self.data)

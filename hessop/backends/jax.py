@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from hessop.backends.base import DataBackend
+from hessop.backends.base import DataBackend, DataView
 
 __all__ = ["JaxBackend", "x64_enabled"]
 
@@ -372,3 +372,53 @@ class JaxBackend(DataBackend):
     def describe(self) -> str:
         return (f"jax ({self.device}, {len(self.shapes)} parameter arrays, {self.n_samples} samples, "
                 f"reduction={self.reduction!r})")
+
+    # ------------------------------------------------------------------ analyses: loss at a point, blocks, layout
+    filter_axis = -1
+    """Axis of a weight that indexes its filters (output channels / units): the last one in flax, haiku and
+    equinox layouts (``(kh, kw, in, out)``, ``(in, out)``)."""
+
+    def parameters_flat(self) -> jax.Array:
+        """The point ``theta`` as one flat vector (jax arrays are immutable: no copy needed)."""
+        return self.theta
+
+    def modules(self) -> list[str]:
+        """For each leaf, the key path of the node holding it (``"['conv1']"`` for ``"['conv1']['w']"``; ``""``
+        for a leaf at the root)."""
+        paths = [p for p, _ in jax.tree_util.tree_flatten_with_path(self.unflatten(self.theta))[0]]
+        return [jax.tree_util.keystr(p[:-1]) for p in paths]
+
+    def loss_at(self, delta: jax.Array) -> float:
+        """The loss over the data (the reduction of the products: ``sum_b w_b L_b``) at ``theta + delta``.  The
+        point ``theta`` is an immutable array and is put back afterwards, also when the loss raises."""
+        self._check_native(delta)
+        if tuple(delta.shape) != (self.n,):
+            raise ValueError(f"delta must have shape ({self.n},), got {tuple(delta.shape)}")
+        theta = self.theta
+        self.theta = theta + delta
+        try:
+            return self._loss_pass()[1]
+        finally:
+            self.theta = theta
+
+    def restrict(self, names: list[str]) -> JaxBackend:
+        """A backend for the diagonal block of the leaves ``names`` (a subset of :attr:`names`): the other leaves
+        are held fixed at ``theta`` (closed over by a new loss of the selected leaves); same data, reduction and
+        batch sizes; the determinism check is not repeated.  ``names`` keep the full pytree's key paths."""
+        unknown = [n for n in names if n not in self.names]
+        if unknown or not names:
+            raise ValueError(f"restrict takes a non-empty subset of this operator's leaves; unknown: {unknown}")
+        idx = [self.names.index(n) for n in names]
+        leaves = jax.tree_util.tree_leaves(self.unflatten(self.theta))
+        treedef, loss_fn = self.treedef, self.loss_fn
+
+        def block_loss(sub: list, batch: Any) -> Any:
+            full = list(leaves)
+            for i, leaf in zip(idx, sub, strict=True):
+                full[i] = leaf
+            return loss_fn(jax.tree_util.tree_unflatten(treedef, full), batch)
+
+        sub = JaxBackend(block_loss, [leaves[i] for i in idx], DataView(self.data), reduction=self.reduction,
+                         check_deterministic=False, batch_size=self._batch_size)
+        sub.names = [self.names[i] for i in idx]
+        return sub

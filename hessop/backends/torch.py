@@ -36,9 +36,9 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, jvp, linearize, vmap
 
-from hessop.backends.base import DataBackend
+from hessop.backends.base import DataBackend, DataView
 
-__all__ = ["CACHE_MEMORY", "HVP_METHODS", "TorchBackend"]
+__all__ = ["CACHE_MEMORY", "HVP_METHODS", "TorchBackend", "register_step_hook"]
 
 HVP_METHODS = ("auto", "forward_over_reverse", "double_backward")
 CACHE_MEMORY = 0
@@ -492,3 +492,63 @@ class TorchBackend(DataBackend):
     def describe(self) -> str:
         return (f"torch ({self.device}, {len(self.params)} parameter tensors, {self.n_samples} samples, "
                 f"reduction={self.reduction!r})")
+
+    # ------------------------------------------------------------------ analyses: loss at a point, blocks, layout
+    filter_axis = 0
+    """Axis of a weight that indexes its filters (output channels / rows): 0 for ``nn.Conv*`` and ``nn.Linear``."""
+
+    def parameters_flat(self) -> torch.Tensor:
+        """The selected parameters' current values as one flat vector (the point ``theta``), a copy."""
+        return torch.cat([p.detach().reshape(-1) for p in self.params]).clone()
+
+    def modules(self) -> list[str]:
+        """For each selected parameter, the name of the module holding it (``"layer1.0.conv"`` for
+        ``"layer1.0.conv.weight"``; ``""`` for a parameter of the model itself)."""
+        return [name.rpartition(".")[0] for name in self.names]
+
+    def loss_at(self, delta: torch.Tensor) -> float:
+        """The loss over the data (the reduction of the products: ``sum_b w_b L_b``) at ``theta + delta``.
+
+        The parameters are shifted in place and restored bit-identically from a copy afterwards, also when the loss
+        raises; buffers (BatchNorm statistics) are left unchanged as for every product."""
+        if not isinstance(delta, torch.Tensor) or tuple(delta.shape) != (self.n,):
+            raise ValueError(f"delta must be a torch tensor of shape ({self.n},), got {type(delta).__name__} of "
+                             f"shape {tuple(getattr(delta, 'shape', ()))}")
+        delta = delta.to(device=self.device, dtype=self.torch_dtype)
+        saved = [p.detach().clone() for p in self.params]
+        try:
+            with torch.no_grad():
+                for i, p in enumerate(self.params):
+                    p.add_(delta[self.offsets[i]: self.offsets[i + 1]].reshape(p.shape))
+            return self._loss_pass()[1]
+        finally:
+            with torch.no_grad():
+                for p, copy in zip(self.params, saved, strict=True):
+                    p.copy_(copy)
+
+    def restrict(self, names: list[str]) -> TorchBackend:
+        """A backend for the diagonal block of the selected parameters ``names`` (a subset of :attr:`names`): same
+        model, loss, data, reduction and loss form; the determinism check and the train-mode warnings are not
+        repeated (this backend passed them)."""
+        unknown = [n for n in names if n not in self.names]
+        if unknown or not names:
+            raise ValueError(f"restrict takes a non-empty subset of this operator's parameters; unknown: {unknown}")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            return TorchBackend(self.model, self.loss_fn, DataView(self.data), params=list(names),
+                                reduction=self.reduction, loss_form=self.loss_form, check_deterministic=False,
+                                batch_size=self._batch_size)
+
+
+def register_step_hook(optimizer: torch.optim.Optimizer, callback: Callable[[int], Any]) -> Any:
+    """Call ``callback(step)`` after every ``optimizer.step()`` (``step`` counts from 1); returns the handle whose
+    ``remove()`` detaches it.  Used by :meth:`hessop.tracking.Tracker.attach` for a plain PyTorch loop."""
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
+    count = [0]
+
+    def hook(opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        count[0] += 1
+        callback(count[0])
+
+    return optimizer.register_step_post_hook(hook)

@@ -29,13 +29,17 @@ class SmallResNet(nn.Module):
 
     With the default ``channels=4, hidden=20``: 1,706 parameters (conv 40, BatchNorm 8, conv 148, 1,300, 210).
     Small enough that its dense Hessian is a reference in tests, with every layer type the tests need
-    (convolution, BatchNorm, a residual connection, fully connected layers).
+    (convolution, BatchNorm, a residual connection, fully connected layers).  ``batchnorm=False`` replaces the
+    BatchNorm layer by the identity and ``residual=False`` drops the skip connection (``h = tanh(conv2(h))``), for
+    the BatchNorm / residual study of ``examples/batchnorm_study.py``.
     """
 
-    def __init__(self, channels: int = 4, hidden: int = 20, classes: int = 10) -> None:
+    def __init__(self, channels: int = 4, hidden: int = 20, classes: int = 10, *, batchnorm: bool = True,
+                 residual: bool = True) -> None:
         super().__init__()
+        self.residual = residual
         self.conv1 = nn.Conv2d(1, channels, 3, padding=1)
-        self.bn1 = nn.BatchNorm2d(channels)
+        self.bn1 = nn.BatchNorm2d(channels) if batchnorm else nn.Identity()
         self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
         self.pool = nn.AvgPool2d(2)
         self.fc1 = nn.Linear(channels * 16, hidden)
@@ -43,7 +47,7 @@ class SmallResNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = torch.relu(self.bn1(self.conv1(x)))
-        h = h + torch.tanh(self.conv2(h))
+        h = h + torch.tanh(self.conv2(h)) if self.residual else torch.tanh(self.conv2(h))
         h = self.pool(h).flatten(1)
         return self.fc2(torch.tanh(self.fc1(h)))
 

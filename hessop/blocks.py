@@ -1,0 +1,283 @@
+"""Per-layer and per-stage Hessian spectra: the diagonal blocks of H, one row per parameter group.
+
+Maths
+-----
+For a partition (or any selection) of the parameters into groups ``G_1 .. G_m`` the diagonal block
+``H_{G G} = d^2 L / d theta_G^2`` is the Hessian of the loss with respect to the group's parameters with all others
+held fixed.  Its top eigenvalues (Lanczos, with residuals), its trace (with a standard error) and optionally its
+spectral density (SLQ) describe how curved the loss is in that layer or stage: the per-layer analysis of PyHessian
+(Yao et al. 2020, sec. 4: the trace and top eigenvalue of each stage of a ResNet with and without BatchNorm).
+``tr(H) = sum_G tr(H_{G G})`` for a partition; the top eigenvalues of the blocks bound nothing of the full H in
+general (they are interlaced only from below: ``lambda_max(H) >= lambda_max(H_{G G})``).
+
+The blocks are built by the operator's backend (``H.backend.restrict(names)``: same model or loss, data and
+reduction, only the group's parameters free), so this module never imports a framework.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from hessop._probes import column_dots
+from hessop.density import SpectralDensity, slq
+from hessop.lanczos import lanczos
+from hessop.operator import HessianOperator
+from hessop.trace import TraceEstimate, hutchpp
+
+__all__ = ["BlockRow", "BlockTable", "by_block"]
+
+DEFAULT_TRACE_HVP = 60
+"""Products per block for the trace by default; a block with at most this many parameters gets its exact trace."""
+
+
+def _trace(H: HessianOperator, *, n_hvp: int = DEFAULT_TRACE_HVP, seed: int = 0) -> TraceEstimate:
+    """The trace of a block with its standard error: the one place every trace of :mod:`hessop.blocks` and
+    :mod:`hessop.tracking` is computed (switch it here to another estimator).
+
+    An operator of ``n <= n_hvp`` parameters gets its exact trace from ``n`` products with the unit vectors
+    (``std_error = 0``); a larger one Hutch++ with ``n_hvp`` products (:func:`hessop.hutchpp`)."""
+    if H.n <= n_hvp:
+        hvp0 = H.n_hvp
+        eye = H.asarray(np.eye(H.n))
+        diag = np.asarray(H.to_numpy(column_dots(H.xp, eye, H.hvp_block(eye))), dtype=np.float64)
+        return TraceEstimate(estimate=float(np.sum(diag)), std_error=0.0, samples=diag, n_hvp=H.n_hvp - hvp0,
+                             converged=True, method="exact (unit vectors)")
+    return hutchpp(H, n_hvp, seed=seed)
+
+
+@dataclass(frozen=True)
+class BlockRow:
+    """One parameter group's diagonal block of the Hessian.
+
+    Attributes
+    ----------
+    name : str
+        The group's name.
+    params : tuple of str
+        The parameter names in the group (in the operator's order).
+    n : int
+        Number of parameters (the block is n x n).
+    eigenvalues, residuals : numpy.ndarray, shape (k,)
+        Top eigenvalues of the block (descending) and their Ritz residuals ``||H_GG v - lambda v||``.
+    converged : numpy.ndarray of bool, shape (k,)
+    trace : TraceEstimate
+        ``tr(H_GG)`` with its standard error.
+    density : SpectralDensity or None
+        The block's spectral density when asked for.
+    n_hvp : int
+        Products of the block used for this row.
+    """
+
+    name: str
+    params: tuple[str, ...]
+    n: int
+    eigenvalues: np.ndarray
+    residuals: np.ndarray
+    converged: np.ndarray
+    trace: TraceEstimate
+    density: SpectralDensity | None = field(default=None, repr=False)
+    n_hvp: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready values (no density nodes)."""
+        return {"name": self.name, "params": list(self.params), "n": self.n,
+                "eigenvalues": self.eigenvalues.tolist(), "residuals": self.residuals.tolist(),
+                "converged": [bool(c) for c in self.converged], "trace": self.trace.estimate,
+                "trace_std_error": self.trace.std_error, "trace_method": self.trace.method, "n_hvp": self.n_hvp}
+
+
+@dataclass(frozen=True)
+class BlockTable:
+    """The rows of :func:`by_block`, one per group; prints as a table, saves as CSV or JSON, plots as bars."""
+
+    rows: list[BlockRow]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __iter__(self) -> Any:
+        return iter(self.rows)
+
+    def __getitem__(self, key: int | str) -> BlockRow:
+        if isinstance(key, str):
+            for row in self.rows:
+                if row.name == key:
+                    return row
+            raise KeyError(f"no group named {key!r}; groups: {[r.name for r in self.rows]}")
+        return self.rows[key]
+
+    def __str__(self) -> str:
+        head = ["group", "n", "lambda_max", "residual", "trace", "+- s.e.", "HVPs"]
+        body = [[r.name, str(r.n), f"{r.eigenvalues[0]:.6g}", f"{r.residuals[0]:.1e}", f"{r.trace.estimate:.6g}",
+                 f"{r.trace.std_error:.2g}", str(r.n_hvp)] for r in self.rows]
+        widths = [max(len(x) for x in col) for col in zip(head, *body, strict=True)]
+        lines = ["  ".join(x.ljust(w) if i == 0 else x.rjust(w) for i, (x, w) in enumerate(zip(line, widths,
+                                                                                               strict=True)))
+                 for line in [head, *body]]
+        return "\n".join([lines[0], "-" * len(lines[0]), *lines[1:]])
+
+    def to_csv(self, path: Any) -> None:
+        """One line per group: name, n, eigenvalue_i / residual_i for each i, trace, trace_std_error, n_hvp."""
+        k = max(len(r.eigenvalues) for r in self.rows)
+        with open(path, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["name", "n", *[f"eigenvalue_{i}" for i in range(k)], *[f"residual_{i}" for i in range(k)],
+                        "trace", "trace_std_error", "n_hvp", "params"])
+            for r in self.rows:
+                pad = [""] * (k - len(r.eigenvalues))
+                w.writerow([r.name, r.n, *map(repr, r.eigenvalues.tolist()), *pad,
+                            *map(repr, r.residuals.tolist()), *pad, repr(r.trace.estimate),
+                            repr(r.trace.std_error), r.n_hvp, " ".join(r.params)])
+
+    def to_json(self, path: Any) -> None:
+        """A JSON list of :meth:`BlockRow.as_dict`."""
+        with open(path, "w") as f:
+            json.dump([r.as_dict() for r in self.rows], f, indent=1)
+
+    def plot(self, path: Any = None, *, title: str | None = None) -> Any:
+        """Bar charts across groups: top eigenvalue and trace (with a 95% interval), log scale when all are
+        positive.  Returns the matplotlib Figure; saved to ``path`` if given."""
+        from matplotlib.figure import Figure
+
+        names = [r.name for r in self.rows]
+        lam = np.array([r.eigenvalues[0] for r in self.rows])
+        tr = np.array([r.trace.estimate for r in self.rows])
+        half = np.array([(lambda lo, hi: (hi - lo) / 2)(*r.trace.interval()) if r.trace.std_error > 0 else 0.0
+                         for r in self.rows])
+        fig = Figure(figsize=(max(5.0, 1.1 * len(names) + 2), 3.4))
+        for i, (vals, err, label) in enumerate([(lam, None, "top eigenvalue"), (tr, half, "trace (95% interval)")]):
+            ax = fig.add_subplot(1, 2, i + 1)
+            ax.bar(np.arange(len(names)), vals, yerr=err, color=f"C{i}", capsize=3)
+            ax.set_xticks(np.arange(len(names)), names, rotation=30, ha="right", fontsize=8)
+            if np.all(vals > 0):
+                ax.set_yscale("log")
+            ax.set_title(label, fontsize=10)
+        if title:
+            fig.suptitle(title)
+        fig.tight_layout()
+        if path is not None:
+            fig.savefig(path, dpi=90, bbox_inches="tight")
+        return fig
+
+
+def _matches(name: str, spec: str | re.Pattern) -> bool:
+    """A string selects a parameter by its full name or a prefix ending at a component boundary (``"layer1"``
+    selects ``"layer1.0.conv.weight"`` but not ``"layer10.weight"``; JAX key paths ``"['conv']"`` likewise);
+    a compiled regular expression selects the names it matches anywhere (``re.search``)."""
+    if isinstance(spec, re.Pattern):
+        return spec.search(name) is not None
+    return name == spec or (name.startswith(spec) and (spec[-1:] in ".]" or name[len(spec)] in ".["))
+
+
+def _resolve_groups(groups: Any, names: list[str], modules: list[str]) -> list[tuple[str, list[str]]]:
+    """``[(group name, parameter names in operator order)]`` from the ``groups`` argument of :func:`by_block`."""
+    if groups is None:
+        order: dict[str, list[str]] = {}
+        for name, mod in zip(names, modules, strict=True):
+            order.setdefault(mod or "<root>", []).append(name)
+        return list(order.items())
+    if isinstance(groups, (str, re.Pattern)):
+        groups = [groups]
+    if isinstance(groups, dict):
+        items = list(groups.items())
+    elif isinstance(groups, (list, tuple)):
+        items = [(g if isinstance(g, str) else g.pattern, g) for g in groups]
+    else:
+        raise TypeError("groups must be None (one group per module), a list of name prefixes / compiled regular "
+                        f"expressions, or a dict of group name -> names, prefixes or patterns; got "
+                        f"{type(groups).__name__}")
+    out = []
+    for label, spec in items:
+        specs = [spec] if isinstance(spec, (str, re.Pattern)) else list(spec)
+        bad = [s for s in specs if not isinstance(s, (str, re.Pattern)) or s == ""]
+        if bad or not specs:
+            raise TypeError(f"group {label!r}: give parameter names, prefixes or compiled regular expressions, "
+                            f"got {spec!r}")
+        chosen = [n for n in names if any(_matches(n, s) for s in specs)]
+        if not chosen:
+            some = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
+            raise ValueError(f"group {label!r} ({spec!r}) matches no parameter of the operator; its parameters are: "
+                             f"{some}")
+        out.append((str(label), chosen))
+    return out
+
+
+def by_block(
+    H: HessianOperator,
+    groups: Any = None,
+    *,
+    k: int = 1,
+    tol: float = 1e-6,
+    trace_options: dict[str, Any] | None = None,
+    density: bool = False,
+    density_options: dict[str, Any] | None = None,
+    seed: int = 0,
+) -> BlockTable:
+    """Top eigenvalues (with residuals), trace (with standard error) and optionally the spectral density of each
+    parameter group's diagonal block of the Hessian.
+
+    Parameters
+    ----------
+    H : HessianOperator
+        Built with :meth:`HessianOperator.from_torch` or :meth:`~HessianOperator.from_jax` (the block operators
+        come from its backend: same model / loss, data and reduction).
+    groups :
+        ``None`` (default): one group per module holding parameters (torch: ``"conv1"`` for ``"conv1.weight"``;
+        JAX: the pytree node above each leaf).  A list of name prefixes (``"layer1"``) or compiled regular
+        expressions (``re.compile(r"bn")``), each a group.  A dict ``{group name: names / prefixes / patterns}``
+        (e.g. the stages of a ResNet).  Names are the backend's (``H.backend.names``).
+    k : int
+        Top eigenvalues per block (Lanczos, ``which="LA"``); default 1.  Blocks with ``n <= k`` give all ``n - 1``.
+    tol : float
+        Lanczos tolerance on the residuals (relative to each eigenvalue); default 1e-6.
+    trace_options : dict, optional
+        Passed to the trace estimator (default ``n_hvp=60``: Hutch++ with 60 products, or the exact trace from
+        ``n`` unit vectors for blocks of at most 60 parameters).
+    density : bool
+        Also run SLQ on every block (``density_options`` go to :func:`hessop.slq`; ``n_iter`` is capped at the
+        block's size); default False.
+    seed : int
+        Seed of every random draw; default 0.
+
+    Returns
+    -------
+    BlockTable
+        Rows of :class:`BlockRow` (``name``, ``params``, ``eigenvalues``, ``residuals``, ``trace`` ...); ``print`` it,
+        ``.to_csv(path)``, ``.to_json(path)``, ``.plot(path)``.
+    """
+    from hessop.mpi import MPIBackend
+
+    if not isinstance(H, HessianOperator):
+        raise TypeError(f"by_block needs a HessianOperator from from_torch or from_jax, got {type(H).__name__}")
+    if isinstance(H.backend, MPIBackend):
+        raise ValueError("by_block does not support MPI-reduced operators yet: build the block operators on every "
+                         "rank with from_torch(..., params=names, comm=comm) and call lanczos / the trace on each.")
+    backend = H.backend
+    if not hasattr(backend, "restrict"):
+        raise TypeError(f"by_block splits operators built from a model's parameters (from_torch, from_jax); the "
+                        f"{backend.name!r} backend has no parameter names. Split the matrix yourself.")
+    rows = []
+    for name, params in _resolve_groups(groups, list(backend.names), backend.modules()):
+        block = HessianOperator(backend.restrict(params))
+        kk = min(k, block.n - 1)
+        if kk >= 1:
+            eig = lanczos(block, k=kk, tol=tol, seed=seed)
+            values, res, conv = eig.eigenvalues, eig.residuals, eig.converged
+        else:  # a single parameter: the block is its 1 x 1 second derivative
+            h = float(block.to_numpy(block.hvp(block.asarray(np.ones(1))))[0])
+            values, res, conv = np.array([h]), np.zeros(1), np.ones(1, dtype=bool)
+        tr = _trace(block, **{"seed": seed, **(trace_options or {})})
+        dens = None
+        if density:
+            opts = {"seed": seed, **(density_options or {})}
+            opts["n_iter"] = min(opts.get("n_iter", 90), block.n)
+            dens = slq(block, **opts)
+        rows.append(BlockRow(name=name, params=tuple(params), n=block.n, eigenvalues=values, residuals=res,
+                             converged=conv, trace=tr, density=dens, n_hvp=block.n_hvp))
+    return BlockTable(rows)
