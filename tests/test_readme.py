@@ -10,6 +10,7 @@ import shlex
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 ROOT = pathlib.Path(__file__).parents[1]
@@ -25,6 +26,9 @@ SMALLER = {
     "n_hvp=100": "n_hvp=20",
     "n_iter=90, n_vectors=10": "n_iter=15, n_vectors=2",
     "sketch(H, 50)": "sketch(H, 12)",
+    "n_points=21": "n_points=5",
+    "every=50": "every=2",
+    "range(200)": "range(4)",
 }
 
 
@@ -50,13 +54,14 @@ def _jax_placeholders() -> dict:
 
 
 def test_readme_blocks_are_all_covered():
-    assert len(PYTHON) == 3, "a Python block was added or removed: run it in test_readme_python_blocks_run"
+    assert len(PYTHON) == 4, "a Python block was added or removed: run it in test_readme_python_blocks_run"
     joined = "".join(PYTHON)
     for old in SMALLER:
         assert old in joined, f"README no longer contains {old!r}: update SMALLER"
 
 
-def test_readme_python_blocks_run():
+def test_readme_python_blocks_run(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the blocks write figures and tables to the working directory
     pytest.importorskip("torch")
     pytest.importorskip("sklearn")
     namespace: dict = {}
@@ -85,12 +90,21 @@ def _check_trace(ns: dict) -> None:
     assert ns["est"].converged and ns["phi"].size == ns["grid"].size == 10_000
 
 
+def _check_analyses(ns: dict) -> None:
+    land, stages, tracker = ns["land"], ns["stages"], ns["tracker"]
+    assert land.losses.shape == (5, 5) and np.isfinite(land.losses).all()
+    assert [row.name for row in stages.rows] == ["stem", "block", "head"]
+    assert [r.step for r in tracker.records] == [2, 4]
+    assert all(pathlib.Path(f).stat().st_size > 0 for f in ("landscape.png", "stages.png", "stages.csv",
+                                                             "hessian.jsonl", "tracking.png"))
+
+
 def _check_jax(ns: dict) -> None:
     assert ns["r"].all_converged and set(ns["top"]) == {"w1", "w2"}
     assert ns["top"]["w1"].shape == ns["params"]["w1"].shape
 
 
-CHECKS = [_check_usage, _check_trace, _check_jax]
+CHECKS = [_check_usage, _check_trace, _check_analyses, _check_jax]
 
 
 def test_readme_mpi_command_runs():
