@@ -211,6 +211,7 @@ def slq(
     seed: int | np.random.Generator | None = 0,
     block_size: int | None = None,
     distribution: str = "gaussian",
+    solver_dtype: Any = None,
 ) -> SpectralDensity:
     """Eigenvalue spectral density of H by stochastic Lanczos quadrature (Ghorbani, Krishnan, Xiao, ICML 2019;
     Lin, Saad, Yang 2016).
@@ -242,13 +243,17 @@ def slq(
         n: lower it for large models.
     distribution : {"gaussian", "rademacher"}
         Distribution of the start vectors before normalisation; default Gaussian.
+    solver_dtype : numpy dtype, optional
+        Dtype of the probes, bases and recurrences (default: the operator's).  ``numpy.float64`` over a float32
+        model keeps the Lanczos runs in float64 while each product is taken in float32 (cast on the device, see
+        :meth:`HessianOperator.with_solver_dtype`): better resolved small nodes and density tails.
 
     Returns
     -------
     SpectralDensity
         Nodes and weights per draw, ``n``, ``n_hvp``; ``.density()``, ``.trace(f)``, ``.plot()``.
     """
-    op = as_operator(H)
+    op = as_operator(H).with_solver_dtype(solver_dtype)
     n_iter = check_int(n_iter, "n_iter", 1)
     if n_iter > op.n:
         raise ValueError(f"n_iter = {n_iter} exceeds n = {op.n}: Lanczos spans the whole space in at most n steps; "
