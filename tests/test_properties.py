@@ -102,6 +102,7 @@ def check_claims(A, truth, r, tol, which):
 @example(problem=build("low_rank", 120, 5, 1e12, "float32"), which="LM", restart=True, data=None)
 @example(problem=build("uniform", 109, 1, 1.0, "float64"), which="LM", restart=True, data=3)  # 124 restarts
 @example(problem=build("uniform", 66, 239, 1.0, "float64"), which="LM", restart=True, data=3)  # partly converged
+@example(problem=build("clusters", 2, 0, 1.0, "float64"), which="LA", restart=False, data=1)  # stopped after 1 step
 def test_lanczos_claims_hold(problem, which, restart, data):
     A, truth, family, dtype = problem
     n = A.shape[0]
