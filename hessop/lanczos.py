@@ -221,7 +221,9 @@ def lanczos(
         vectors (one block product), instead of the Ritz estimates ``|beta_j s_{j,i}|``.  The Ritz estimate
         misses the rounding of the products and the loss of orthogonality of the basis: on float32 models it can
         be 1e5 .. 1e16 times below the true residual.  Default True (cost: ``k`` products, about 5-25% of a run,
-        see docs/reliability.md); the flags ``converged`` are then decided on the verified residuals.
+        see docs/reliability.md); the flags ``converged`` are then decided on the verified residuals.  With
+        ``verify=False`` the residual (Ritz estimate plus the floor) is an estimate, not a bound: measured up to
+        4x (float32) and 69x (float64) below the true residual on the property-test families.
     solver_dtype : numpy dtype, optional
         Dtype of the basis, the recurrences and the returned vectors (default: the operator's).  ``numpy.float64``
         over a float32 model runs Lanczos in float64 while each product is still taken in float32 (cast on the

@@ -136,6 +136,7 @@ def test_power_iteration_claims_hold(problem, data):
 
 @PROFILE
 @given(problem=problems(max_n=min(MAX_N, 150)), which=st.sampled_from(["LA", "SA", "LM"]))
+@example(problem=build("clusters", 60, 1268, 1.0, "float64"), which="LA")  # stops inside a 1.7e-8 cluster
 @example(problem=build("uniform", 27, 0, 1e-21, "float64"), which="LA")  # ARPACK 1e-11 off at this scale
 def test_eigsh_on_the_operator_agrees(problem, which):
     A, truth, family, dtype = problem
@@ -153,12 +154,22 @@ def test_eigsh_on_the_operator_agrees(problem, which):
     hnorm = np.max(np.abs(truth))
     # the SciPy face is the matrix: same ARPACK run, same answer to rounding
     assert abs(vals[0] - direct[0]) <= 10 * np.sqrt(n) * eps * hnorm
-    # and ARPACK's answer agrees with lanczos's within lanczos's bound plus ARPACK's own error (which at extreme
-    # scales is far above eps: 1e-11 relative at 1e-21, found by hypothesis)
+    # lanczos's value is an eigenvalue within its residual, and not beyond ARPACK's extreme one by more than the
+    # two errors (inside a cluster tighter than the run resolves, either may stop on a neighbour of the extreme
+    # eigenvalue: found by hypothesis, clusters n = 60 seed 1268, gap 1.7e-8, residual 7.5e-10)
     r = hessop.lanczos(H, 1, which=which)
     arpack_err = abs(vals[0] - wanted(truth, which, 1)[0])
-    if r.converged[0]:
-        assert abs(r.eigenvalues[0] - vals[0]) <= r.residuals[0] * (1 + 1e-6) + arpack_err + 4 * eps * hnorm
+    slack = r.residuals[0] * (1 + 1e-6) + arpack_err + 4 * eps * hnorm
+    assert np.min(np.abs(r.eigenvalues[0] - truth)) <= r.residuals[0] * (1 + 1e-6) + 4 * eps * hnorm
+    beyond = {"LA": r.eigenvalues[0] - vals[0], "SA": vals[0] - r.eigenvalues[0],
+              "LM": abs(r.eigenvalues[0]) - abs(vals[0])}[which]
+    assert beyond <= slack
+
+
+@pytest.mark.xfail(strict=False, reason="found by hypothesis: hutchpp with 12 HVPs (4 Hutchinson samples) reports a "
+                   "mean standard error half the spread over seeds; the trace code is being rewritten (issue 14)")
+def test_hutchpp_standard_error_small_budget_outliers():
+    test_trace_estimators_unbiased_with_true_standard_errors.hypothesis.inner_test(family="outliers", n=20, seed=132)
 
 
 def test_unreachable_tol_warns_and_is_never_converged():
