@@ -15,7 +15,7 @@ from array_api_compat import array_namespace, is_jax_array
 
 from hessop._validate import check_seed
 
-__all__ = ["array_namespace", "check_finite", "make_rng", "set_column"]
+__all__ = ["array_namespace", "check_cast", "check_finite", "make_rng", "set_column"]
 
 
 def set_column(Q: Any, j: int | slice, v: Any) -> Any:
@@ -25,6 +25,37 @@ def set_column(Q: Any, j: int | slice, v: Any) -> Any:
         return Q.at[:, j].set(v)
     Q[:, j] = v
     return Q
+
+
+def check_cast(given: Any, target: Any, what: str) -> None:
+    """hessop's one casting policy: never down-cast silently.
+
+    An array of a floating dtype wider than the one it is about to be used in (a float64 vector for a float32
+    operator, a float64 ``v0``, a float32 ``solver_dtype`` for a float64 operator) raises ``TypeError`` naming the
+    two dtypes and the fix; a narrower or equal dtype (and an integer one) is converted exactly.  Used by the
+    SciPy face, :meth:`HessianOperator.asarray`, the solvers' ``v0`` and ``solver_dtype``.  hessop's own float64
+    draws (start vectors, probes) are rounded to the working dtype on purpose and do not pass through here.
+    """
+    (gkind, gsize, gname), (_, tsize, tname) = _dtype_info(given), _dtype_info(target)
+    if gkind == "c":
+        raise TypeError(f"{what} is complex ({gname}); a Hessian of a real loss is real.")
+    if gkind == "f" and gsize > tsize:
+        raise TypeError(
+            f"{what} is {gname} but would be used in {tname}; hessop does not down-cast silently. Convert it "
+            f"yourself (x.astype({tname})) or work in {gname} (a {gname} operator, or solver_dtype={gname})."
+        )
+
+
+def _dtype_info(dtype: Any) -> tuple[str, int, str]:
+    """(kind, itemsize, name) of a NumPy dtype or a framework dtype object (torch.float32, jnp.float32...)."""
+    try:
+        d = np.dtype(dtype)
+        return d.kind, d.itemsize, d.name
+    except TypeError:  # e.g. torch.bfloat16, which NumPy does not know
+        name = str(dtype).removeprefix("torch.")
+        floating = getattr(dtype, "is_floating_point", False)
+        kind = "c" if getattr(dtype, "is_complex", False) else "f" if floating else "i"
+        return kind, int(dtype.itemsize), name
 
 
 def check_finite(value: float, what: str, iteration: int) -> float:

@@ -41,7 +41,7 @@ def draw(rng: np.random.Generator, n: int, k: int, distribution: str = "rademach
 def probe_block(op: Any, rng: np.random.Generator, k: int, distribution: str = "rademacher",
                 scale: float = 1.0) -> Any:
     """``k`` probes drawn on the host (see :func:`draw`) and moved to ``op``'s backend in one transfer."""
-    return op.asarray(draw(rng, op.n, k, distribution, scale))
+    return op.cast(draw(rng, op.n, k, distribution, scale))
 
 
 def block_sizes(total: int, block_size: int) -> Iterator[int]:

@@ -227,6 +227,7 @@ def slq(
     atol: float | None = None,
     f: Callable[[np.ndarray], np.ndarray] | None = None,
     max_vectors: int = 100,
+    solver_dtype: Any = None,
 ) -> SpectralDensity:
     """Eigenvalue spectral density of H by stochastic Lanczos quadrature (Ghorbani, Krishnan, Xiao, ICML 2019;
     Lin, Saad, Yang 2016).
@@ -270,6 +271,11 @@ def slq(
         (b bases of ``n_iter + 1`` vectors, the probe, input and product blocks); ``ValueError`` if one draw
         does not fit.  The results do not depend on the blocking (draw j is the same vector whatever the blocks).
 
+    solver_dtype : numpy dtype, optional
+        Dtype of the probes, bases and recurrences (default: the operator's).  ``numpy.float64`` over a float32
+        model keeps the Lanczos runs in float64 while each product is taken in float32 (cast on the device, see
+        :meth:`HessianOperator.with_solver_dtype`): better resolved small nodes and density tails.
+
     Memory: ``block_size * (n_iter + 4)`` n-vectors, at most ``memory``.
 
     Returns
@@ -278,7 +284,7 @@ def slq(
         Nodes and weights per draw, ``n``, ``n_hvp``, ``blocks`` (the blocking used) and ``memory`` (its peak in
         n-vectors); ``.density()``, ``.trace(f)``, ``.plot()``.
     """
-    op = as_operator(H)
+    op = as_operator(H).with_solver_dtype(solver_dtype)
     n_iter = check_int(n_iter, "n_iter", 1)
     if n_iter > op.n:
         raise ValueError(f"n_iter = {n_iter} exceeds n = {op.n}: Lanczos spans the whole space in at most n steps; "

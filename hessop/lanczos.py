@@ -32,10 +32,10 @@ import numpy as np
 import scipy.linalg
 from array_api_compat import device
 
-from hessop._array import check_finite, make_rng, set_column
+from hessop._array import check_cast, check_finite, make_rng, set_column
 from hessop._validate import check_choice, check_int, check_k, check_tol
 from hessop.operator import HessianOperator, as_operator
-from hessop.results import EigenResult
+from hessop.results import EigenResult, residual_floor, resolve_tol
 
 __all__ = ["lanczos", "Krylov"]
 
@@ -71,7 +71,7 @@ class Krylov:
         if nrm == 0.0:
             raise ValueError("the start vector is zero")
         self.Q = set_column(self.Q, 0, v0 / nrm)
-        self._eps = float(np.finfo(op.dtype).eps)
+        self._eps = op.product_eps
 
     def step(self, w: Any = None) -> float:
         """One Lanczos step: ``w = H q_j``, two block Gram-Schmidt passes, ``alpha``, ``beta``.  Returns beta.
@@ -94,7 +94,8 @@ class Krylov:
         self.anorm = max(self.anorm, abs(alpha) + beta + (self.T[j, j - 1] if j else 0.0))
         self.beta = beta
         self.T[j + 1, j] = self.T[j, j + 1] = beta
-        self.breakdown = beta <= 100 * self._eps * self.anorm
+        # a beta within 100 times the precision floor sqrt(n) eps ||H|| is rounding: the space is invariant
+        self.breakdown = beta <= 100 * residual_floor(self.op, self.anorm)
         if not self.breakdown:
             self.Q = set_column(self.Q, j + 1, w / beta)
         self.j = j + 1
@@ -109,7 +110,7 @@ class Krylov:
         if j >= self.op.n:
             return False
         B = self.Q  # columns j.. are zero
-        v = self.op.asarray(rng.standard_normal(self.op.n))
+        v = self.op.cast(rng.standard_normal(self.op.n))
         for _ in range(2):
             v = v - B @ (B.T @ v)
         nrm = float(xp.linalg.vector_norm(v))
@@ -132,7 +133,7 @@ class Krylov:
         """Keep Ritz vectors ``Q S[:, keep]`` and the next Lanczos vector (Wu & Simon 2000)."""
         j, p = self.j, len(keep)
         Sk = S[:, keep]
-        Y = self.Q[:, :j] @ self.op.asarray(Sk)
+        Y = self.Q[:, :j] @ self.op.cast(Sk)
         nxt = self.Q[:, j]
         self.Q = set_column(self.Q, slice(0, p), Y)
         self.Q = set_column(self.Q, p, nxt)
@@ -156,13 +157,17 @@ def _order(theta: np.ndarray, which: str) -> np.ndarray:
 
 
 def start_vector(op: HessianOperator, v0: Any, rng: np.random.Generator) -> Any:
-    """The start vector as a native array: ``v0`` if given (NumPy or native), else a standard normal draw made on
-    the host from ``rng`` (so one seed gives one vector on every backend) and moved to the device once."""
+    """The start vector as a native array: ``v0`` if given (NumPy or native; a dtype wider than the solver's raises
+    ``TypeError``, a narrower one is converted exactly), else a standard normal draw made on the host from ``rng``
+    (so one seed gives one vector on every backend) and moved to the device once."""
     if v0 is None:
-        return op.asarray(rng.standard_normal(op.n))
+        return op.cast(rng.standard_normal(op.n))
     if tuple(v0.shape) != (op.n,):
         raise ValueError(f"v0 must have shape ({op.n},), got {tuple(v0.shape)}")
-    return op.asarray(v0) if isinstance(v0, np.ndarray) else v0
+    if isinstance(v0, np.ndarray):
+        return op.asarray(v0)
+    check_cast(v0.dtype, op.dtype, "v0")
+    return op.xp.astype(v0, op.cast(np.zeros(1)).dtype)
 
 
 def lanczos(
@@ -170,12 +175,14 @@ def lanczos(
     k: int = 1,
     *,
     which: str = "LA",
-    tol: float = 1e-8,
+    tol: float | None = None,
     max_iter: int | None = None,
     max_basis: int | None = None,
     seed: int | np.random.Generator | None = 0,
     v0: Any = None,
     callback: Callable[[int, np.ndarray, np.ndarray], None] | None = None,
+    verify: bool = True,
+    solver_dtype: Any = None,
 ) -> EigenResult:
     """The ``k`` extreme eigenpairs of a symmetric operator by Lanczos with full reorthogonalisation and thick
     restart.
@@ -190,10 +197,14 @@ def lanczos(
     which : {"LA", "SA", "LM"}
         Largest algebraic (default; returned in descending order), smallest algebraic (ascending; the most
         negative eigenvalues of a Hessian) or largest magnitude (descending ``|lambda|``).
-    tol : float
-        Stop when every wanted Ritz pair has ``|beta_j s_{j,i}| <= tol * max(|theta_i|, eps**(2/3) * ||T||)``
-        (ARPACK's rule).  For a symmetric H the eigenvalue error is at most the residual and usually about
-        ``residual**2 / gap``.  Default 1e-8.
+    tol : float, optional
+        Stop when every wanted Ritz pair has ``|beta_j s_{j,i}| + floor <= tol * max(|theta_i|, eps**(2/3) *
+        ||T||)`` (ARPACK's rule, with the precision floor ``floor = sqrt(n) * eps * ||H||`` of
+        :func:`hessop.results.residual_floor`, ``eps`` the products' unit roundoff).  For a symmetric H the
+        eigenvalue error is at most the residual and usually about ``residual**2 / gap``.  Default (None):
+        ``max(1e-8, 10 sqrt(n) eps)`` (1e-8 for float64; about 1e-5 .. 1e-3 for float32 models).  A smaller
+        ``tol`` than ``sqrt(n) eps`` draws a warning with the reachable value; the run then stops once the Ritz
+        estimates reach the floor and reports ``converged=False``.
     max_iter : int, optional
         Most Lanczos steps (= HVPs) in all; default ``max(1000, 20 * max_basis)``.  Pairs not converged by then
         are returned with ``converged=False``.
@@ -205,10 +216,23 @@ def lanczos(
         Seed of the standard-normal start vector (drawn on the host; the same seed gives the same answer on every
         backend).  Default 0.
     v0 : array, optional
-        Start vector (NumPy or native) instead of a random one.
+        Start vector (NumPy or native) instead of a random one.  A dtype wider than the solver's raises
+        ``TypeError`` (hessop never down-casts silently).
     callback : callable, optional
         Called after every step as ``callback(step, ritz_values, residuals)`` with the wanted Ritz values and their
         residuals so far (host arrays, most wanted first, at most k); for convergence plots.  Costs nothing extra.
+    verify : bool
+        Compute the reported residuals ``||H v_i - theta_i v_i||`` from ``k`` more products of the returned
+        vectors (one block product), instead of the Ritz estimates ``|beta_j s_{j,i}|``.  The Ritz estimate
+        misses the rounding of the products and the loss of orthogonality of the basis: on float32 models it can
+        be 1e5 .. 1e16 times below the true residual.  Default True (cost: ``k`` products, 8-37% of a run on a
+        matrix that converges in 2-3 k steps, see docs/reliability.md); ``converged`` is then decided on them.  With
+        ``verify=False`` the residual (Ritz estimate plus the floor) is an estimate, not a bound: measured up to
+        4x (float32) and 69x (float64) below the true residual on the property-test families.
+    solver_dtype : numpy dtype, optional
+        Dtype of the basis, the recurrences and the returned vectors (default: the operator's).  ``numpy.float64``
+        over a float32 model runs Lanczos in float64 while each product is still taken in float32 (cast on the
+        device: :meth:`HessianOperator.with_solver_dtype`); a narrower dtype raises ``TypeError``.
 
     Memory: ``max_basis + 4`` n-vectors (the basis, the product and two Gram-Schmidt temporaries).
 
@@ -226,11 +250,11 @@ def lanczos(
         ``eigenvalues`` ordered as ``which`` says, orthonormal ``eigenvectors`` (native (n, k)), ``residuals``,
         ``converged``, ``n_hvp``, ``n_iter`` (= Lanczos steps) and ``n_restarts``.
     """
-    op = as_operator(H)
+    op = as_operator(H).with_solver_dtype(solver_dtype)
     n = op.n
     k = check_k(k, n)
     which = check_choice(which, "which", WHICH)
-    tol = check_tol(tol)
+    tol = resolve_tol(None if tol is None else check_tol(tol), 1e-8, op)
     if max_basis is None:
         max_basis = min(n, max(2 * k + 1, 40))
     m = check_int(max_basis, "max_basis", k + 1, None)
@@ -242,7 +266,7 @@ def lanczos(
 
     hvp0 = op.n_hvp
     kry = Krylov(op, start_vector(op, v0, rng), m)
-    eps23 = np.finfo(op.dtype).eps ** (2.0 / 3.0)
+    eps23 = op.product_eps ** (2.0 / 3.0)
     n_iter = n_restarts = 0
     explore_from = None  # basis index where the block opened after an invariant-subspace breakdown starts
     while True:
@@ -251,13 +275,18 @@ def lanczos(
         theta, S = kry.ritz()
         order = _order(theta, which)
         sel = order[:k]
-        res_all = np.abs(kry.beta * S[kry.j - 1, :])
+        ritz_all = np.abs(kry.beta * S[kry.j - 1, :])
         anorm = max(kry.anorm, float(np.max(np.abs(theta))))
+        floor = residual_floor(op, anorm)
+        res_all = ritz_all + floor
         ok_all = res_all <= tol * np.maximum(np.abs(theta), eps23 * anorm)
         res, conv = res_all[sel], ok_all[sel]
         if callback is not None:
             callback(n_iter, theta[sel].copy(), res.copy())
-        done = kry.j >= k and bool(np.all(conv))
+        # converged, or at the precision floor for a tol it cannot reach (nothing more to gain)
+        # never stop before 2k + 1 vectors (ARPACK's default basis): a converged Ritz pair of a smaller basis
+        # may be an unwanted eigenvalue (found by the property tests: n = 2 with a gap of 4e-7, one step)
+        done = kry.j >= min(n, 2 * k + 1) and bool(np.all(conv | (ritz_all[sel] <= floor)))
         block_joins_wanted = explore_from is None
         if explore_from is not None:
             # Ritz pairs living in the newest block (T is block diagonal across a breakdown)
@@ -285,7 +314,12 @@ def lanczos(
 
     if kry.j < k:  # only possible when the whole space was exhausted before k vectors: cannot happen for k < n
         raise RuntimeError("Lanczos basis smaller than k")
-    vectors = kry.Q[:, : kry.j] @ op.asarray(S[:, sel])
+    vectors = kry.Q[:, : kry.j] @ op.cast(S[:, sel])
+    if verify:
+        xp = op.xp
+        R = op.hvp_block(vectors) - vectors * op.cast(theta[sel])
+        res = op.to_numpy(xp.linalg.vector_norm(R, axis=0)).astype(np.float64) + floor
+        conv = res <= tol * np.maximum(np.abs(theta[sel]), eps23 * anorm)
     return EigenResult(
         eigenvalues=theta[sel].astype(np.float64),
         eigenvectors=vectors,

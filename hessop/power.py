@@ -10,7 +10,7 @@ from hessop._array import check_finite, make_rng
 from hessop._validate import check_int, check_k, check_real, check_tol
 from hessop.lanczos import start_vector
 from hessop.operator import as_operator
-from hessop.results import EigenResult
+from hessop.results import EigenResult, residual_floor, resolve_tol
 
 __all__ = ["power_iteration"]
 
@@ -19,10 +19,11 @@ def power_iteration(
     H: Any,
     k: int = 1,
     *,
-    tol: float = 1e-6,
+    tol: float | None = None,
     max_iter: int = 1000,
     seed: int | np.random.Generator | None = 0,
     shift: float = 0.0,
+    solver_dtype: Any = None,
 ) -> EigenResult:
     """The ``k`` eigenpairs of largest magnitude of ``H - shift * I`` by deflated power iteration.
 
@@ -37,15 +38,17 @@ def power_iteration(
 
     Pair ``i`` stops when both
     ``|theta_t - theta_{t-1}| <= tol * |theta_t|`` and
-    ``||H v - lambda v|| <= tol * max(|lambda|, eps**(2/3) * ||H||)``, the same residual rule as :func:`lanczos`.
+    ``||H v - lambda v|| <= tol * max(|lambda|, eps**(2/3) * ||H||)``, the same residual rule as :func:`lanczos`
+    (residuals never below the precision floor ``sqrt(n) * eps * ||H||``, :func:`hessop.results.residual_floor`).
 
     Parameters
     ----------
     H : HessianOperator or symmetric scipy LinearOperator / array
     k : int
         Number of pairs, ``1 <= k < n``.
-    tol : float
-        Relative tolerance of both tests; default 1e-6.
+    tol : float, optional
+        Relative tolerance of both tests; default (None) ``max(1e-6, 10 sqrt(n) eps)``.  A ``tol`` below
+        ``sqrt(n) eps`` draws a warning with the reachable value (pairs are then reported not converged).
     max_iter : int
         Most iterations (HVPs) per pair; default 1000.  A pair that does not converge is returned with
         ``converged=False`` and the search goes on with the next.
@@ -54,6 +57,9 @@ def power_iteration(
     shift : float
         Iterate on ``H - shift * I``: with ``shift`` near ``lambda_max`` the dominant eigenvalues of the shifted
         operator are the smallest (most negative) eigenvalues of H.  Reported eigenvalues are those of H.
+    solver_dtype : numpy dtype, optional
+        Dtype of the iterates (default: the operator's); ``numpy.float64`` over a float32 model keeps the vectors
+        in float64 and takes each product in float32 (see :func:`hessop.lanczos`).
 
     Notes
     -----
@@ -67,22 +73,23 @@ def power_iteration(
     -------
     EigenResult
         Pairs sorted by decreasing ``|lambda - shift|`` (the order power iteration finds them in), residuals
-        ``||H v - lambda v||``, ``converged``, ``n_hvp`` and ``n_iter`` (total iterations).
+        ``||H v - lambda v||`` (from products), per-pair ``converged`` (pair ``i`` meets the residual rule; the
+        iteration's Rayleigh-quotient test decides only when to stop), ``n_hvp`` and ``n_iter`` (total
+        iterations).
     """
-    op = as_operator(H)
+    op = as_operator(H).with_solver_dtype(solver_dtype)
     n = op.n
     k = check_k(k, n)
-    tol = check_tol(tol)
+    tol = resolve_tol(None if tol is None else check_tol(tol), 1e-6, op)
     max_iter = check_int(max_iter, "max_iter", 1)
     shift = check_real(shift, "shift")
     rng = make_rng(seed)
     xp = op.xp
-    eps23 = np.finfo(op.dtype).eps ** (2.0 / 3.0)
+    eps23 = op.product_eps ** (2.0 / 3.0)
 
     hvp0 = op.n_hvp
     V: list[Any] = []  # found vectors
     W: list[Any] = []  # their products (H - shift I) v, kept for the final Rayleigh-Ritz step
-    iter_ok: list[bool] = []
     anorm = 0.0
     n_iter = 0
     for i in range(k):
@@ -104,7 +111,11 @@ def power_iteration(
             wd = deflate(w)
             res = float(xp.linalg.vector_norm(wd - theta * v))  # residual of the deflated operator
             anorm = max(anorm, abs(theta))
+            floor = residual_floor(op, anorm + abs(shift))  # ||H|| <= ||H - shift I|| + |shift|
+            res = res + floor
             ok = abs(theta - theta_prev) <= tol * abs(theta) and res <= tol * max(abs(theta), eps23 * anorm)
+            # a tol below the precision floor: stop once the residual is at the floor and the quotient settled
+            ok = ok or (res <= 2 * floor and abs(theta - theta_prev) <= floor)
             nrm = float(xp.linalg.vector_norm(wd))
             if ok or nrm == 0.0:  # nrm == 0: v spans the deflated null space, an exact pair with theta = 0
                 ok = True
@@ -114,7 +125,6 @@ def power_iteration(
                 v = wd / nrm
         V.append(v)  # w = (H - shift I) v for exactly this v
         W.append(w)
-        iter_ok.append(ok)
 
     # Rayleigh-Ritz on span(V) with the products already at hand (no extra HVP): removes the coupling between
     # pairs that deflation against inexact earlier vectors leaves, so the reported residuals are those of H.
@@ -123,10 +133,11 @@ def power_iteration(
     theta, S = np.linalg.eigh((M + M.T) / 2)
     order = np.argsort(-np.abs(theta), kind="stable")
     theta, S = theta[order], S[:, order]
-    Sx = op.asarray(S)
+    Sx = op.cast(S)
     Vb, Wb = Vb @ Sx, Wb @ Sx
-    residuals = op.to_numpy(xp.linalg.vector_norm(Wb - Vb * op.asarray(theta), axis=0)).astype(np.float64)
-    converged = (residuals <= tol * np.maximum(np.abs(theta), eps23 * anorm)) & np.all(iter_ok)
+    residuals = op.to_numpy(xp.linalg.vector_norm(Wb - Vb * op.cast(theta), axis=0)).astype(np.float64)
+    residuals = residuals + residual_floor(op, anorm + abs(shift))
+    converged = residuals <= tol * np.maximum(np.abs(theta), eps23 * anorm)
     return EigenResult(
         eigenvalues=theta + shift,
         eigenvectors=Vb,

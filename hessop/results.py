@@ -2,12 +2,48 @@
 
 from __future__ import annotations
 
+import math
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-__all__ = ["EigenResult"]
+__all__ = ["EigenResult", "residual_floor", "resolve_tol"]
+
+
+def residual_floor(op: Any, anorm: float) -> float:
+    """The precision floor added to every residual a solver reports: ``sqrt(n) * eps * ||H||``.
+
+    ``eps`` is the unit roundoff of the products (:attr:`HessianOperator.product_eps`: float32's for a float32
+    model even when the solver runs in float64) and ``||H||`` the solver's estimate of the norm.  Below it a
+    residual says nothing: one product ``H v`` in floating point already carries an error of about
+    ``eps * ||H||_F <= sqrt(n) * eps * ||H||``, and the Ritz estimate ``|beta s_j|`` ignores that error, the loss
+    of orthogonality of the basis and the rounding of ``Q s``, so it can fall to 0 where the true
+    ``||H v - lambda v||`` is 1e12 times larger; a residual computed from products carries the same rounding.
+    Every reported residual is the computed one (from products, or the Ritz estimate) plus this floor, and no
+    pair is reported converged unless the floor alone meets its tolerance.
+    """
+    return math.sqrt(op.n) * op.product_eps * anorm
+
+
+def resolve_tol(tol: float | None, default: float, op: Any) -> float:
+    """The tolerance a solver uses: ``default`` raised to ``10 sqrt(n) eps`` when ``tol`` is None; a given ``tol``
+    below ``sqrt(n) eps`` (relative to ``||H||``, see :func:`residual_floor`) draws a warning with the reachable
+    value (such a run returns ``converged=False``: the floor cannot meet it)."""
+    reachable = math.sqrt(op.n) * op.product_eps
+    if tol is None:
+        return max(default, 10 * reachable)
+    if tol < reachable:
+        warnings.warn(
+            f"tol={tol:g} is below what {np.dtype(op.dtype).name} products of a {op.n}-dimensional operator can "
+            f"resolve: residuals are reported no smaller than sqrt(n) * eps * ||H|| = {reachable:.1e} * ||H||, so "
+            f"pairs cannot be reported converged. Use tol >= {10 * reachable:.0e} (tol=None picks it), or a float64 "
+            "operator.",
+            UserWarning,
+            stacklevel=3,
+        )
+    return tol
 
 
 @dataclass(frozen=True)
@@ -22,10 +58,14 @@ class EigenResult:
         Orthonormal columns in the backend's own array type and device (torch tensor, jax array, ...);
         column ``i`` belongs to ``eigenvalues[i]``.
     residuals : numpy.ndarray, shape (k,)
-        ``||H v_i - lambda_i v_i||_2`` for each pair.  For a symmetric H, ``|lambda_i - lambda_true| <= residual``
-        and the error is usually far smaller (about residual**2 / gap).
+        ``||H v_i - lambda_i v_i||_2`` for each pair, computed from products (``verify=True``, the default of
+        :func:`hessop.lanczos`; :func:`hessop.power_iteration` always) or the Ritz estimate ``|beta s_{j,i}|``,
+        plus the precision floor ``sqrt(n) * eps * ||H||`` (:func:`residual_floor`) that covers the rounding of
+        the products and of the residual's own computation.  For a symmetric
+        H, ``|lambda_i - lambda_true| <= residual`` and the error is usually far smaller (about residual**2 / gap).
     converged : numpy.ndarray of bool, shape (k,)
-        Whether pair ``i`` met the stopping rule ``residual <= tol * max(|lambda_i|, eps**(2/3) * ||H||)``.
+        Whether pair ``i`` meets the rule ``residual <= tol * max(|lambda_i|, eps**(2/3) * ||H||)`` with the
+        reported residual (so never for a ``tol`` the precision cannot reach).
     n_hvp : int
         Hessian-vector products the solver used.
     n_iter : int

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["matrix_with_spectrum", "outlier_spectrum", "flat_spectrum"]
+__all__ = ["FAMILIES", "family_spectrum", "matrix_with_spectrum", "outlier_spectrum", "flat_spectrum"]
+
+FAMILIES = ("uniform", "outliers", "clusters", "multiplicity", "zero_negative", "low_rank")
+"""Spectrum families of :func:`family_spectrum` (the property-based tests draw from them)."""
 
 
 def matrix_with_spectrum(eigenvalues: np.ndarray, seed: int = 0, dtype: type = np.float64) -> np.ndarray:
@@ -35,3 +38,34 @@ def flat_spectrum(n: int = 2000, seed: int = 0) -> np.ndarray:
     """A spectrum with no outliers: uniform on [0.5, 1.5], sorted descending."""
     rng = np.random.default_rng(seed)
     return np.sort(rng.uniform(0.5, 1.5, n))[::-1]
+
+
+def family_spectrum(family: str, n: int, seed: int = 0, scale: float = 1.0) -> np.ndarray:
+    """A spectrum of ``n`` eigenvalues (sorted descending, times ``scale``) from one of :data:`FAMILIES`:
+
+    * ``"uniform"``: uniform on [-1, 1];
+    * ``"outliers"``: a network-like bulk with large outliers and a few negative values (:func:`outlier_spectrum`);
+    * ``"clusters"``: 1-4 tight clusters (relative spread 1e-6) around random centres, so nearly equal values;
+    * ``"multiplicity"``: 1-4 distinct values, each repeated exactly;
+    * ``"zero_negative"``: about a third each of exact zeros, negative and positive values;
+    * ``"low_rank"``: rank ``r = 1 .. max(1, n // 4)`` (random values in [0.5, 2]), the rest exactly zero.
+    """
+    rng = np.random.default_rng(seed)
+    if family == "uniform":
+        lam = rng.uniform(-1.0, 1.0, n)
+    elif family == "outliers":
+        lam = outlier_spectrum(n, n_outliers=min(10, n // 3), n_negative=min(3, n // 6), seed=seed)
+    elif family == "clusters":
+        centres = rng.uniform(-1.0, 1.0, rng.integers(1, 5))
+        lam = centres[rng.integers(0, centres.size, n)] * (1 + 1e-6 * rng.standard_normal(n))
+    elif family == "multiplicity":
+        values = rng.uniform(-1.0, 1.0, rng.integers(1, 5))
+        lam = values[rng.integers(0, values.size, n)]
+    elif family == "zero_negative":
+        lam = rng.choice([0.0, -1.0, 1.0], n) * rng.uniform(0.1, 1.0, n)
+    elif family == "low_rank":
+        r = int(rng.integers(1, max(1, n // 4) + 1))
+        lam = np.r_[rng.uniform(0.5, 2.0, r), np.zeros(n - r)]
+    else:
+        raise ValueError(f"family must be one of {', '.join(FAMILIES)}; got {family!r}")
+    return np.sort(lam * scale)[::-1]

@@ -132,7 +132,7 @@ def solve(workdir: Path) -> None:
     out["lanczos"] = {"eigenvalues": res.eigenvalues.tolist(), "n_hvp": res.n_hvp, "converged": res.converged.tolist()}
     res = hessop.power_iteration(H, k=1, tol=1e-7)
     out["power"] = {"eigenvalues": res.eigenvalues.tolist(), "n_hvp": res.n_hvp}
-    V = H.asarray(np.random.default_rng(SEED_BLOCK).standard_normal((H.n, 3)))
+    V = H.asarray(np.random.default_rng(SEED_BLOCK).standard_normal((H.n, 3)).astype(H.dtype))
     np.save(workdir / f"block_rank{rank}of{size}.npy", H.to_numpy(H.hvp_block(V)))
     est = hessop.hutchinson(H, n_samples=10, seed=SEED_HUTCH)
     out["hutchinson"] = {"estimate": float(est.estimate), "n_hvp": int(est.n_hvp)}
@@ -151,15 +151,16 @@ def solve(workdir: Path) -> None:
     # immutable device-style arrays (JAX) are staged through host buffers; a mean-reduced generic backend is
     # weighted by its share of the samples
     J = reduce_operator(hessop.HessianOperator(JaxMatrixBackend(local_matrix(rank), n_samples=rank + 1)), comm)
-    hv = J.hvp(J.asarray(np.ones(J.n)))
+    hv = J.hvp(J.asarray(np.ones(J.n, J.dtype)))
     out["jax"] = {"hvp": J.to_numpy(hv).tolist(), "type": type(hv).__name__,
-                  "block": J.to_numpy(J.hvp_block(J.asarray(np.eye(J.n)[:, :2]))).tolist()}
+                  "block": J.to_numpy(J.hvp_block(J.asarray(np.eye(J.n, dtype=J.dtype)[:, :2]))).tolist()}
     # a real JAX model: from_jax(..., comm=) on this rank's shard equals from_jax on all the data in one process
     out["jax_model"] = jax_model(comm, rank, size)
     # float32 buffers
     F = reduce_operator(hessop.HessianOperator.from_matrix(local_matrix(rank).astype(np.float32)), comm)
     res = hessop.lanczos(F, k=3, which="LM", tol=1e-4)
-    out["float32"] = {"eigenvalues": res.eigenvalues.tolist(), "dtype": str(F.hvp(F.asarray(np.ones(F.n))).dtype)}
+    ones = F.asarray(np.ones(F.n, F.dtype))
+    out["float32"] = {"eigenvalues": res.eigenvalues.tolist(), "dtype": str(F.hvp(ones).dtype)}
 
     # a mismatch between ranks is refused on every rank (no hang, no rank left inside a collective)
     try:

@@ -95,7 +95,7 @@ def test_invariant_subspace_breakdown_is_handled():
 def test_nonconverged_pairs_are_flagged(outlier_matrix):
     A, _ = outlier_matrix
     r = hessop.lanczos(A, 10, tol=1e-12, max_iter=12, max_basis=12)
-    assert not r.all_converged and r.n_hvp == 12
+    assert not r.all_converged and r.n_iter == 12 and r.n_hvp == 12 + 10  # + one verification block of k
 
 
 def test_nan_in_hvp_is_reported_with_iteration():

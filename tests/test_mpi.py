@@ -89,7 +89,7 @@ def _problem(tmp_path_factory):
     ref["lanczos"] = {"eigenvalues": r.eigenvalues, "n_hvp": r.n_hvp}
     r = hessop.power_iteration(H, k=1, tol=1e-7)
     ref["power"] = {"eigenvalues": r.eigenvalues, "n_hvp": r.n_hvp}
-    V = H.asarray(np.random.default_rng(SEED_BLOCK).standard_normal((H.n, 3)))
+    V = H.asarray(np.random.default_rng(SEED_BLOCK).standard_normal((H.n, 3)).astype(H.dtype))
     ref["block"] = H.to_numpy(H.hvp_block(V))
     r = hessop.hutchinson(H, n_samples=10, seed=SEED_HUTCH)
     ref["hutchinson"] = {"estimate": float(r.estimate), "n_hvp": int(r.n_hvp)}

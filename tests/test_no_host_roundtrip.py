@@ -138,7 +138,7 @@ def test_jax_solvers_make_no_host_roundtrip(jax_operator, monkeypatch, capfd):
         return value.fget(self)
 
     monkeypatch.setattr(ArrayImpl, "_value", property(guarded_value))
-    v = H.asarray(np.ones(H.n))
+    v = H.asarray(np.ones(H.n, H.dtype))
     guard.moved_in = 0
     for convert in (lambda: np.asarray(v), lambda: np.array(v), lambda: v.tolist(), lambda: H.to_numpy(v),
                     lambda: jax.device_get(v), lambda: np.from_dlpack(v)):

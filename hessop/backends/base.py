@@ -45,6 +45,11 @@ class Backend(abc.ABC):
         """Copy a native array to the host."""
 
     @property
+    def product_eps(self) -> float:
+        """Unit roundoff of a product (the floor of every accuracy a solver reports)."""
+        return float(np.finfo(self.dtype).eps)
+
+    @property
     def namespace(self) -> Any:
         """The array-API namespace of this backend's arrays."""
         return array_namespace(self.asarray(np.zeros(1, dtype=self.dtype)))
@@ -117,7 +122,7 @@ class DataBackend(Backend):
     def _check_deterministic(self) -> None:
         """Compare the total loss over two passes and two products of one vector; they must agree to sqrt(eps)
         (only the summation order may differ, as with a shuffling loader).  Sets ``n_samples``."""
-        rtol = float(np.sqrt(np.finfo(self.dtype).eps))
+        rtol = float(np.sqrt(self.product_eps))
         self.n_samples, total1 = self._loss_pass()
         n2, total2 = self._loss_pass()
         if n2 != self.n_samples:

@@ -47,6 +47,9 @@ CACHE_MEMORY = 0
 and saving per product."""
 
 _DTYPES = {torch.float32: np.dtype(np.float32), torch.float64: np.dtype(np.float64)}
+# half precision: products in the model's dtype, host transfers through these NumPy dtypes (NumPy has no
+# bfloat16); HessianOperator.from_torch shows such a model through float32 vectors (hessop.operator.WidenedBackend)
+_HALF = {torch.float16: np.dtype(np.float16), torch.bfloat16: np.dtype(np.float32)}
 
 
 def _is_single_batch(data: Any, loss_form: str) -> bool:
@@ -275,10 +278,10 @@ class TorchBackend(DataBackend):
             raise ValueError(f"the selected parameters live on several devices {sorted(map(str, devices))}; "
                              "move the model to one device or select parameters on one device.")
         self.torch_dtype = self.params[0].dtype
-        if self.torch_dtype not in _DTYPES:
-            raise TypeError(f"parameters have dtype {self.torch_dtype}; hessop supports float32 and float64 "
-                            "(half precision Hessian products are too inexact for eigen-solvers).")
-        self.dtype = _DTYPES[self.torch_dtype]
+        if self.torch_dtype not in _DTYPES and self.torch_dtype not in _HALF:
+            raise TypeError(f"parameters have dtype {self.torch_dtype}; hessop supports float64, float32 and (with "
+                            "float32 solvers) float16 / bfloat16 models.")
+        self.dtype = _DTYPES.get(self.torch_dtype) or _HALF[self.torch_dtype]
         self.device = self.params[0].device
         self.shapes = [tuple(p.shape) for p in self.params]
         self.sizes = [p.numel() for p in self.params]
@@ -480,7 +483,17 @@ class TorchBackend(DataBackend):
         return torch.as_tensor(np.asarray(x), device=self.device).to(self.torch_dtype)
 
     def to_numpy(self, x: torch.Tensor) -> np.ndarray:
-        return x.detach().cpu().numpy()
+        x = x.detach().cpu()
+        return (x.float() if x.dtype == torch.bfloat16 else x).numpy()
+
+    @property
+    def half_precision(self) -> bool:
+        """True for a float16 / bfloat16 model (its operator exchanges float32 vectors)."""
+        return self.torch_dtype in _HALF
+
+    @property
+    def product_eps(self) -> float:
+        return float(torch.finfo(self.torch_dtype).eps)
 
     def unflatten(self, v: Any) -> dict[str, torch.Tensor]:
         """Split a flat vector (native or NumPy) into ``{parameter name: tensor shaped like it}``."""

@@ -92,7 +92,7 @@ def test_float32_stays_float32(small):
     A, lam = small
     H = HessianOperator.from_cupy(cp.asarray(A, dtype=cp.float32))
     assert H.dtype == np.float32
-    v = H.asarray(np.ones(H.n))
+    v = H.asarray(np.ones(H.n, H.dtype))
     assert v.dtype == cp.float32 and H.hvp(v).dtype == cp.float32
     res = hessop.lanczos(H, k=2, tol=1e-5)
     assert res.eigenvectors.dtype == cp.float32
@@ -157,7 +157,7 @@ def test_callable_hvp(small):
     np.testing.assert_allclose(res.eigenvalues, lam[:3], rtol=1e-10)
     assert isinstance(res.eigenvectors, cp.ndarray) and len(calls) == res.n_hvp
     # block products: the user's block callable when given, else column by column
-    V = H.asarray(np.random.default_rng(2).standard_normal((H.n, 4)))
+    V = H.asarray(np.random.default_rng(2).standard_normal((H.n, 4)).astype(H.dtype))
     blocks = []
     Hb = HessianOperator.from_cupy(hvp, A.shape[0], hvp_block=lambda X: blocks.append(X.shape) or Ad @ X)
     assert blocks == [(H.n, 2)]  # the symmetry check: one block of two
@@ -181,7 +181,7 @@ def test_solvers_make_no_host_roundtrip(small, monkeypatch):
     H = HessianOperator.from_cupy(cp.asarray(A))
     guard = HostGuard(monkeypatch, H, cp.ndarray)
     monkeypatch.setattr(cp, "asnumpy", guard.wrap(cp.asnumpy, "cupy.asnumpy"))
-    v = H.asarray(np.ones(H.n))
+    v = H.asarray(np.ones(H.n, H.dtype))
     guard.moved_in = 0
     for convert in (lambda: H.to_numpy(v), lambda: cp.asnumpy(v), lambda: np.asarray(v)):
         with pytest.raises(AssertionError, match="host round-trip"):

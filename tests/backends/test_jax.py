@@ -128,13 +128,13 @@ def test_compiled_once_and_reused(x64):
     params = init_params(1)
     batches = [(jnp.asarray(x[:32]), jnp.asarray(y[:32])), (jnp.asarray(x[32:]), jnp.asarray(y[32:]))]
     H = HessianOperator.from_jax(loss, params, batches)
-    v = H.asarray(np.ones(H.n))
+    v = H.asarray(np.ones(H.n, H.dtype))
     H.hvp(v)
-    H.hvp_block(H.asarray(np.ones((H.n, 3))))
+    H.hvp_block(H.asarray(np.ones((H.n, 3), H.dtype)))
     after_first = len(traces)
     for _ in range(10):
         v = H.hvp(v)
-    H.hvp_block(H.asarray(np.ones((H.n, 3))))
+    H.hvp_block(H.asarray(np.ones((H.n, 3), H.dtype)))
     assert len(traces) == after_first
     assert H.n_hvp == 10 + 1 + 6
     # an operator at another point with the same loss reuses the compiled code, and theta is an input of that
@@ -222,7 +222,7 @@ def test_float32_stays_float32(problem):
         x, y = problem["x"].astype(np.float32), problem["y"]
         H = HessianOperator.from_jax(mlp_loss, p32, (jnp.asarray(x), jnp.asarray(y)))
         assert H.dtype == np.float32
-        v = H.asarray(np.random.default_rng(0).standard_normal(H.n))
+        v = H.asarray(np.random.default_rng(0).standard_normal(H.n).astype(H.dtype))
         assert v.dtype == jnp.float32 and H.hvp(v).dtype == jnp.float32
         res = hessop.lanczos(H, k=2, tol=1e-4)
         assert res.eigenvectors.dtype == jnp.float32
@@ -236,7 +236,7 @@ def test_float64_needs_x64(problem):
     # an operator built in 64-bit mode refuses to be fed once the mode is off (no silent float32)
     H = problem["H"]
     with enable_x64(False), pytest.raises(TypeError, match="64-bit mode is off"):
-        H.asarray(np.ones(H.n))
+        H.asarray(np.ones(H.n, H.dtype))
 
 
 def test_same_seed_same_probes(problem, x64):
