@@ -77,7 +77,7 @@ def study(variant: str, options: dict, cfg: dict, x: torch.Tensor, y: torch.Tens
     t0 = time.perf_counter()
     train_loss = train_tracked(model, x, y, cfg["steps"], tracker, every, seed)
     top = hessop.lanczos(H, k=2, tol=cfg["tol"])
-    trace = hessop.hutchpp(H, cfg["trace_hvp"], seed=seed)
+    trace = hessop.trace(H, n_hvp=cfg["trace_hvp"], seed=seed)
     density = hessop.slq(H, n_iter=cfg["slq_steps"], n_vectors=cfg["slq_vectors"], seed=seed)
     stages = hessop.by_block(H, STAGES, tol=cfg["tol"], trace_options={"n_hvp": cfg["trace_hvp"]})
     land = hessop.landscape(H, top, radius=cfg["radius"], n_points=cfg["grid"])

@@ -24,31 +24,26 @@ from typing import Any
 
 import numpy as np
 
-from hessop._probes import column_dots
 from hessop.density import SpectralDensity, slq
 from hessop.lanczos import lanczos
 from hessop.operator import HessianOperator
-from hessop.trace import TraceEstimate, hutchpp
+from hessop.trace import TraceEstimate, trace
 
 __all__ = ["BlockRow", "BlockTable", "by_block"]
 
-DEFAULT_TRACE_HVP = 60
+DEFAULT_TRACE_HVP = 64
 """Products per block for the trace by default; a block with at most this many parameters gets its exact trace."""
 
 
-def _trace(H: HessianOperator, *, n_hvp: int = DEFAULT_TRACE_HVP, seed: int = 0) -> TraceEstimate:
-    """The trace of a block with its standard error: the one place every trace of :mod:`hessop.blocks` and
-    :mod:`hessop.tracking` is computed (switch it here to another estimator).
-
-    An operator of ``n <= n_hvp`` parameters gets its exact trace from ``n`` products with the unit vectors
-    (``std_error = 0``); a larger one Hutch++ with ``n_hvp`` products (:func:`hessop.hutchpp`)."""
-    if H.n <= n_hvp:
-        hvp0 = H.n_hvp
-        eye = H.asarray(np.eye(H.n))
-        diag = np.asarray(H.to_numpy(column_dots(H.xp, eye, H.hvp_block(eye))), dtype=np.float64)
-        return TraceEstimate(estimate=float(np.sum(diag)), std_error=0.0, samples=diag, n_hvp=H.n_hvp - hvp0,
-                             converged=True, method="exact (unit vectors)")
-    return hutchpp(H, n_hvp, seed=seed)
+def _trace(H: HessianOperator, *, seed: int = 0, **options: Any) -> TraceEstimate:
+    """The trace of a block with its 95% interval: the one place every trace of :mod:`hessop.blocks` and
+    :mod:`hessop.tracking` is computed, by :func:`hessop.trace` (Hutchinson or adaptive Hutch++, chosen from the
+    first products; the exact trace from unit vectors when the budget reaches n).  ``options`` (``rtol``, ``atol``,
+    ``n_hvp``, ``method``) are passed on; with none of ``rtol``, ``atol``, ``n_hvp`` the budget is
+    ``DEFAULT_TRACE_HVP`` products."""
+    if all(options.get(key) is None for key in ("rtol", "atol", "n_hvp")):
+        options["n_hvp"] = DEFAULT_TRACE_HVP
+    return trace(H, seed=seed, **options)
 
 
 @dataclass(frozen=True)

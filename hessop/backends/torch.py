@@ -189,6 +189,25 @@ def _buffers_preserved(model: nn.Module) -> Iterator[None]:
                 b.copy_(copy)
 
 
+@contextlib.contextmanager
+def _batch_statistics_only(model: nn.Module) -> Iterator[None]:
+    """Train-mode BatchNorm layers normalise with the batch's statistics and, as a side effect, update their running
+    statistics in place, which ``torch.func`` transforms refuse (an in-place write to a captured tensor).  The
+    running statistics do not enter a train-mode forward, so while this is active they are detached from the layer
+    (``running_mean = running_var = None``, ``track_running_stats = False``: the same output) and put back, the
+    same tensor objects, untouched, on exit.  Eval-mode layers (which do use them) are left alone."""
+    saved = []
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training and m.track_running_stats:
+            saved.append((m, m.running_mean, m.running_var))
+            m.track_running_stats, m.running_mean, m.running_var = False, None, None
+    try:
+        yield
+    finally:
+        for m, mean, var in saved:
+            m.track_running_stats, m.running_mean, m.running_var = True, mean, var
+
+
 class TorchBackend(DataBackend):
     """Hessian of ``loss`` over ``data`` with respect to some of ``model``'s parameters.
 
@@ -444,7 +463,7 @@ class TorchBackend(DataBackend):
                 self._cache.clear()
                 self.cache_bytes, self._cache_key = 0, key
         out = torch.zeros_like(V)
-        with torch.no_grad(), _buffers_preserved(self.model):
+        with torch.no_grad(), _buffers_preserved(self.model), _batch_statistics_only(self.model):
             for i, (batch, w) in enumerate(self._weighted()):
                 def grad_fn(ps: dict, batch: Any = batch) -> dict:
                     return grad(lambda q: functional_call(self._loss_module, q, (batch,)))(ps)
