@@ -265,7 +265,7 @@ def by_block(
             eig = lanczos(block, k=kk, tol=tol, seed=seed)
             values, res, conv = eig.eigenvalues, eig.residuals, eig.converged
         else:  # a single parameter: the block is its 1 x 1 second derivative
-            h = float(block.to_numpy(block.hvp(block.asarray(np.ones(1))))[0])
+            h = float(block.to_numpy(block.hvp(block.cast(np.ones(1))))[0])
             values, res, conv = np.array([h]), np.zeros(1), np.ones(1, dtype=bool)
         tr = _trace(block, **{"seed": seed, **(trace_options or {})})
         dens = None

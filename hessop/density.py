@@ -276,6 +276,8 @@ def slq(
         model keeps the Lanczos runs in float64 while each product is taken in float32 (cast on the device, see
         :meth:`HessianOperator.with_solver_dtype`): better resolved small nodes and density tails.
 
+    Notes
+    -----
     Memory: ``block_size * (n_iter + 4)`` n-vectors, at most ``memory``.
 
     Returns

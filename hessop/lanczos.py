@@ -35,7 +35,7 @@ from array_api_compat import device
 from hessop._array import check_cast, check_finite, make_rng, set_column
 from hessop._validate import check_choice, check_int, check_k, check_tol
 from hessop.operator import HessianOperator, as_operator
-from hessop.results import EigenResult, residual_floor, resolve_tol
+from hessop.results import EigenResult, residual_floor, residual_threshold, resolve_tol
 
 __all__ = ["lanczos", "Krylov"]
 
@@ -94,8 +94,10 @@ class Krylov:
         self.anorm = max(self.anorm, abs(alpha) + beta + (self.T[j, j - 1] if j else 0.0))
         self.beta = beta
         self.T[j + 1, j] = self.T[j, j + 1] = beta
-        # a beta within 100 times the precision floor sqrt(n) eps ||H|| is rounding: the space is invariant
-        self.breakdown = beta <= 100 * residual_floor(self.op, self.anorm)
+        # a beta within 100 times the precision floor sqrt(n) eps ||H|| is rounding: the space is invariant.
+        # Capped at 1e-2 ||H||: with half-precision products the floor itself is a few percent of ||H||, and every
+        # step would otherwise count as a breakdown (a random restart each step, no convergence)
+        self.breakdown = beta <= min(100 * residual_floor(self.op, self.anorm), 1e-2 * self.anorm)
         if not self.breakdown:
             self.Q = set_column(self.Q, j + 1, w / beta)
         self.j = j + 1
@@ -202,7 +204,9 @@ def lanczos(
         ||T||)`` (ARPACK's rule, with the precision floor ``floor = sqrt(n) * eps * ||H||`` of
         :func:`hessop.results.residual_floor`, ``eps`` the products' unit roundoff).  For a symmetric H the
         eigenvalue error is at most the residual and usually about ``residual**2 / gap``.  Default (None):
-        ``max(1e-8, 10 sqrt(n) eps)`` (1e-8 for float64; about 1e-5 .. 1e-3 for float32 models).  A smaller
+        ``max(1e-8, 10 sqrt(n) eps)`` (1e-8 for float64; about 1e-5 .. 1e-3 for float32 models), and a pair whose
+        residual is within ``10 * floor`` also counts as converged (as far as the precision allows; this is what
+        lets small eigenvalues of float32 models converge).  A smaller
         ``tol`` than ``sqrt(n) eps`` draws a warning with the reachable value; the run then stops once the Ritz
         estimates reach the floor and reports ``converged=False``.
     max_iter : int, optional
@@ -234,10 +238,10 @@ def lanczos(
         over a float32 model runs Lanczos in float64 while each product is still taken in float32 (cast on the
         device: :meth:`HessianOperator.with_solver_dtype`); a narrower dtype raises ``TypeError``.
 
-    Memory: ``max_basis + 4`` n-vectors (the basis, the product and two Gram-Schmidt temporaries).
-
     Notes
     -----
+    Memory: ``max_basis + 4`` n-vectors (the basis, the product and two Gram-Schmidt temporaries).
+
     A Krylov space holds one copy of each distinct eigenvalue.  When the basis closes (an invariant subspace,
     ``beta ~ 0``), Lanczos continues from a random vector orthogonal to it and stops once the newest block's best
     Ritz pair has converged and adds nothing to the wanted eigenvalues, so repeated eigenvalues of low-rank or
@@ -254,7 +258,8 @@ def lanczos(
     n = op.n
     k = check_k(k, n)
     which = check_choice(which, "which", WHICH)
-    tol = resolve_tol(None if tol is None else check_tol(tol), 1e-8, op)
+    default_tol = tol is None
+    tol = resolve_tol(None if default_tol else check_tol(tol), 1e-8, op)
     if max_basis is None:
         max_basis = min(n, max(2 * k + 1, 40))
     m = check_int(max_basis, "max_basis", k + 1, None)
@@ -279,7 +284,7 @@ def lanczos(
         anorm = max(kry.anorm, float(np.max(np.abs(theta))))
         floor = residual_floor(op, anorm)
         res_all = ritz_all + floor
-        ok_all = res_all <= tol * np.maximum(np.abs(theta), eps23 * anorm)
+        ok_all = res_all <= residual_threshold(tol, False, theta, anorm, floor, eps23)  # the stopping rule
         res, conv = res_all[sel], ok_all[sel]
         if callback is not None:
             callback(n_iter, theta[sel].copy(), res.copy())
@@ -319,7 +324,7 @@ def lanczos(
         xp = op.xp
         R = op.hvp_block(vectors) - vectors * op.cast(theta[sel])
         res = op.to_numpy(xp.linalg.vector_norm(R, axis=0)).astype(np.float64) + floor
-        conv = res <= tol * np.maximum(np.abs(theta[sel]), eps23 * anorm)
+    conv = res <= residual_threshold(tol, default_tol, theta[sel], anorm, floor, eps23)
     return EigenResult(
         eigenvalues=theta[sel].astype(np.float64),
         eigenvectors=vectors,

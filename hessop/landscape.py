@@ -230,7 +230,7 @@ def landscape(
         if directions not in ("random", "random1"):
             raise ValueError(f"directions {directions!r} is not understood: use None, an EigenResult, an (n,) / "
                              "(n, 1) / (n, 2) array, 'random' (a grid) or 'random1' (a line).")
-        D = op.asarray(_filter_normalised(op, rng, 2 if directions == "random" else 1))
+        D = op.cast(_filter_normalised(op, rng, 2 if directions == "random" else 1))
         kind = "random (filter-normalised)"
     else:
         shape = tuple(directions.shape)

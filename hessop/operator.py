@@ -357,7 +357,7 @@ def _symmetric(op: HessianOperator, check: bool) -> HessianOperator:
     ``check``: one block product of two seeded Gaussian vectors through the backend (not counted in ``n_hvp``)."""
     if check:
         U = np.random.default_rng(_SYMMETRY_SEED).standard_normal((op.n, 2))
-        Y = op.to_numpy(op.backend.hvp_block(op.asarray(U)))
+        Y = op.to_numpy(op.backend.hvp_block(op.cast(U)))
         check_symmetric_product(U[:, 0], U[:, 1], Y[:, 0], Y[:, 1], op.dtype)
     return op
 

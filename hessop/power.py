@@ -10,7 +10,7 @@ from hessop._array import check_finite, make_rng
 from hessop._validate import check_int, check_k, check_real, check_tol
 from hessop.lanczos import start_vector
 from hessop.operator import as_operator
-from hessop.results import EigenResult, residual_floor, resolve_tol
+from hessop.results import EigenResult, residual_floor, residual_threshold, resolve_tol
 
 __all__ = ["power_iteration"]
 
@@ -39,7 +39,9 @@ def power_iteration(
     Pair ``i`` stops when both
     ``|theta_t - theta_{t-1}| <= tol * |theta_t|`` and
     ``||H v - lambda v|| <= tol * max(|lambda|, eps**(2/3) * ||H||)``, the same residual rule as :func:`lanczos`
-    (residuals never below the precision floor ``sqrt(n) * eps * ||H||``, :func:`hessop.results.residual_floor`).
+    (residuals never below the precision floor ``sqrt(n) * eps * ||H||``, :func:`hessop.results.residual_floor`;
+    with the default ``tol`` a residual within ``10 * floor`` also counts, see
+    :func:`hessop.results.residual_threshold`).
 
     Parameters
     ----------
@@ -80,7 +82,8 @@ def power_iteration(
     op = as_operator(H).with_solver_dtype(solver_dtype)
     n = op.n
     k = check_k(k, n)
-    tol = resolve_tol(None if tol is None else check_tol(tol), 1e-6, op)
+    default_tol = tol is None
+    tol = resolve_tol(None if default_tol else check_tol(tol), 1e-6, op)
     max_iter = check_int(max_iter, "max_iter", 1)
     shift = check_real(shift, "shift")
     rng = make_rng(seed)
@@ -113,7 +116,8 @@ def power_iteration(
             anorm = max(anorm, abs(theta))
             floor = residual_floor(op, anorm + abs(shift))  # ||H|| <= ||H - shift I|| + |shift|
             res = res + floor
-            ok = abs(theta - theta_prev) <= tol * abs(theta) and res <= tol * max(abs(theta), eps23 * anorm)
+            ok = abs(theta - theta_prev) <= tol * abs(theta) and bool(
+                res <= residual_threshold(tol, default_tol, theta, anorm, floor, eps23))
             # a tol below the precision floor: stop once the residual is at the floor and the quotient settled
             ok = ok or (res <= 2 * floor and abs(theta - theta_prev) <= floor)
             nrm = float(xp.linalg.vector_norm(wd))
@@ -136,8 +140,9 @@ def power_iteration(
     Sx = op.cast(S)
     Vb, Wb = Vb @ Sx, Wb @ Sx
     residuals = op.to_numpy(xp.linalg.vector_norm(Wb - Vb * op.cast(theta), axis=0)).astype(np.float64)
-    residuals = residuals + residual_floor(op, anorm + abs(shift))
-    converged = residuals <= tol * np.maximum(np.abs(theta), eps23 * anorm)
+    floor = residual_floor(op, anorm + abs(shift))
+    residuals = residuals + floor
+    converged = residuals <= residual_threshold(tol, default_tol, theta, anorm, floor, eps23)
     return EigenResult(
         eigenvalues=theta + shift,
         eigenvectors=Vb,

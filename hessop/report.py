@@ -180,7 +180,7 @@ class Section:
         flags."""
         raise NotImplementedError
 
-    def run(self, H: HessianOperator, seed: int, tol: float) -> SectionOutput:
+    def run(self, H: HessianOperator, seed: int, tol: float | None) -> SectionOutput:
         """Compute the section on ``H``."""
         raise NotImplementedError
 
@@ -231,7 +231,7 @@ class EigenvaluesSection(Section):
             raise ValueError("--top and --bottom must be >= 0")
         return cls(args.top, args.bottom) if args.top or args.bottom else None
 
-    def run(self, H: HessianOperator, seed: int, tol: float) -> SectionOutput:
+    def run(self, H: HessianOperator, seed: int, tol: float | None) -> SectionOutput:
         data: dict[str, Any] = {}
         parts, solves = [], [(name, k, which) for name, k, which in
                              (("top", self.top, "LA"), ("bottom", self.bottom, "SA")) if k]
@@ -242,6 +242,8 @@ class EigenvaluesSection(Section):
             r = lanczos(H, k, which=which, tol=tol, seed=seed, callback=lambda j, th, res, h=history: h.append(
                 (j, th, res)))
             seconds = time.perf_counter() - t0
+            if history:  # the last point shows the reported (verified) residuals, not the Ritz estimates
+                history[-1] = (history[-1][0], r.eigenvalues, r.residuals)
             data[name] = {
                 "k": k, "which": which, "eigenvalues": r.eigenvalues.tolist(), "residuals": r.residuals.tolist(),
                 "converged": r.converged.tolist(), "n_hvp": r.n_hvp, "n_iter": r.n_iter,
@@ -264,12 +266,14 @@ class EigenvaluesSection(Section):
             pad = 0.5 * max(hi - lo, 0.05 * max(abs(lo), abs(hi)), 1e-12)
             axes[0, c].set_ylim(lo - pad, hi + pad)  # early Ritz values far from the answer leave the frame
             axes[0, c].set_title(f"{label} {k}: Ritz values")
-            axes[1, c].axhline(tol * max(float(np.min(np.abs(r.eigenvalues))), 1e-300), color="grey", ls=":",
-                               lw=1, label="tol x smallest |eigenvalue|")
+            if tol is not None:
+                axes[1, c].axhline(tol * max(float(np.min(np.abs(r.eigenvalues))), 1e-300), color="grey", ls=":",
+                                   lw=1, label="tol x smallest |eigenvalue|")
             axes[1, c].set_title(f"{label} {k}: residuals")
             axes[1, c].set_xlabel("Lanczos step (= HVPs)")
             axes[0, c].legend(fontsize=8, ncol=2)
-            axes[1, c].legend(fontsize=8)
+            if tol is not None:
+                axes[1, c].legend(fontsize=8)
         axes[0, 0].set_ylabel("Ritz value")
         axes[1, 0].set_ylabel("||H v - lambda v||")
         intro = ("<p>Lanczos with full reorthogonalisation. Each pair stops when its residual "
@@ -306,7 +310,7 @@ class TraceSection(Section):
             raise ValueError("--trace-hvp must be >= 4 (>= 10 for hutchinson) and --trace-rtol > 0")
         return cls(args.trace, args.trace_rtol, args.trace_hvp)
 
-    def run(self, H: HessianOperator, seed: int, tol: float) -> SectionOutput:
+    def run(self, H: HessianOperator, seed: int, tol: float | None) -> SectionOutput:
         t0 = time.perf_counter()
         if self.estimator == "hutchinson":
             import warnings
@@ -360,7 +364,7 @@ class DensitySection(Section):
             raise ValueError("--density-steps must be >= 1 and --density-draws >= 2")
         return cls(args.density_steps, args.density_draws)
 
-    def run(self, H: HessianOperator, seed: int, tol: float) -> SectionOutput:
+    def run(self, H: HessianOperator, seed: int, tol: float | None) -> SectionOutput:
         t0 = time.perf_counter()
         d = slq(H, n_iter=min(self.steps, H.n), n_vectors=self.draws, seed=seed)
         seconds = time.perf_counter() - t0
@@ -423,7 +427,7 @@ code{background:#f1f4f7;padding:.05em .3em;border-radius:3px;font-size:.92em}
 """
 
 
-def run_analysis(H: HessianOperator, sections: list[Section], out: Path, *, seed: int, tol: float,
+def run_analysis(H: HessianOperator, sections: list[Section], out: Path, *, seed: int, tol: float | None,
                  description: str, command: list[str], spec: str) -> dict[str, Any]:
     """Run ``sections`` on ``H``; write ``out/report.json``, ``out/<figure>.png`` and ``out/report.html``; return
     the JSON document."""
@@ -458,7 +462,8 @@ def run_analysis(H: HessianOperator, sections: list[Section], out: Path, *, seed
     versions = ", ".join(f"{k} {v}" for k, v in report["versions"].items())
     info = _pairs([
         ["parameters (n)", f"{H.n:,}"], ["dtype", html.escape(str(H.dtype))],
-        ["backend", html.escape(H.backend.describe())], ["seed", str(seed)], ["Lanczos tol", f"{tol:g}"],
+        ["backend", html.escape(H.backend.describe())], ["seed", str(seed)],
+        ["Lanczos tol", "default" if tol is None else f"{tol:g}"],
         ["HVPs in all", f"{report['n_hvp']:,}"], ["seconds", f"{report['seconds']:.1f}"],
     ])
     page = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>hessop report</title>"

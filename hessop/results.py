@@ -46,6 +46,16 @@ def resolve_tol(tol: float | None, default: float, op: Any) -> float:
     return tol
 
 
+def residual_threshold(tol: float, default_tol: bool, theta: np.ndarray, anorm: float, floor: float,
+                       eps23: float) -> np.ndarray:
+    """The residual a pair must reach to count as converged: ``tol * max(|theta|, eps**(2/3) ||H||)`` (ARPACK's
+    rule) and, with the default tolerance (``tol=None``), never less than ``10 * floor``: a pair whose residual is
+    within ten times what the precision allows has converged as far as it can, so small eigenvalues of float32
+    models converge under the defaults.  An explicit ``tol`` is taken as given."""
+    thr = tol * np.maximum(np.abs(np.asarray(theta, dtype=np.float64)), eps23 * anorm)
+    return np.maximum(thr, 10 * floor) if default_tol else thr
+
+
 @dataclass(frozen=True)
 class EigenResult:
     """Eigenpairs of a symmetric operator.

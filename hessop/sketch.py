@@ -76,6 +76,8 @@ def sketch(
     block_size : int
         Columns of ``S`` per block product; default 16.
 
+    Notes
+    -----
     Memory: ``4 * size`` n-vectors (``S`` and ``H S``, each as blocks and concatenated).
 
     Returns

@@ -228,6 +228,8 @@ def hutchinson(
     distribution : {"rademacher", "gaussian"}
         Probe entries: +-1 (default) or standard normal.
 
+    Notes
+    -----
     Memory: ``3 * block_size`` n-vectors (one probe block, its product, temporaries).
 
     Returns
@@ -305,6 +307,8 @@ def hutchpp(H: Any, n_hvp: int, *, seed: int | np.random.Generator | None = 0) -
     seed : int, numpy Generator or None
         Seed of the host-drawn probes; default 0.
 
+    Notes
+    -----
     Memory: about ``n_hvp`` n-vectors (``S``, ``Q``, ``H Q``, ``G`` and ``H G``, a third of the budget each).
 
     Returns
@@ -374,6 +378,8 @@ def xtrace(H: Any, n_hvp: int, *, seed: int | np.random.Generator | None = 0) ->
     seed : int, numpy Generator or None
         Seed of the host-drawn probes; default 0.
 
+    Notes
+    -----
     Memory: about ``2 * n_hvp`` n-vectors (``Omega``, ``Y``, ``Q``, ``Z`` of ``n_hvp / 2`` columns each).
 
     Returns
@@ -431,7 +437,7 @@ def _exact_trace(op: Any, block_size: int = DEFAULT_BLOCK) -> TraceEstimate:
     diag = np.empty(op.n)
     for start in range(0, op.n, block_size):
         k = min(block_size, op.n - start)
-        E = op.asarray(np.eye(op.n, k, -start))
+        E = op.cast(np.eye(op.n, k, -start))
         diag[start: start + k] = np.asarray(op.to_numpy(column_dots(op.xp, E, op.hvp_block(E))), dtype=np.float64)
     _check_samples(diag, "a diagonal entry e_i^T H e_i", 0)
     eps = float(np.finfo(op.dtype).eps)
@@ -478,6 +484,8 @@ def diagonal(
     block_size : int
         Probes per block product; default 16.
 
+    Notes
+    -----
     Memory: ``3 * block_size + 4`` n-vectors (one probe block, its product, the running mean and variance).
 
     Returns

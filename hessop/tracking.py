@@ -193,7 +193,7 @@ class Tracker:
         if prev is None or tuple(prev.shape)[0] != op.n:
             return None
         xp = op.xp
-        r = op.asarray(make_rng(self.seed).standard_normal(op.n))
+        r = op.cast(make_rng(self.seed).standard_normal(op.n))
         return xp.sum(prev, axis=1) + r / xp.linalg.vector_norm(r)
 
     def _eig(self, op: HessianOperator, k: int, which: str) -> tuple[Any, bool]:

@@ -86,9 +86,12 @@ def check_claims(A, truth, r, tol, which):
     assert np.max(np.abs(V.T @ V - np.eye(k))) <= 100 * np.sqrt(A.shape[0]) * eps * (1 + r.n_restarts)
     # 3. converged exactly when the residual meets the rule (the rule's floor term uses an estimate of ||H||
     #    within [max|theta|, 3 ||H||])
+    #    and, with the default tol, a residual within 10 floors, floor = sqrt(n) eps ||H|| (results.residual_threshold)
+    n = A.shape[0]
     scale_hi = np.maximum(np.abs(theta), eps ** (2 / 3) * 3 * hnorm)
-    assert np.all(~r.converged | (r.residuals <= tol * scale_hi))
+    assert np.all(~r.converged | (r.residuals <= np.maximum(tol * scale_hi, 10 * np.sqrt(n) * eps * 3 * hnorm)))
     assert np.all(r.converged | (r.residuals > tol * np.abs(theta)))
+    assert np.all(r.converged | (r.residuals > 10 * np.sqrt(n) * eps * np.max(np.abs(theta))))
     return dist
 
 
@@ -116,8 +119,12 @@ def test_lanczos_claims_hold(problem, which, restart, data):
     assert np.all(dist <= r.residuals * (1 + 1e-6) + 4 * np.finfo(A.dtype).eps * np.abs(r.eigenvalues))
     # when all pairs converged they are the wanted eigenvalues (within their bounds); a converged pair among
     # unconverged ones is an eigenpair to its residual but may not be the i-th wanted one
-    if r.all_converged:
-        want = wanted(truth, which, k)
+    # (a multiple eigenvalue at the precision floor may be found once only: the documented limit of single-vector
+    #  Lanczos, so wanted sets with one are left out of this claim)
+    want = wanted(truth, which, k)
+    close = 10 * np.sqrt(n) * np.finfo(A.dtype).eps * np.max(np.abs(truth))
+    multiple = any(np.sum(np.abs(truth - w) <= close) > 1 for w in want)
+    if r.all_converged and not multiple:
         slack = 4 * np.finfo(A.dtype).eps * np.abs(want)
         assert np.all(np.abs(r.eigenvalues - want) <= r.residuals * (1 + 1e-6) + slack)
 

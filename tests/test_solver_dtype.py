@@ -26,9 +26,13 @@ def test_float64_solve_over_float32_products(float32_problem):
     V = r.eigenvectors
     true_res = np.linalg.norm(A.astype(np.float64) @ V - V * r.eigenvalues, axis=0)
     assert np.all(true_res <= r.residuals)
-    # |lambda| = 1..3 against ||H|| = 100: below the float32 products' floor sqrt(n) eps ||H|| = 2.5e-4 the
-    # default relative tol (2e-5) cannot be certified, and the flags say so
-    assert not r.converged.any()
+    # |lambda| = 1..3 against ||H|| = 100: the float32 products' floor sqrt(n) eps ||H|| = 2.5e-4 is above the
+    # default relative tol (2e-5) times |lambda|; under the default tol a residual within 10 floors counts as
+    # converged (results.residual_threshold), an explicit tol is taken as given and the flags say it is not met
+    floor = np.sqrt(H.n) * np.finfo(np.float32).eps * np.max(np.abs(truth))
+    assert r.converged.all() and np.all(r.residuals <= 10 * floor * 1.01)
+    strict = hessop.lanczos(H, 3, which="SA", solver_dtype=np.float64, tol=2e-5)
+    assert not strict.converged.any() and np.all(strict.residuals > 2e-5 * np.abs(strict.eigenvalues))
     assert np.all(np.abs(r.eigenvalues - truth[::-1][:3]) <= r.residuals)
     p = hessop.power_iteration(H, 1, solver_dtype=np.float64)
     assert p.eigenvectors.dtype == np.float64 and abs(p.eigenvalues[0] - truth[0]) <= p.residuals[0]

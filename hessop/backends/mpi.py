@@ -264,6 +264,7 @@ class MPIBackend(Backend):
             "the wait is legitimate.\n"
             f"{prefix}aborting the MPI job (MPI.COMM_WORLD.Abort(1))\n")
         sys.stderr.flush()
+        time.sleep(0.5)  # let mpiexec forward the message before another waiting rank's Abort tears the job down
         world.Abort(1)
 
     def _reduce(self, y: Any) -> Any:

@@ -27,6 +27,7 @@ running statistics) changed.
 from __future__ import annotations
 
 import contextlib
+import re
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
@@ -342,7 +343,7 @@ class TorchBackend(DataBackend):
                 loss = self.loss_fn(self.model, batch)
         except RuntimeError as e:  # torch's dtype mismatch error does not say what to convert
             other = sorted({str(t.dtype) for t in _tensors(batch) if t.is_floating_point()} - {str(self.torch_dtype)})
-            if other:
+            if other and re.search(r"dtype|scalar type|type \(|should be the same|Double|Float|Half", str(e)):
                 raise TypeError(
                     f"the batch holds {', '.join(other)} tensors but the model's parameters are {self.torch_dtype} "
                     f"(torch: {e}). Convert the data to the model's dtype (e.g. x.to({self.torch_dtype}), or build "
