@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 import hessop
-from hessop.models.digits import SmallResNet, digits
+from hessop.models.digits import SmallResNet, digits, end_training, minibatch_step
 
 
 def main() -> None:
@@ -45,16 +45,9 @@ def main() -> None:
     step = 0
     for _ in range(args.checkpoints):
         for _ in range(args.every):
-            model.train()
-            idx = torch.randint(0, len(x), (64,), generator=gen)
-            loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+            minibatch_step(model, opt, x, y, gen)
             step += 1
-        model.eval()
-        for p in model.parameters():
-            p.grad = None
+        end_training(model)
         a, b = warm.record(step), cold.record(step)
         print(f"{step:>5}{a.top[0]:>11.5g}{np.max(np.abs(a.top - b.top)):>12.1e}"
               f"{max(a.top_residuals.max(), b.top_residuals.max()):>11.1e}{a.lanczos_hvp:>10}{b.lanczos_hvp:>10}"

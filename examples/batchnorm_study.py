@@ -31,7 +31,7 @@ from matplotlib.figure import Figure
 from torch import nn
 
 import hessop
-from hessop.models.digits import SmallResNet, digits
+from hessop.models.digits import SmallResNet, digits, end_training, minibatch_step
 
 VARIANTS = {"BN + residual": {}, "no BN": {"batchnorm": False}, "no residual": {"residual": False}}
 STAGES = {"stem": ["conv1", "bn1"], "residual block": ["conv2"], "head": ["fc1", "fc2"]}
@@ -47,15 +47,8 @@ def train_tracked(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(model.parameters(), lr=0.01)
     for step in range(1, steps + 1):
-        model.train()
-        idx = torch.randint(0, len(x), (64,), generator=gen)
-        loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        model.eval()
-        for p in model.parameters():
-            p.grad = None
+        minibatch_step(model, opt, x, y, gen)
+        end_training(model)
         if tracker is not None and step % every == 0:
             tracker.update(step)
     with torch.no_grad():

@@ -52,23 +52,33 @@ class SmallResNet(nn.Module):
         return self.fc2(torch.tanh(self.fc1(h)))
 
 
+def minibatch_step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+                   gen: torch.Generator, batch: int = 64) -> float:
+    """One optimizer step on the cross-entropy of ``batch`` samples drawn from ``(x, y)`` with ``gen``, in train
+    mode; returns the mini-batch loss."""
+    model.train()
+    idx = torch.randint(0, len(x), (batch,), generator=gen)
+    loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    return float(loss.detach())
+
+
+def end_training(model: nn.Module) -> None:
+    """Eval mode and no ``.grad`` left behind: the state in which the demo and the examples take Hessians."""
+    model.eval()
+    for p in model.parameters():
+        p.grad = None
+
+
 def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, steps: int = 200, lr: float = 0.01,
           batch: int = 64, seed: int = 0) -> list[float]:
     """A few Adam steps on mini-batches (model left in eval mode afterwards); returns the loss history."""
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
-    losses = []
-    model.train()
-    for _ in range(steps):
-        idx = torch.randint(0, len(x), (batch,), generator=gen)
-        loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(float(loss.detach()))
-    model.eval()
-    for p in model.parameters():
-        p.grad = None
+    losses = [minibatch_step(model, opt, x, y, gen, batch) for _ in range(steps)]
+    end_training(model)
     return losses
 
 
@@ -87,17 +97,10 @@ def demo_operator(seconds: float = 2.0, seed: int = 0, samples: int | None = Non
     opt = torch.optim.Adam(model.parameters(), lr=0.01)
     gen = torch.Generator().manual_seed(seed)
     t0, steps = time.perf_counter(), 0
-    model.train()
     while time.perf_counter() - t0 < seconds:
-        idx = torch.randint(0, len(x), (64,), generator=gen)
-        loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+        minibatch_step(model, opt, x, y, gen)
         steps += 1
-    model.eval()
-    for p in model.parameters():
-        p.grad = None
+    end_training(model)
     with torch.no_grad():
         logits = model(x)
         full, acc = float(nn.functional.cross_entropy(logits, y)), float((logits.argmax(1) == y).double().mean())
