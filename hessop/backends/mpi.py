@@ -67,17 +67,25 @@ def install_abort_hook() -> None:
         text = "".join(traceback.format_exception(etype, value, tb))
         lines = [prefix + line for line in text.rstrip("\n").split("\n")]
         lines.append(prefix + "uncaught exception: aborting the MPI job (MPI.COMM_WORLD.Abort(1))")
-        try:
-            sys.stderr.write("\n".join(lines) + "\n")
-            sys.stderr.flush()
-        finally:
-            world.Abort(1)
+        _abort(world, "\n".join(lines) + "\n")
 
     sys.excepthook = hook
     _HOOK["installed"] = True
 
 
 # ---------------------------------------------------------------------------------------------------- backend
+def _abort(world: Any, message: str) -> None:
+    """Write ``message`` to stderr and abort the whole job.  The half-second pause lets mpiexec forward the message
+    before the job is torn down (otherwise another rank's Abort can kill the forwarding first); it is paid only on
+    the way out of a failed job."""
+    try:
+        sys.stderr.write(message)
+        sys.stderr.flush()
+        time.sleep(0.5)
+    finally:
+        world.Abort(1)
+
+
 class MPIBackend(Backend):
     """A rank's local backend whose products are summed over a communicator: ``H v = sum_r w_r H_r v``.
 
@@ -257,15 +265,13 @@ class MPIBackend(Backend):
                     time.sleep(1e-3)
         missing = sorted(set(range(size)) - waiting)
         prefix = f"[hessop rank {world.Get_rank()}/{world.Get_size()}] "
-        sys.stderr.write(
+        _abort(
+            world,
             f"{prefix}timed out: rank(s) {missing} of the communicator did not reach {what} within "
             f"comm_timeout={self.timeout:g} s (ranks {sorted(waiting)} were waiting there). A rank that stopped "
             "answering (a hang, a deadlock, a lost node) or one much slower than the others: raise comm_timeout if "
             "the wait is legitimate.\n"
             f"{prefix}aborting the MPI job (MPI.COMM_WORLD.Abort(1))\n")
-        sys.stderr.flush()
-        time.sleep(0.5)  # let mpiexec forward the message before another waiting rank's Abort tears the job down
-        world.Abort(1)
 
     def _reduce(self, y: Any) -> Any:
         """``sum_r w_r y_r`` in one in-place Allreduce on a contiguous buffer, returned as a native array."""
