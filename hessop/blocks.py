@@ -232,8 +232,8 @@ def by_block(
     tol : float
         Lanczos tolerance on the residuals (relative to each eigenvalue); default 1e-6.
     trace_options : dict, optional
-        Passed to the trace estimator (default ``n_hvp=60``: Hutch++ with 60 products, or the exact trace from
-        ``n`` unit vectors for blocks of at most 60 parameters).
+        Passed to :func:`hessop.trace` (default ``n_hvp=64``: Hutchinson or adaptive Hutch++ with 64 products, or
+        the exact trace from ``n`` unit vectors for blocks of at most 64 parameters).
     density : bool
         Also run SLQ on every block (``density_options`` go to :func:`hessop.slq`; ``n_iter`` is capped at the
         block's size); default False.

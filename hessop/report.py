@@ -20,7 +20,9 @@ Sections
 --------
 A report is a list of sections, each a :class:`Section`: it adds its command-line flags, decides from the parsed
 flags whether it runs, and returns a :class:`SectionOutput` (JSON data, an HTML fragment, figures).  A new kind of
-analysis (per-layer tables, loss landscapes) is one more subclass appended to :data:`SECTIONS`.
+analysis is one more subclass appended to :data:`SECTIONS`.  The sections: extreme eigenvalues, trace and density
+(on by default), per-layer table (``--layers``) and loss landscape (``--landscape line|grid``), the last two for
+operators built from a model (``from_torch``, ``from_jax``).
 """
 
 from __future__ import annotations
@@ -44,10 +46,12 @@ from typing import Any
 
 import numpy as np
 
+from hessop.blocks import by_block
 from hessop.density import slq
 from hessop.lanczos import lanczos
+from hessop.landscape import landscape
 from hessop.operator import HessianOperator
-from hessop.trace import hutchinson, hutchpp, xtrace
+from hessop.trace import trace
 
 __all__ = ["DEFAULT_SPEC", "SECTIONS", "Section", "SectionOutput", "SpecError", "build_operator", "load_problem",
            "run_analysis"]
@@ -285,56 +289,53 @@ class EigenvaluesSection(Section):
 
 
 class TraceSection(Section):
-    """``tr(H)`` by Hutchinson (stopping on a relative 95% interval half-width), Hutch++ or XTrace (a budget)."""
+    """``tr(H)`` by :func:`hessop.trace`: to a target 95% interval half-width (``--trace-rtol``, default 1%) at the
+    least cost, Hutchinson or adaptive Hutch++ chosen from the first products, within a product budget."""
 
     key, title = "trace", "Trace"
 
-    def __init__(self, estimator: str, rtol: float, n_hvp: int) -> None:
-        self.estimator, self.rtol, self.n_hvp = estimator, rtol, n_hvp
+    def __init__(self, method: str, rtol: float, n_hvp: int) -> None:
+        self.method, self.rtol, self.n_hvp = method, rtol, n_hvp
 
     @staticmethod
     def add_arguments(parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--trace", choices=("xtrace", "hutchpp", "hutchinson", "none"), default="xtrace",
-                            help="trace estimator (default xtrace)")
-        parser.add_argument("--trace-hvp", type=int, default=100, metavar="N",
-                            help="product budget of xtrace / hutchpp, and the sample cap of hutchinson (default 100)")
-        parser.add_argument("--trace-rtol", type=float, default=0.05, metavar="R",
-                            help="hutchinson: stop when the 95%% interval half-width is <= R x |estimate| "
-                                 "(default 0.05)")
+        parser.add_argument("--trace", choices=("auto", "hutchinson", "hutch++", "none"), default="auto",
+                            help="trace method of hessop.trace (default auto: Hutchinson or adaptive Hutch++, "
+                                 "chosen from the first products)")
+        parser.add_argument("--trace-rtol", type=float, default=0.01, metavar="R",
+                            help="stop when the 95%% interval half-width is <= R x |estimate| (default 0.01)")
+        parser.add_argument("--trace-hvp", type=int, default=2000, metavar="N",
+                            help="most products to spend on the trace (default 2000)")
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Section | None:
         if args.trace == "none":
             return None
-        if args.trace_hvp < (10 if args.trace == "hutchinson" else 4) or not args.trace_rtol > 0:
-            raise ValueError("--trace-hvp must be >= 4 (>= 10 for hutchinson) and --trace-rtol > 0")
+        if args.trace_hvp < 32 or not 0 < args.trace_rtol < 1:
+            raise ValueError("--trace-hvp must be >= 32 and --trace-rtol in (0, 1)")
         return cls(args.trace, args.trace_rtol, args.trace_hvp)
 
     def run(self, H: HessianOperator, seed: int, tol: float | None) -> SectionOutput:
-        t0 = time.perf_counter()
-        if self.estimator == "hutchinson":
-            import warnings
+        import warnings
 
-            with warnings.catch_warnings():  # not converging is reported in the page and the JSON instead
-                warnings.simplefilter("ignore", RuntimeWarning)
-                est = hutchinson(H, rtol=self.rtol, max_samples=self.n_hvp, seed=seed)
-        else:
-            est = (xtrace if self.estimator == "xtrace" else hutchpp)(H, min(self.n_hvp, 2 * H.n - 1), seed=seed)
+        t0 = time.perf_counter()
+        with warnings.catch_warnings():  # not converging is reported in the page and the JSON instead
+            warnings.simplefilter("ignore", RuntimeWarning)
+            est = trace(H, rtol=self.rtol, n_hvp=self.n_hvp, method=self.method, seed=seed)
         seconds = time.perf_counter() - t0
         lo, hi = est.interval(0.95)
-        data = {"estimator": self.estimator, "estimate": est.estimate, "std_error": est.std_error,
-                "interval_95": [lo, hi], "n_samples": est.n_samples, "n_hvp": est.n_hvp,
-                "converged": est.converged, "seconds": seconds, "method": est.method}
-        if self.estimator == "hutchinson":
-            data["rtol"] = self.rtol
+        data = {"requested_method": self.method, "method": est.method, "choice": est.choice, "rank": est.rank,
+                "estimate": est.estimate, "std_error": est.std_error, "interval_95": [lo, hi],
+                "rtol": self.rtol, "max_hvp": self.n_hvp, "n_samples": est.n_samples, "n_hvp": est.n_hvp,
+                "converged": est.converged, "stop_reason": est.stop_reason, "seconds": seconds}
         rows = [[html.escape(est.method), _f(est.estimate, 8), _f(est.std_error, 3), f"[{_f(lo)}, {_f(hi)}]",
                  str(est.n_hvp), _ok(est.converged)]]
-        note = ("Hutchinson stops when the 95% interval's half-width is at most "
-                f"{self.rtol:g} of the estimate (capped at {self.n_hvp} samples)"
-                if self.estimator == "hutchinson" else f"{est.method} with a fixed budget of {est.n_hvp} HVPs")
-        body = (f"<p>{html.escape(note)}. The interval is estimate &plusmn; t<sub>0.975</sub>&middot;standard "
-                "error (Student t over the samples).</p>"
+        body = (f"<p>hessop.trace to a 95% interval half-width of at most {self.rtol:g} &times; |estimate| (at most "
+                f"{self.n_hvp} products). The interval is estimate &plusmn; t<sub>0.975</sub>&middot;standard error "
+                "(Student t over the samples).</p>"
                 + _table(["method", "estimate", "std. error", "95% interval", "HVPs", "converged"], rows)
+                + _pairs([("method chosen", html.escape(est.choice or self.method)),
+                          ("stopped", html.escape(est.stop_reason))])
                 + f"<p class='meta'>{seconds:.2f} s</p>")
         return SectionOutput(data, body, converged=est.converged)
 
@@ -384,7 +385,125 @@ class DensitySection(Section):
         return SectionOutput(data, body, {"density": fig})
 
 
-SECTIONS: list[type[Section]] = [EigenvaluesSection, TraceSection, DensitySection]
+def _unavailable(H: HessianOperator, need: str, what: str) -> SectionOutput | None:
+    """A section output saying that ``what`` needs the backend method ``need`` (a model's parameters and loss),
+    or None when the operator has it."""
+    from hessop.mpi import MPIBackend
+
+    if isinstance(H.backend, MPIBackend):
+        why = "the operator is MPI-reduced (the section would see this rank's shard only)"
+    elif not hasattr(H.backend, need):
+        why = f"the {H.backend.name!r} backend has no model parameters and loss (from_torch or from_jax has)"
+    else:
+        return None
+    return SectionOutput({"available": False, "reason": why}, f"<p>Not available: {html.escape(why)}.</p>")
+
+
+class LayersSection(Section):
+    """Per-layer spectra by :func:`hessop.by_block`: the top eigenvalues (Lanczos, with residuals) and the trace
+    (:func:`hessop.trace`, or exact for small blocks) of each module's diagonal block of H."""
+
+    key, title = "layers", "Per-layer curvature"
+
+    def __init__(self, k: int) -> None:
+        self.k = k
+
+    @staticmethod
+    def add_arguments(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--layers", action=argparse.BooleanOptionalAction, default=False,
+                            help="per-module table of top eigenvalues and traces (default off)")
+        parser.add_argument("--layers-k", type=int, default=1, metavar="K",
+                            help="top eigenvalues per module (default 1)")
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> Section | None:
+        if not args.layers:
+            return None
+        if args.layers_k < 1:
+            raise ValueError("--layers-k must be >= 1")
+        return cls(args.layers_k)
+
+    def run(self, H: HessianOperator, seed: int, tol: float | None) -> SectionOutput:
+        missing = _unavailable(H, "restrict", "a per-layer table")
+        if missing is not None:
+            return missing
+        t0 = time.perf_counter()
+        table = by_block(H, k=self.k, tol=1e-6 if tol is None else tol, seed=seed)
+        seconds = time.perf_counter() - t0
+        rows = []
+        for r in table:
+            lo, hi = r.trace.interval()
+            rows.append([html.escape(r.name), f"{r.n:,}",
+                         ", ".join(_f(x) for x in r.eigenvalues), ", ".join(_f(x, 2) for x in r.residuals),
+                         _ok(bool(np.all(r.converged))), _f(r.trace.estimate),
+                         "exact" if r.trace.exact else f"[{_f(lo)}, {_f(hi)}]", str(r.n_hvp)])
+        converged = all(bool(np.all(r.converged)) and r.trace.converged for r in table)
+        data = {"k": self.k, "rows": [r.as_dict() for r in table], "block_n_hvp": sum(r.n_hvp for r in table),
+                "seconds": seconds}
+        body = ("<p>Each module's diagonal block H<sub>GG</sub> of the Hessian (the other parameters held fixed): "
+                "top eigenvalues by Lanczos with their residuals, and the trace with its 95% interval.</p>"
+                + _table(["module", "parameters", "top eigenvalues", "residuals", "converged", "trace",
+                          "95% interval", "HVPs"], rows)
+                + f"<p class='meta'>{sum(r.n_hvp for r in table)} block products, {seconds:.2f} s</p>")
+        return SectionOutput(data, body, {"layers": table.plot()}, converged)
+
+
+class LandscapeSection(Section):
+    """The loss along the top eigenvector (a line) or the top two (a grid) by :func:`hessop.landscape`."""
+
+    key, title = "landscape", "Loss landscape"
+
+    def __init__(self, shape: str, radius: float, points: int) -> None:
+        self.shape, self.radius, self.points = shape, radius, points
+
+    @staticmethod
+    def add_arguments(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--landscape", choices=("line", "grid", "none"), default="none",
+                            help="loss along the top eigenvector (line) or the top two (grid); default none")
+        parser.add_argument("--landscape-radius", type=float, default=1.0, metavar="R",
+                            help="steps in [-R, R] along each unit eigenvector (default 1)")
+        parser.add_argument("--landscape-points", type=int, default=21, metavar="P",
+                            help="odd number of steps per axis (default 21; a grid costs P x P loss passes)")
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> Section | None:
+        if args.landscape == "none":
+            return None
+        if not args.landscape_radius > 0 or args.landscape_points < 3 or args.landscape_points % 2 == 0:
+            raise ValueError("--landscape-radius must be > 0 and --landscape-points odd and >= 3")
+        return cls(args.landscape, args.landscape_radius, args.landscape_points)
+
+    def run(self, H: HessianOperator, seed: int, tol: float | None) -> SectionOutput:
+        missing = _unavailable(H, "loss_at", "a loss landscape")
+        if missing is not None:
+            return missing
+        t0 = time.perf_counter()
+        k = 1 if self.shape == "line" else 2
+        eig = lanczos(H, k, which="LA", tol=tol, seed=seed)
+        land = landscape(H, eig, radius=self.radius, n_points=self.points)
+        seconds = time.perf_counter() - t0
+        curv = land.curvature()
+        gap = np.abs(np.atleast_1d(curv) - eig.eigenvalues) / np.maximum(np.abs(eig.eigenvalues), 1e-300)
+        data = {"shape": self.shape, "radius": self.radius, "n_points": self.points,
+                "eigenvalues": eig.eigenvalues.tolist(), "residuals": eig.residuals.tolist(),
+                "converged": eig.converged.tolist(), "alphas": land.alphas.tolist(),
+                "betas": None if land.betas is None else land.betas.tolist(), "losses": land.losses.tolist(),
+                "loss0": land.loss0, "curvature_at_origin": np.asarray(curv).tolist(),
+                "curvature_relative_gap": gap.tolist(), "n_hvp": eig.n_hvp,
+                "seconds": seconds}
+        what = "top eigenvector" if k == 1 else "top two eigenvectors"
+        fit = ("it matches the eigenvalue to within 10%" if np.all(gap <= 0.1) else
+               f"it differs from the eigenvalue by up to {100 * float(np.max(gap)):.0f}%: the loss is not quadratic "
+               "over this radius (a smaller --landscape-radius shows the local curvature)")
+        body = (f"<p>L(&theta; + a u<sub>1</sub>{'' if k == 1 else ' + b u<sub>2</sub>'}) along the {what} "
+                f"(eigenvalues {', '.join(_f(x) for x in eig.eigenvalues)}), steps in [&minus;{self.radius:g}, "
+                f"{self.radius:g}], {self.points} per axis. The curvature at 0 of a quartic fitted to the curve is "
+                f"{', '.join(_f(x, 4) for x in np.atleast_1d(curv))}; {fit}."
+                f"</p><p class='meta'>{eig.n_hvp} HVPs and {land.losses.size} loss passes, {seconds:.2f} s</p>")
+        return SectionOutput(data, body, {"landscape": land.plot()}, bool(np.all(eig.converged)))
+
+
+SECTIONS: list[type[Section]] = [EigenvaluesSection, TraceSection, DensitySection, LayersSection, LandscapeSection]
 """The report's sections, in page order.  Append a :class:`Section` subclass to add one."""
 
 
