@@ -117,7 +117,12 @@ def solve(workdir: Path) -> None:
 
     out: dict = {"seconds_to_operator": time.perf_counter() - T0, "rank": rank, "size": size,
                  "local_samples": hi - lo, "n_samples": H.backend.n_samples,
-                 "describe": repr(H), "unflatten": list(H.backend.unflatten(np.zeros(H.n)))}
+                 "describe": repr(H), "unflatten": list(H.backend.unflatten(np.zeros(H.n))),
+                 "shard_only": {name: hasattr(H.backend, name) for name in ("loss_at", "restrict", "model")}}
+    try:
+        getattr(H.backend, "loss_at")  # noqa: B009 (the attribute access itself is tested)
+    except AttributeError as e:
+        out["shard_only_message"] = str(e)
     # count the operator's product calls (a block counts once) to compare with the Allreduce count
     mpi_backend, calls, allreduce0 = H.backend, [0], H.backend.n_allreduce
 

@@ -121,6 +121,9 @@ def check_matches_single_process(results: list[dict], ref: dict) -> None:
     res = results[0]
     assert res["n_samples"] == N_DATA
     assert res["unflatten"] == ref["names"]  # the local backend's helpers are reachable through the MPI backend
+    # ... but not what sees the rank's shard only (the loss, block operators, the model with its local batches)
+    assert res["shard_only"] == {"loss_at": False, "restrict": False, "model": False}
+    assert "this rank's shard of the data only" in res["shard_only_message"]
     assert sum(r["local_samples"] for r in results) == N_DATA
     assert len({r["local_samples"] for r in results}) == len(results)  # the shards really are unequal
     for method in ("lanczos", "power"):

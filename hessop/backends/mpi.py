@@ -86,6 +86,14 @@ def _abort(world: Any, message: str) -> None:
         world.Abort(1)
 
 
+FORWARDED = frozenset({
+    "names", "shapes", "sizes", "offsets", "unflatten", "flatten", "parameters_flat", "modules", "device",
+    "torch_dtype", "jax_dtype", "treedef", "half_precision", "product_eps", "hvp_method", "namespace",
+})
+"""Attributes of the local backend that an :class:`MPIBackend` forwards: they describe the parameters (identical on
+every rank, which the construction checks), not the rank's data."""
+
+
 class MPIBackend(Backend):
     """A rank's local backend whose products are summed over a communicator: ``H v = sum_r w_r H_r v``.
 
@@ -196,9 +204,15 @@ class MPIBackend(Backend):
         self.allreduce_seconds = 0.0
 
     def __getattr__(self, item: str) -> Any:
-        # only called when normal lookup fails: forward to the local backend (unflatten, names, device, ...)
+        # only called when normal lookup fails: forward what describes the parameters, which every rank holds
+        # identically; what depends on the rank's shard of the data (loss_at, restrict, ...) is not forwarded, so
+        # that no caller gets one rank's loss or block operator in place of the global one
         if item.startswith("__") or item == "local" or "local" not in self.__dict__:
             raise AttributeError(item)
+        if item not in FORWARDED:
+            raise AttributeError(f"{item!r} of the local backend is not available on an MPI-reduced operator (it "
+                                 "would see this rank's shard of the data only); use H.backend.local to reach the "
+                                 "rank's own operator")
         return getattr(self.__dict__["local"], item)
 
     # ------------------------------------------------------------------ products
