@@ -129,8 +129,9 @@ class Landscape:
             ax3.set_xlabel("a")
             ax3.set_ylabel("b")
             ax3.set_zlabel("loss")
-        fig.suptitle(title or "loss landscape along " + {"eigenvectors": "the top eigenvectors", "given": "the given directions"}.get(
-            self.kind, f"{self.kind} directions"))
+        along = {"eigenvectors": "the top eigenvectors", "given": "the given directions"}.get(
+            self.kind, f"{self.kind} directions")
+        fig.suptitle(title or f"loss landscape along {along}")
         if path is not None:
             fig.savefig(path, dpi=90, bbox_inches="tight")
         return fig
