@@ -1,0 +1,121 @@
+"""Resumable runs: a run SIGKILLed midway (in a subprocess) and resumed from its checkpoint returns exactly the
+result of an uninterrupted run, with fewer products; a finished checkpoint returns at once; another call's file and
+a damaged file are refused with a clear message."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import math
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import hessop
+
+WORKER = Path(__file__).resolve().parent / "checkpoint_worker.py"
+_spec = importlib.util.spec_from_file_location("_hessop_checkpoint_worker", WORKER)
+_worker = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_worker)
+CALLS, operator = _worker.CALLS, _worker.operator
+
+# (estimator, the block product during which the interrupted run is killed)
+KILLS = [("hutchinson", 4), ("hutchinson_rtol", 5), ("hutchpp", 2), ("hutchpp", 3), ("xtrace", 2),
+         ("diagonal", 3), ("trace", 4), ("trace", 9), ("trace_exact", 9), ("slq", 20)]
+
+
+def assert_identical(a, b):
+    """Every field equal: arrays by np.array_equal, floats exactly (NaN equal to NaN), lists elementwise."""
+    assert type(a) is type(b)
+    for f in dataclasses.fields(a):
+        x, y = getattr(a, f.name), getattr(b, f.name)
+        if isinstance(x, list):
+            assert len(x) == len(y) and all(np.array_equal(u, v) for u, v in zip(x, y, strict=True)), f.name
+        elif isinstance(x, np.ndarray):
+            assert np.array_equal(x, y, equal_nan=True), f.name
+        elif isinstance(x, float):
+            assert x == y or (math.isnan(x) and math.isnan(y)), (f.name, x, y)
+        else:
+            assert x == y, (f.name, x, y)
+
+
+def kill_midway(name: str, path: Path, kill_at: int) -> None:
+    proc = subprocess.run([sys.executable, str(WORKER), name, str(path), str(kill_at)], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert path.exists()
+
+
+@pytest.mark.parametrize(("name", "kill_at"), KILLS)
+def test_killed_run_resumes_bit_identical(tmp_path, name, kill_at):
+    H = operator()
+    reference = CALLS[name](H, None)
+    path = tmp_path / "state.npz"
+    kill_midway(name, path, kill_at)
+    H2 = operator()
+    resumed = CALLS[name](H2, path)
+    assert_identical(resumed, reference)
+    assert 0 < H2.n_hvp < H.n_hvp  # the products of the saved blocks were not taken again
+    H3 = operator()
+    again = CALLS[name](H3, path)  # a finished checkpoint: the same result, no product
+    assert_identical(again, reference)
+    assert H3.n_hvp == 0
+
+
+@pytest.mark.parametrize("name", sorted(CALLS))
+def test_uninterrupted_run_with_checkpoint_is_unchanged(tmp_path, name):
+    H, H2 = operator(), operator()
+    assert_identical(CALLS[name](H2, tmp_path / "c.npz"), CALLS[name](H, None))
+    assert H2.n_hvp == H.n_hvp
+
+
+def test_progress_and_checkpoint_together(tmp_path):
+    H = operator()
+    a = hessop.slq(H, n_iter=10, n_vectors=4, block_size=2, seed=1, checkpoint=tmp_path / "s.npz", progress=True)
+    assert_identical(a, hessop.slq(operator(), n_iter=10, n_vectors=4, block_size=2, seed=1))
+
+
+@pytest.fixture
+def saved(tmp_path):
+    path = tmp_path / "h.npz"
+    hessop.hutchinson(operator(), n_samples=16, block_size=8, seed=3, checkpoint=path)
+    return path
+
+
+@pytest.mark.parametrize(("call", "field", "there", "here"), [
+    (lambda H, p: hessop.hutchinson(H, n_samples=16, block_size=8, seed=4, checkpoint=p), "seed", "3", "4"),
+    (lambda H, p: hessop.hutchinson(H, n_samples=16, block_size=4, seed=3, checkpoint=p), "block_size", "8", "4"),
+    (lambda H, p: hessop.hutchinson(H, n_samples=24, block_size=8, seed=3, checkpoint=p), "n_samples", "16", "24"),
+    (lambda H, p: hessop.hutchinson(H, n_samples=16, block_size=8, seed=3, distribution="gaussian", checkpoint=p),
+     "distribution", "'rademacher'", "'gaussian'"),
+    (lambda H, p: hessop.xtrace(H, 16, seed=3, checkpoint=p), "function", "'hutchinson'", "'xtrace'"),
+    (lambda H, p: hessop.hutchinson(operator(n=100), n_samples=16, block_size=8, seed=3, checkpoint=p), "n",
+     "120", "100"),
+    (lambda H, p: hessop.hutchinson(operator(dtype=np.float32), n_samples=16, block_size=8, seed=3, checkpoint=p),
+     "dtype", "'float64'", "'float32'"),
+])
+def test_another_calls_checkpoint_names_the_field(saved, call, field, there, here):
+    with pytest.raises(ValueError, match=rf"{field} is {there} there and {here} here\. Delete the file"):
+        call(operator(), saved)
+
+
+def test_damaged_checkpoint_is_refused(saved):
+    data = saved.read_bytes()
+    for damaged in (data[: len(data) // 2], b"garbage" * 100, data[:200] + bytes([data[200] ^ 0xFF]) + data[201:]):
+        saved.write_bytes(damaged)
+        with pytest.raises(ValueError, match="is damaged"):
+            hessop.hutchinson(operator(), n_samples=16, block_size=8, seed=3, checkpoint=saved)
+
+
+def test_checkpoint_needs_an_integer_seed(tmp_path):
+    with pytest.raises(ValueError, match="integer seed"):
+        hessop.hutchinson(operator(), n_samples=8, seed=None, checkpoint=tmp_path / "x.npz")
+
+
+def test_no_temporary_files_left(tmp_path):
+    hessop.diagonal(operator(), 24, block_size=8, seed=0, checkpoint=tmp_path / "d.npz")
+    assert [p.name for p in tmp_path.iterdir()] == ["d.npz"]
