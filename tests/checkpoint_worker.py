@@ -25,7 +25,25 @@ CALLS = {
     "trace": lambda H, ck: hessop.trace(H, rtol=0.005, block_size=8, seed=3, checkpoint=ck),  # rank 8, then 40
     "trace_exact": lambda H, ck: hessop.trace(H, rtol=0.002, block_size=8, seed=3, checkpoint=ck),  # ends exact
     "slq": lambda H, ck: hessop.slq(H, n_iter=12, n_vectors=6, block_size=2, seed=3, checkpoint=ck),
+    "tracker": lambda H, ck: track(H, ck),
 }
+
+
+def track(H: hessop.HessianOperator, ck: object) -> list[hessop.TrackRecord]:
+    """Six steps of a "training" whose Hessian changes with the step (``(1 + step / 10) H``), tracked with every
+    statistic."""
+    step = [0]
+
+    def at_step() -> hessop.HessianOperator:
+        c = 1 + step[0] / 10
+        return hessop.HessianOperator.from_function(lambda v: c * H.matvec(v), H.n, H.dtype,
+                                                    hvp_block=lambda V: c * H.matmat(V), check_symmetric=False)
+
+    tracker = hessop.Tracker(at_step, top_k=2, bottom_k=1, trace=True, density=True, seed=3, checkpoint=ck,
+                             trace_options={"n_hvp": 24}, density_options={"n_iter": 8, "n_vectors": 2})
+    for step[0] in range(6):
+        tracker.update(step[0])
+    return tracker.records
 
 
 def operator(kill_at: int = 0, n: int = N, dtype: type = np.float64) -> hessop.HessianOperator:
