@@ -130,3 +130,71 @@ def test_checkpoint_needs_an_integer_seed(tmp_path):
 def test_no_temporary_files_left(tmp_path):
     hessop.diagonal(operator(), 24, block_size=8, seed=0, checkpoint=tmp_path / "d.npz")
     assert [p.name for p in tmp_path.iterdir()] == ["d.npz"]
+
+
+KILL_SPEC = """
+import os
+import signal
+
+import hessop
+from hessop.testing import matrix_with_spectrum, outlier_spectrum
+
+
+def problem():
+    A = matrix_with_spectrum(outlier_spectrum(150, n_outliers=6, n_negative=3, seed=0), seed=1)
+    kill_at, count = int(os.environ.get("HESSOP_TEST_KILL_AT", "0")), [0]
+
+    def block(V):
+        count[0] += V.shape[1]
+        if kill_at and count[0] >= kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return A @ V
+
+    return hessop.HessianOperator.from_function(lambda v: block(v[:, None])[:, 0], 150, hvp_block=block,
+                                                check_symmetric=False)
+"""
+
+ANALYZE = ["--top", "3", "--bottom", "2", "--trace-hvp", "40", "--density-steps", "80", "--density-draws", "6"]
+
+
+def _numbers(data):
+    """The report's sections without the wall times and this run's product counts (at every level)."""
+    if isinstance(data, dict):
+        return {k: _numbers(v) for k, v in data.items() if k not in ("seconds", "section_n_hvp")}
+    return data
+
+
+def test_analyze_resume_after_a_kill(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    import json
+    import os
+
+    from hessop.cli import main
+
+    spec = tmp_path / "killable.py"
+    spec.write_text(KILL_SPEC)
+    ref_dir, out = tmp_path / "ref", tmp_path / "out"
+    assert main(["analyze", f"{spec}:problem", "--out", str(ref_dir), *ANALYZE]) == 0
+    ref = json.loads((ref_dir / "report.json").read_text())
+    # killed in the middle of the density's second block of draws (the last 160 products)
+    env = {**os.environ, "HESSOP_TEST_KILL_AT": str(ref["n_hvp"] - 40)}
+    proc = subprocess.run([sys.executable, "-m", "hessop.cli", "analyze", f"{spec}:problem", "--out", str(out),
+                           *ANALYZE], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert not (out / "report.json").exists()
+    assert {p.name for p in (out / "checkpoints").iterdir()} == {"eigenvalues.json", "trace.json", "trace.npz",
+                                                                 "density.npz"}
+    capsys.readouterr()
+    assert main(["analyze", f"{spec}:problem", "--out", str(out), "--resume", *ANALYZE]) == 0
+    rep = json.loads((out / "report.json").read_text())
+    assert _numbers(rep["sections"]) == _numbers(ref["sections"])
+    assert rep["reused_sections"] == ["eigenvalues", "trace"]
+    assert rep["n_hvp"] == rep["sections"]["density"]["section_n_hvp"] == 2 * 80  # only the interrupted block
+    assert "starting over" not in capsys.readouterr().out
+    # a finished run resumed: nothing computed; without --resume: everything again, said in one line
+    assert main(["analyze", f"{spec}:problem", "--out", str(out), "--resume", *ANALYZE]) == 0
+    assert json.loads((out / "report.json").read_text())["n_hvp"] == 0
+    assert main(["analyze", f"{spec}:problem", "--out", str(out), *ANALYZE]) == 0
+    assert "checkpoints; starting over (pass --resume" in capsys.readouterr().out
+    rep = json.loads((out / "report.json").read_text())
+    assert _numbers(rep["sections"]) == _numbers(ref["sections"]) and rep["n_hvp"] == ref["n_hvp"]
