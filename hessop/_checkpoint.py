@@ -77,7 +77,7 @@ class Checkpoint:
         self.fingerprint = {"format": FORMAT_VERSION, "function": function, "n": int(op.n),
                             "dtype": np.dtype(op.dtype).name, "seed": int(seed),
                             **{k: _plain(v) for k, v in settings.items()}}
-        self.writer = _rank(op) == 0
+        self.op, self.writer = op, _rank(op) == 0
 
     def __bool__(self) -> bool:
         return self.path is not None
@@ -107,11 +107,13 @@ class Checkpoint:
         return {**meta["state"], **data}
 
     def save(self, **state: Any) -> None:
-        """Write ``state`` (NumPy arrays, and JSON-ready scalars, strings, lists, dicts) atomically."""
+        """Write ``state`` (NumPy or the operator's native arrays, and JSON-ready scalars, strings, lists, dicts)
+        atomically.  Native arrays are copied to the host here, so nothing is copied without a checkpoint."""
         if self.path is None or not self.writer:
             return
-        arrays = {k: np.asarray(v) for k, v in state.items() if isinstance(v, np.ndarray)}
-        scalars = {k: _plain(v) for k, v in state.items() if not isinstance(v, np.ndarray)}
+        arrays = {k: v if isinstance(v, np.ndarray) else np.asarray(self.op.to_numpy(v)) for k, v in state.items()
+                  if isinstance(v, np.ndarray) or (hasattr(v, "shape") and not isinstance(v, np.generic))}
+        scalars = {k: _plain(v) for k, v in state.items() if k not in arrays}
         meta = json.dumps({"fingerprint": self.fingerprint, "state": scalars})
         folder = self.path.parent
         folder.mkdir(parents=True, exist_ok=True)

@@ -380,14 +380,14 @@ def hutchpp(H: Any, n_hvp: int, *, seed: int | np.random.Generator | None = 0, p
     else:
         S = probe_block(op, rng, s)
         Q, _ = _orthonormal_range(xp, op.hvp_block(S))
-        ck.save(Q=op.to_numpy(Q), rng=rng_state(rng), n_hvp=op.n_hvp - hvp0)
+        ck.save(Q=Q, rng=rng_state(rng), n_hvp=op.n_hvp - hvp0)
         bar.update(s)
     if "exact" in state:
         exact = state["exact"]
     else:
         exact = float(op.to_numpy(xp.sum(column_dots(xp, Q, op.hvp_block(Q)))))
         check_finite(exact, "tr(Q^T H Q)", 1)
-        ck.save(Q=op.to_numpy(Q), exact=exact, rng=rng_state(rng), n_hvp=op.n_hvp - hvp0)
+        ck.save(Q=Q, exact=exact, rng=rng_state(rng), n_hvp=op.n_hvp - hvp0)
         bar.update(s, {"exact part": exact})
     if "resid" in state:
         resid = state["resid"]
@@ -396,7 +396,7 @@ def hutchpp(H: Any, n_hvp: int, *, seed: int | np.random.Generator | None = 0, p
         G = G - Q @ (Q.T @ G)
         resid = np.asarray(op.to_numpy(column_dots(xp, G, op.hvp_block(G))), dtype=np.float64).reshape(-1)
         _check_samples(resid, "the residual quadratic form", 0)
-        ck.save(Q=op.to_numpy(Q), exact=exact, resid=resid, n_hvp=op.n_hvp - hvp0, rng=rng_state(rng))
+        ck.save(Q=Q, exact=exact, resid=resid, n_hvp=op.n_hvp - hvp0, rng=rng_state(rng))
         bar.update(g, _bar_fields, resid, exact)
     bar.close()
     mean, se = _mean_se(resid)
@@ -485,7 +485,7 @@ def xtrace(H: Any, n_hvp: int, *, seed: int | np.random.Generator | None = 0, pr
         else:
             Om = probe_block(op, rng, m, "gaussian")
             Y = op.hvp_block(Om)
-            ck.save(Om=op.to_numpy(Om), Y=op.to_numpy(Y), n_hvp=op.n_hvp - hvp0)
+            ck.save(Om=Om, Y=Y, n_hvp=op.n_hvp - hvp0)
             bar.update(m)
         Q, R = _orthonormal_range(xp, Y)
         Z = op.hvp_block(Q)
@@ -635,7 +635,7 @@ def diagonal(
             rms = op.to_numpy(xp.stack([xp.mean(m2), xp.mean(mean**2)]))
             half = _t_quantile(0.95, count - 1) * math.sqrt(float(rms[0]) / (count - 1) / count)
             converged = half <= target(math.sqrt(float(rms[1])))
-        ck.save(mean=op.to_numpy(mean), m2=op.to_numpy(m2), count=count, converged=converged,
+        ck.save(mean=mean, m2=m2, count=count, converged=converged,
                 half=half if targeted and count >= MIN_RTOL_SAMPLES else None, rng=rng_state(rng),
                 n_hvp=op.n_hvp - hvp0)
         bar.update(k, {"half95 (rms)": half} if targeted and count >= MIN_RTOL_SAMPLES else None)
@@ -843,11 +843,12 @@ def trace(
         return op.n_hvp - hvp0
 
     def save() -> None:  # the loop's state after a block
+        if not ck:
+            return
         ck.save(n_hvp=spent(), rng=rng_state(rng), mode=mode, choice=choice, last_var=last_var,
                 plain=np.concatenate(plain), resid=np.concatenate(resid) if resid else np.empty(0),
-                pending=op.to_numpy(xp.concat(pending, axis=1)) if pending else np.empty((op.n, 0)),
-                **({"Q": op.to_numpy(defl.Q), "Z": op.to_numpy(defl.Z), "B": op.to_numpy(defl.B),
-                    "exact": defl.exact} if defl.Q is not None else {}))
+                pending=xp.concat(pending, axis=1) if pending else np.empty((op.n, 0)),
+                **({"Q": defl.Q, "Z": defl.Z, "B": defl.B, "exact": defl.exact} if defl.Q is not None else {}))
 
     defl = _Deflation(op)
     plain: list[np.ndarray] = []
