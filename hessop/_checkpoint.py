@@ -13,7 +13,8 @@ executed) holding
 It is written atomically: a temporary file in the same folder, flushed and fsynced, then ``os.replace``; a run
 killed while writing leaves the previous checkpoint intact.  On load a fingerprint that differs raises
 :class:`CheckpointMismatch` naming the field and both values; a truncated or corrupted file raises ``ValueError``
-saying it is damaged.  Under MPI every rank reads the same file (a shared file system) and only rank 0 writes.
+saying it is damaged.  Under MPI only rank 0 reads and writes the file; it broadcasts the state it read to the
+other ranks (no shared file system needed, and every rank resumes from the same state).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from hessop._progress import _rank
+from hessop._progress import communicator
 
 __all__ = ["Checkpoint", "CheckpointMismatch", "FORMAT_VERSION"]
 
@@ -77,14 +78,32 @@ class Checkpoint:
         self.fingerprint = {"format": FORMAT_VERSION, "function": function, "n": int(op.n),
                             "dtype": np.dtype(op.dtype).name, "seed": int(seed),
                             **{k: _plain(v) for k, v in settings.items()}}
-        self.op, self.writer = op, _rank(op) == 0
+        self.op, self.comm = op, communicator(op)
+        self.writer = self.comm is None or self.comm.Get_rank() == 0
 
     def __bool__(self) -> bool:
         return self.path is not None
 
     def load(self) -> dict[str, Any] | None:
-        """The saved state (scalars and host arrays by name), or None when there is no file yet."""
-        if self.path is None or not self.path.exists():
+        """The saved state (scalars and host arrays by name), or None when there is no file yet.  Under MPI (a
+        collective call) rank 0 reads the file and broadcasts the state, or the error, to every rank."""
+        if self.path is None:
+            return None
+        if self.comm is None or self.comm.Get_size() == 1:
+            return self._read()
+        message = None
+        if self.comm.Get_rank() == 0:
+            try:
+                message = ("state", self._read())
+            except ValueError as e:
+                message = ("error", e)
+        kind, value = self.comm.bcast(message, root=0)
+        if kind == "error":
+            raise value
+        return value
+
+    def _read(self) -> dict[str, Any] | None:
+        if not self.path.exists():
             return None
         damaged = (f"the checkpoint file {self.path} is damaged (truncated or corrupted); delete it to start over, "
                    "or pass another checkpoint path")

@@ -16,16 +16,22 @@ from typing import Any
 __all__ = ["Progress"]
 
 
-def _rank(op: Any) -> int:
-    """This process's rank in the communicator an operator's products are reduced over (0 without MPI)."""
+def communicator(op: Any) -> Any:
+    """The MPI communicator an operator's products are reduced over, or None."""
     backend = getattr(op, "backend", None)
     while backend is not None:
         comm = backend.__dict__.get("comm") if hasattr(backend, "__dict__") else None
         if comm is not None:
-            return int(comm.Get_rank())
+            return comm
         inner = getattr(backend, "inner", None)  # a WidenedBackend (solver_dtype) around another operator
         backend = getattr(inner, "backend", inner)
-    return 0
+    return None
+
+
+def _rank(op: Any) -> int:
+    """This process's rank in the operator's communicator (0 without MPI)."""
+    comm = communicator(op)
+    return 0 if comm is None else int(comm.Get_rank())
 
 
 def enabled(progress: bool | None, op: Any = None) -> bool:
