@@ -66,9 +66,13 @@ class Checkpoint:
         another one).
     settings : dict
         Every other argument that changes the result (JSON-ready values).
+    parameters : bool
+        Also fingerprint the model's parameters (a SHA-256 over them, one host pass) where the backend exposes them
+        (PyTorch); default True.  The tracker passes False (its parameters change at every step by design).
     """
 
-    def __init__(self, path: Any, function: str, op: Any, seed: Any, settings: dict[str, Any]) -> None:
+    def __init__(self, path: Any, function: str, op: Any, seed: Any, settings: dict[str, Any],
+                 parameters: bool = True) -> None:
         self.path = None if path is None else Path(path)
         if self.path is None:
             return
@@ -78,6 +82,9 @@ class Checkpoint:
         self.fingerprint = {"format": FORMAT_VERSION, "function": function, "n": int(op.n),
                             "dtype": np.dtype(op.dtype).name, "seed": int(seed),
                             **{k: _plain(v) for k, v in settings.items()}}
+        digest = _parameters(op) if parameters else None
+        if digest is not None:
+            self.fingerprint["parameters (SHA-256)"] = digest
         self.op, self.comm = op, communicator(op)
         self.writer = self.comm is None or self.comm.Get_rank() == 0
 
@@ -153,6 +160,16 @@ class Checkpoint:
                 os.fsync(dfd)
             finally:
                 os.close(dfd)
+
+
+def _parameters(op: Any) -> str | None:
+    """SHA-256 of the model parameters behind ``op`` (None when its backend exposes none)."""
+    from hessop.backends.mpi import _parameter_digest
+
+    backend = getattr(op, "backend", None)
+    while backend is not None and getattr(backend, "inner", None) is not None:  # solver_dtype's WidenedBackend
+        backend = getattr(backend.inner, "backend", backend.inner)
+    return None if backend is None else _parameter_digest(getattr(backend, "local", backend))
 
 
 def _plain(value: Any) -> Any:

@@ -197,7 +197,7 @@ class Tracker:
         self._ck = Checkpoint(self.checkpoint, "Tracker", op, self.seed, {
             "every": self.every, "top_k": self.top_k, "bottom_k": self.bottom_k, "trace": self.trace,
             "density": self.density, "tol": self.tol, "warm_start": self.warm_start,
-            "trace_options": self.trace_options, "density_options": self.density_options})
+            "trace_options": self.trace_options, "density_options": self.density_options}, parameters=False)
         state = self._ck.load()
         if state is not None:
             self.records = [TrackRecord.from_dict(d) for d in state["records"]]

@@ -198,3 +198,21 @@ def test_analyze_resume_after_a_kill(tmp_path, capsys):
     assert "checkpoints; starting over (pass --resume" in capsys.readouterr().out
     rep = json.loads((out / "report.json").read_text())
     assert _numbers(rep["sections"]) == _numbers(ref["sections"]) and rep["n_hvp"] == ref["n_hvp"]
+
+
+def test_torch_checkpoint_knows_the_parameters(tmp_path):
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Tanh(), torch.nn.Linear(3, 2)).double()
+    data = (torch.randn(16, 4, dtype=torch.float64), torch.randint(0, 2, (16,)))
+    H = hessop.HessianOperator.from_torch(model, torch.nn.CrossEntropyLoss(), data)
+    path = tmp_path / "d.npz"
+    first = hessop.diagonal(H, 16, block_size=8, checkpoint=path)
+    used = H.n_hvp
+    again = hessop.diagonal(H, 16, block_size=8, checkpoint=path)
+    assert H.n_hvp == used and torch.equal(again.diagonal, first.diagonal)
+    assert torch.equal(again.std_error, first.std_error)
+    with torch.no_grad():
+        model[0].weight[0, 0] += 1e-3  # another model of the same size and dtype
+    with pytest.raises(ValueError, match=r"parameters \(SHA-256\) is '[0-9a-f]{64}' there and '[0-9a-f]{64}' here"):
+        hessop.diagonal(H, 16, block_size=8, checkpoint=path)
