@@ -82,7 +82,7 @@ class Checkpoint:
         self.fingerprint = {"format": FORMAT_VERSION, "function": function, "n": int(op.n),
                             "dtype": np.dtype(op.dtype).name, "seed": int(seed),
                             **{k: _plain(v) for k, v in settings.items()}}
-        digest = _parameters(op) if parameters else None
+        digest = parameter_digest(op) if parameters else None
         if digest is not None:
             self.fingerprint["parameters (SHA-256)"] = digest
         self.op, self.comm = op, communicator(op)
@@ -162,7 +162,7 @@ class Checkpoint:
                 os.close(dfd)
 
 
-def _parameters(op: Any) -> str | None:
+def parameter_digest(op: Any) -> str | None:
     """SHA-256 of the model parameters behind ``op`` (None when its backend exposes none)."""
     from hessop.backends.mpi import _parameter_digest
 

@@ -46,7 +46,7 @@ from typing import Any
 
 import numpy as np
 
-from hessop._checkpoint import CheckpointMismatch
+from hessop._checkpoint import CheckpointMismatch, parameter_digest
 from hessop.density import slq
 from hessop.lanczos import lanczos
 from hessop.operator import HessianOperator
@@ -506,7 +506,7 @@ def run_analysis(H: HessianOperator, sections: list[Section], out: Path, *, seed
               "continue that run)", flush=True)
         shutil.rmtree(ckdir)
     ckdir.mkdir(exist_ok=True)
-    resumed = []
+    resumed, parameters = [], parameter_digest(H)
     t_start = time.perf_counter()
     hvp0 = H.n_hvp
     report: dict[str, Any] = {
@@ -520,7 +520,7 @@ def run_analysis(H: HessianOperator, sections: list[Section], out: Path, *, seed
         section.checkpoint_dir = ckdir
         fingerprint = json.loads(json.dumps({
             "key": section.key, "settings": section.settings(), "seed": seed, "tol": tol, "spec": spec,
-            "n": H.n, "dtype": str(H.dtype)}, default=repr))
+            "n": H.n, "dtype": str(H.dtype), "parameters": parameters}, default=repr))
         result, pngs, reused = _run_section(section, H, seed, tol, out, fingerprint)
         if reused:
             resumed.append(section.key)
