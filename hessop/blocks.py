@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from hessop._progress import Progress
 from hessop.density import SpectralDensity, slq
 from hessop.lanczos import lanczos
 from hessop.operator import HessianOperator
@@ -213,6 +214,7 @@ def by_block(
     density: bool = False,
     density_options: dict[str, Any] | None = None,
     seed: int = 0,
+    progress: bool | None = None,
 ) -> BlockTable:
     """Top eigenvalues (with residuals), trace (with standard error) and optionally the spectral density of each
     parameter group's diagonal block of the Hessian.
@@ -239,6 +241,9 @@ def by_block(
         block's size); default False.
     seed : int
         Seed of every random draw; default 0.
+    progress : bool, optional
+        Show a tqdm bar over the groups (the group, its top eigenvalue and trace); default None: only when stderr
+        is a terminal.
 
     Returns
     -------
@@ -258,7 +263,9 @@ def by_block(
         raise TypeError(f"by_block splits operators built from a model's parameters (from_torch, from_jax); the "
                         f"{backend.name!r} backend has no parameter names. Split the matrix yourself.")
     rows = []
-    for name, params in _resolve_groups(groups, list(backend.names), backend.modules()):
+    resolved = _resolve_groups(groups, list(backend.names), backend.modules())
+    bar = Progress(progress, H, "by_block", len(resolved), "group")
+    for name, params in resolved:
         block = HessianOperator(backend.restrict(params))
         kk = min(k, block.n - 1)
         if kk >= 1:
@@ -275,4 +282,6 @@ def by_block(
             dens = slq(block, **opts)
         rows.append(BlockRow(name=name, params=tuple(params), n=block.n, eigenvalues=values, residuals=res,
                              converged=conv, trace=tr, density=dens, n_hvp=block.n_hvp))
+        bar.update(1, {"group": name, "lambda_max": float(values[0]), "trace": tr.estimate})
+    bar.close()
     return BlockTable(rows)

@@ -31,6 +31,9 @@ def main(argv: list[str] | None = None) -> int:
                          help="Lanczos relative residual tolerance (default: lanczos's own, 1e-8 in float64 and the "
                               "reachable value in float32)")
     analyze.add_argument("--device", default=None, help="passed as device= to the SPEC function (e.g. cuda)")
+    analyze.add_argument("--resume", action="store_true",
+                         help="continue a killed run from DIR/checkpoints (finished sections are reused); without "
+                              "it an earlier run's checkpoints are deleted and everything is computed again")
     from hessop.report import SECTIONS
 
     for section in SECTIONS:
@@ -76,7 +79,7 @@ def _analyze(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: li
     command = ["hessop", *(sys.argv[1:] if argv is None else argv)]
     print(f"hessop analyze: {description}\n{H!r}", flush=True)
     report = run_analysis(H, sections, out, seed=args.seed, tol=args.tol, description=description,
-                          command=command, spec=spec)
+                          command=command, spec=spec, resume=args.resume)
     print(f"{report['n_hvp']} HVPs in {report['seconds']:.1f} s; wrote {out / 'report.html'}, report.json and "
           f"{', '.join(report['figures'])}")
     return 0 if report.get("converged", True) else 1

@@ -18,6 +18,7 @@ points over [mean of the draws' smallest node - 0.01, mean of their largest node
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,7 +26,9 @@ from typing import Any
 import numpy as np
 
 from hessop._array import make_rng
+from hessop._checkpoint import Checkpoint, restore_rng, rng_state
 from hessop._probes import DISTRIBUTIONS, block_sizes, probe_block
+from hessop._progress import Progress
 from hessop._validate import check_choice, check_int
 from hessop.lanczos import Krylov
 from hessop.operator import as_operator
@@ -228,6 +231,8 @@ def slq(
     f: Callable[[np.ndarray], np.ndarray] | None = None,
     max_vectors: int = 100,
     solver_dtype: Any = None,
+    progress: bool | None = None,
+    checkpoint: str | os.PathLike | None = None,
 ) -> SpectralDensity:
     """Eigenvalue spectral density of H by stochastic Lanczos quadrature (Ghorbani, Krishnan, Xiao, ICML 2019;
     Lin, Saad, Yang 2016).
@@ -275,6 +280,15 @@ def slq(
         Dtype of the probes, bases and recurrences (default: the operator's).  ``numpy.float64`` over a float32
         model keeps the Lanczos runs in float64 while each product is taken in float32 (cast on the device, see
         :meth:`HessianOperator.with_solver_dtype`): better resolved small nodes and density tails.
+    progress : bool, optional
+        Show a tqdm bar (draws done, Lanczos step of the running block); default None: only when stderr is a
+        terminal.
+    checkpoint : str or Path, optional
+        Resumable run: after every block of draws the quadrature rules so far and the generator's state are saved
+        to this file (atomically); the same call with the same ``seed`` resumes from it (a block cut short is
+        redone) and returns the result of an uninterrupted run bit for bit, and once finished returns it at once
+        (no product).  Needs an integer ``seed``; another call's file raises ``ValueError`` naming the field that
+        differs.  Default None.
 
     Notes
     -----
@@ -316,6 +330,19 @@ def slq(
     nodes: list[np.ndarray] = []
     weights: list[np.ndarray] = []
     pending, blocks = list(block_sizes(n_vectors, block_size)), []
+    ck = Checkpoint(checkpoint, "slq", op, seed, {
+        "n_iter": n_iter, "n_vectors": n_vectors, "block_size": block_size, "distribution": distribution,
+        "rtol": rtol, "atol": atol, "f": None if f is None else getattr(f, "__name__", repr(f)),
+        "max_vectors": max_vectors if targeted else None,
+        "solver_dtype": None if solver_dtype is None else np.dtype(solver_dtype).name})
+    state = ck.load()
+    if state is not None:
+        splits = np.cumsum(state["steps"])[:-1]
+        nodes, weights = np.split(state["nodes"], splits), np.split(state["weights"], splits)
+        pending, blocks, rng = state["pending"], state["blocks"], restore_rng(state["rng"])
+        hvp0 -= state["n_hvp"]
+    bar = Progress(progress, op, "slq", len(nodes) + sum(pending), "draw")
+    bar.update(len(nodes))
     while pending:
         b = pending.pop(0)
         blocks.append(b)
@@ -327,6 +354,7 @@ def slq(
             for c, r in enumerate(active):
                 r.step(W[:, c])
             active = [r for r in active if not r.breakdown and r.j < n_iter]
+            bar.update(0, {"step": f"{max(r.j for r in runs)}/{n_iter}"})
         for r in runs:
             theta, U = r.ritz()
             w = U[0, :] ** 2
@@ -339,5 +367,10 @@ def slq(
             elif est.half_width() > target(est.estimate):
                 _warn_not_converged("slq", rtol, atol, f"max_vectors={max_vectors}", est.estimate,
                                     est.half_width())
+            bar.grow(len(nodes) + sum(pending))
+        ck.save(nodes=np.concatenate(nodes), weights=np.concatenate(weights), steps=[x.size for x in nodes],
+                pending=pending, blocks=blocks, rng=rng_state(rng), n_hvp=op.n_hvp - hvp0)
+        bar.update(b)
+    bar.close()
     return SpectralDensity(nodes=nodes, weights=weights, n=op.n, n_hvp=op.n_hvp - hvp0, n_iter=n_iter,
                            blocks=tuple(blocks), memory=max(blocks) * per_draw)

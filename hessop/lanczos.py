@@ -33,6 +33,7 @@ import scipy.linalg
 from array_api_compat import device
 
 from hessop._array import check_cast, check_finite, make_rng, set_column
+from hessop._progress import Progress
 from hessop._validate import check_choice, check_int, check_k, check_tol
 from hessop.operator import HessianOperator, as_operator
 from hessop.results import EigenResult, residual_floor, residual_threshold, resolve_tol
@@ -185,6 +186,7 @@ def lanczos(
     callback: Callable[[int, np.ndarray, np.ndarray], None] | None = None,
     verify: bool = True,
     solver_dtype: Any = None,
+    progress: bool | None = None,
 ) -> EigenResult:
     """The ``k`` extreme eigenpairs of a symmetric operator by Lanczos with full reorthogonalisation and thick
     restart.
@@ -237,6 +239,9 @@ def lanczos(
         Dtype of the basis, the recurrences and the returned vectors (default: the operator's).  ``numpy.float64``
         over a float32 model runs Lanczos in float64 while each product is still taken in float32 (cast on the
         device: :meth:`HessianOperator.with_solver_dtype`); a narrower dtype raises ``TypeError``.
+    progress : bool, optional
+        Show a tqdm bar: step, wanted pairs converged, worst wanted residual (Ritz estimate); default None: only
+        when stderr is a terminal.
 
     Notes
     -----
@@ -274,6 +279,7 @@ def lanczos(
     eps23 = op.product_eps ** (2.0 / 3.0)
     n_iter = n_restarts = 0
     explore_from = None  # basis index where the block opened after an invariant-subspace breakdown starts
+    bar = Progress(progress, op, f"lanczos {which}", None, "step")
     while True:
         kry.step()
         n_iter += 1
@@ -288,6 +294,7 @@ def lanczos(
         res, conv = res_all[sel], ok_all[sel]
         if callback is not None:
             callback(n_iter, theta[sel].copy(), res.copy())
+        bar.update(1, {"converged": f"{int(np.sum(conv))}/{len(sel)}", "worst residual": float(np.max(res))})
         # converged, or at the precision floor for a tol it cannot reach (nothing more to gain)
         # never stop before 2k + 1 vectors (ARPACK's default basis): a converged Ritz pair of a smaller basis
         # may be an unwanted eigenvalue (found by the property tests: n = 2 with a gap of 4e-7, one step)
@@ -317,6 +324,7 @@ def lanczos(
             n_restarts += 1
             explore_from = None
 
+    bar.close()
     if kry.j < k:  # only possible when the whole space was exhausted before k vectors: cannot happen for k < n
         raise RuntimeError("Lanczos basis smaller than k")
     vectors = kry.Q[:, : kry.j] @ op.cast(S[:, sel])

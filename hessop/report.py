@@ -36,7 +36,9 @@ import inspect
 import io
 import json
 import math
+import os
 import platform
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -46,6 +48,7 @@ from typing import Any
 
 import numpy as np
 
+from hessop._checkpoint import CheckpointMismatch, parameter_digest
 from hessop.blocks import by_block
 from hessop.density import slq
 from hessop.lanczos import lanczos
@@ -169,10 +172,27 @@ class SectionOutput:
 
 
 class Section:
-    """One part of the report.  Subclasses set ``key`` and ``title`` and implement the three methods."""
+    """One part of the report.  Subclasses set ``key`` and ``title`` and implement the three methods.
+
+    Resuming: :func:`run_analysis` sets ``checkpoint_dir`` (``OUT/checkpoints``) before :meth:`run`; a section
+    passes ``checkpoint=self.checkpoint()`` to its long estimator (one file per call: give each further call a
+    ``name``), so that a killed analysis continues it with ``--resume``.  A finished section's output is kept
+    beside and reused as it is.
+    """
 
     key = ""
     title = ""
+    checkpoint_dir: Path | None = None
+
+    def checkpoint(self, name: str = "") -> Path | None:
+        """The checkpoint file of this section's estimator call ``name`` (None outside :func:`run_analysis`)."""
+        if self.checkpoint_dir is None:
+            return None
+        return self.checkpoint_dir / f"{self.key}{'-' + name if name else ''}.npz"
+
+    def settings(self) -> dict[str, Any]:
+        """The section's settings (its public attributes): a finished section is reused only if they match."""
+        return {k: v for k, v in vars(self).items() if not k.startswith("_") and k != "checkpoint_dir"}
 
     @staticmethod
     def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -321,7 +341,8 @@ class TraceSection(Section):
         t0 = time.perf_counter()
         with warnings.catch_warnings():  # not converging is reported in the page and the JSON instead
             warnings.simplefilter("ignore", RuntimeWarning)
-            est = trace(H, rtol=self.rtol, n_hvp=self.n_hvp, method=self.method, seed=seed)
+            est = trace(H, rtol=self.rtol, n_hvp=self.n_hvp, method=self.method, seed=seed,
+                        checkpoint=self.checkpoint())
         seconds = time.perf_counter() - t0
         lo, hi = est.interval(0.95)
         data = {"requested_method": self.method, "method": est.method, "choice": est.choice, "rank": est.rank,
@@ -367,7 +388,7 @@ class DensitySection(Section):
 
     def run(self, H: HessianOperator, seed: int, tol: float | None) -> SectionOutput:
         t0 = time.perf_counter()
-        d = slq(H, n_iter=min(self.steps, H.n), n_vectors=self.draws, seed=seed)
+        d = slq(H, n_iter=min(self.steps, H.n), n_vectors=self.draws, seed=seed, checkpoint=self.checkpoint())
         seconds = time.perf_counter() - t0
         tr = d.trace()
         lo, hi = d.support()
@@ -546,11 +567,65 @@ code{background:#f1f4f7;padding:.05em .3em;border-radius:3px;font-size:.92em}
 """
 
 
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _run_section(section: Section, H: HessianOperator, seed: int, tol: float | None, out: Path,
+                 fingerprint: dict[str, Any]) -> tuple[SectionOutput, dict[str, bytes], bool]:
+    """Run a section (its estimators resuming from their checkpoints), save its PNGs and, once it has finished,
+    its output as ``checkpoints/<key>.json``; a finished section's saved output is returned instead of running it
+    again (then the flag returned is True)."""
+    ckdir = section.checkpoint_dir
+    done = ckdir / f"{section.key}.json"
+    if done.exists():
+        saved = json.loads(done.read_text())
+        if saved["fingerprint"] == fingerprint:
+            pngs = {stem: (out / f"{stem}.png").read_bytes() for stem in saved["figures"]}
+            return SectionOutput(saved["data"], saved["html"], converged=saved["converged"]), pngs, True
+    hvp_before = H.n_hvp
+    try:
+        result = section.run(H, seed, tol)
+    except CheckpointMismatch as e:  # flags changed since the interrupted run: this section starts over
+        print(f"hessop analyze: {section.key}: {str(e).split('. Delete')[0]}; starting this section over",
+              flush=True)
+        for path in ckdir.glob(f"{section.key}*.npz"):
+            path.unlink()
+        hvp_before = H.n_hvp
+        result = section.run(H, seed, tol)
+    result.data["section_n_hvp"] = H.n_hvp - hvp_before  # this run's products (fewer in a resumed section)
+    pngs = {stem: _png(fig) for stem, fig in result.figures.items()}
+    for stem, png in pngs.items():
+        (out / f"{stem}.png").write_bytes(png)
+    _write_atomic(done, json.dumps({"fingerprint": fingerprint, "data": result.data, "html": result.html,
+                                    "converged": result.converged, "figures": list(pngs)}, allow_nan=True))
+    return result, pngs, False
+
+
 def run_analysis(H: HessianOperator, sections: list[Section], out: Path, *, seed: int, tol: float | None,
-                 description: str, command: list[str], spec: str) -> dict[str, Any]:
+                 description: str, command: list[str], spec: str, resume: bool = False) -> dict[str, Any]:
     """Run ``sections`` on ``H``; write ``out/report.json``, ``out/<figure>.png`` and ``out/report.html``; return
-    the JSON document."""
+    the JSON document.
+
+    The state of the run is kept in ``out/checkpoints``: each section's long estimator writes its checkpoint
+    there after every block, and each finished section its output.  With ``resume=True`` (``--resume``) a run
+    killed midway continues from them: finished sections are reused (when their settings, seed, tol and operator
+    are the same), the interrupted one resumes its estimator, and the numbers equal an uninterrupted run's.
+    Without it an existing ``out/checkpoints`` is deleted first (one line says so) and everything is computed
+    again."""
     out.mkdir(parents=True, exist_ok=True)
+    ckdir = out / "checkpoints"
+    if ckdir.exists() and not resume:
+        print(f"hessop analyze: {ckdir} holds an earlier run's checkpoints; starting over (pass --resume to "
+              "continue that run)", flush=True)
+        shutil.rmtree(ckdir)
+    ckdir.mkdir(exist_ok=True)
+    resumed, parameters = [], parameter_digest(H)
     t_start = time.perf_counter()
     hvp0 = H.n_hvp
     report: dict[str, Any] = {
@@ -561,20 +636,23 @@ def run_analysis(H: HessianOperator, sections: list[Section], out: Path, *, seed
     }
     blocks = []
     for section in sections:
-        hvp_before = H.n_hvp
-        result = section.run(H, seed, tol)
-        result.data["section_n_hvp"] = H.n_hvp - hvp_before
+        section.checkpoint_dir = ckdir
+        fingerprint = json.loads(json.dumps({
+            "key": section.key, "settings": section.settings(), "seed": seed, "tol": tol, "spec": spec,
+            "n": H.n, "dtype": str(H.dtype), "parameters": parameters}, default=repr))
+        result, pngs, reused = _run_section(section, H, seed, tol, out, fingerprint)
+        if reused:
+            resumed.append(section.key)
         report["sections"][section.key] = result.data
         report["converged"] = report.get("converged", True) and result.converged
         images = []
-        for stem, fig in result.figures.items():
-            png = _png(fig)
-            (out / f"{stem}.png").write_bytes(png)
+        for stem, png in pngs.items():
             images.append(f'<img alt="{html.escape(stem)}" src="data:image/png;base64,'
                           f'{base64.b64encode(png).decode("ascii")}">')
         blocks.append(f'<section id="{section.key}"><h2>{html.escape(section.title)}</h2>{result.html}'
                       f'{"".join(images)}</section>')
     report["n_hvp"] = H.n_hvp - hvp0
+    report["reused_sections"] = resumed
     report["seconds"] = time.perf_counter() - t_start
     report["figures"] = sorted(p.name for p in out.glob("*.png"))
     (out / "report.json").write_text(json.dumps(report, indent=1, allow_nan=True))

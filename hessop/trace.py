@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,7 +33,9 @@ import numpy as np
 import scipy.linalg
 
 from hessop._array import check_finite, make_rng
+from hessop._checkpoint import Checkpoint, restore_rng, rng_state
 from hessop._probes import DEFAULT_BLOCK, DISTRIBUTIONS, block_sizes, column_dots, probe_block
+from hessop._progress import Progress
 from hessop._validate import check_choice, check_int, check_tol
 from hessop.operator import as_operator
 
@@ -57,6 +60,17 @@ def _mean_se(x: np.ndarray) -> tuple[float, float]:
     if x.size < 2:
         return mean, float("nan")
     return mean, float(np.std(x, ddof=1) / math.sqrt(x.size))
+
+
+def _bar_fields(samples: np.ndarray, offset: float = 0.0, **extra: Any) -> dict[str, Any]:
+    """A progress bar's postfix: ``extra``, the running estimate and its 95% half-width (from host samples)."""
+    fields = dict(extra)
+    if samples.size:
+        fields["estimate"] = offset + float(np.mean(samples))
+    if samples.size > 1:
+        _, se = _mean_se(samples)
+        fields["half95"] = _t_quantile(0.95, samples.size - 1) * se
+    return fields
 
 
 def _check_samples(values: np.ndarray, what: str, start: int) -> None:
@@ -191,6 +205,8 @@ def hutchinson(
     block_size: int = DEFAULT_BLOCK,
     seed: int | np.random.Generator | None = 0,
     distribution: str = "rademacher",
+    progress: bool | None = None,
+    checkpoint: str | os.PathLike | None = None,
 ) -> TraceEstimate:
     """Hutchinson's estimate of ``tr(H)``, with its standard error, for a fixed budget or a target accuracy.
 
@@ -227,6 +243,14 @@ def hutchinson(
         Seed of the host-drawn probes; default 0.
     distribution : {"rademacher", "gaussian"}
         Probe entries: +-1 (default) or standard normal.
+    progress : bool, optional
+        Show a tqdm bar (samples, estimate, 95% half-width); default None: only when stderr is a terminal.
+    checkpoint : str or Path, optional
+        Resumable run: after every block the samples and the probe generator's state are saved to this file
+        (atomically); the same call with the same ``seed`` resumes from it and returns the result of an
+        uninterrupted run bit for bit, and once finished returns the saved result at once (no product).  Needs
+        an integer ``seed``; another call's file raises ``ValueError`` naming the field that differs.  Default
+        None.  See the user guide's "Long runs".
 
     Notes
     -----
@@ -257,7 +281,16 @@ def hutchinson(
     samples = np.empty(total)
     count = 0
     converged = not targeted
-    for k in block_sizes(total, block_size):
+    ck = Checkpoint(checkpoint, "hutchinson", op, seed, {"n_samples": n_samples, "rtol": rtol, "atol": atol,
+                                                         "max_samples": total, "block_size": block_size,
+                                                         "distribution": distribution})
+    state = ck.load()
+    if state is not None:
+        count, converged, hvp0 = state["count"], state["converged"], hvp0 - state["n_hvp"]
+        samples[:count], rng = state["samples"], restore_rng(state["rng"])
+    bar = Progress(progress, op, "hutchinson", total, "sample")
+    bar.update(count)
+    for k in block_sizes(0 if targeted and converged else total - count, block_size):
         V = probe_block(op, rng, k, distribution)
         vals = np.asarray(op.to_numpy(column_dots(xp, V, op.hvp_block(V))), dtype=np.float64).reshape(-1)
         _check_samples(vals, "the quadratic form v^T H v", count)
@@ -267,7 +300,12 @@ def hutchinson(
             mean, se = _mean_se(samples[:count])
             if _t_quantile(0.95, count - 1) * se <= target(mean):
                 converged = True
-                break
+        ck.save(samples=samples[:count], count=count, converged=converged, rng=rng_state(rng),
+                n_hvp=op.n_hvp - hvp0)
+        bar.update(k, _bar_fields, samples[:count])
+        if targeted and converged:
+            break
+    bar.close()
     samples = samples[:count]
     mean, se = _mean_se(samples)
     if not converged:
@@ -284,7 +322,8 @@ def _orthonormal_range(xp: Any, Y: Any) -> tuple[Any, Any]:
     return xp.linalg.qr(Y)
 
 
-def hutchpp(H: Any, n_hvp: int, *, seed: int | np.random.Generator | None = 0) -> TraceEstimate:
+def hutchpp(H: Any, n_hvp: int, *, seed: int | np.random.Generator | None = 0, progress: bool | None = None,
+            checkpoint: str | os.PathLike | None = None) -> TraceEstimate:
     """Hutch++ estimate of ``tr(H)`` (Meyer, Musco, Musco, Woodruff, SOSA 2021), with a standard error.
 
     Maths
@@ -306,6 +345,11 @@ def hutchpp(H: Any, n_hvp: int, *, seed: int | np.random.Generator | None = 0) -
         Product budget, ``4 <= n_hvp`` and ``n_hvp // 3 < n``; all of it is used.
     seed : int, numpy Generator or None
         Seed of the host-drawn probes; default 0.
+    progress : bool, optional
+        Show a tqdm bar (products; the estimate at the end); default None: only when stderr is a terminal.
+    checkpoint : str or Path, optional
+        Resumable run (as :func:`hutchinson`): the state after each of the three block products (the basis ``Q``,
+        ``tr(Q^T H Q)``, the residual samples) is saved to this file; default None.
 
     Notes
     -----
@@ -326,21 +370,42 @@ def hutchpp(H: Any, n_hvp: int, *, seed: int | np.random.Generator | None = 0) -
     rng = make_rng(seed)
     xp = op.xp
     hvp0 = op.n_hvp
+    ck = Checkpoint(checkpoint, "hutchpp", op, seed, {"n_hvp": n_hvp})
+    state = ck.load() or {}
+    bar = Progress(progress, op, "hutch++", n_hvp, "HVP")
 
-    S = probe_block(op, rng, s)
-    Q, _ = _orthonormal_range(xp, op.hvp_block(S))
-    exact = float(op.to_numpy(xp.sum(column_dots(xp, Q, op.hvp_block(Q)))))
-    check_finite(exact, "tr(Q^T H Q)", 1)
-    G = probe_block(op, rng, g)
-    G = G - Q @ (Q.T @ G)
-    resid = np.asarray(op.to_numpy(column_dots(xp, G, op.hvp_block(G))), dtype=np.float64).reshape(-1)
-    _check_samples(resid, "the residual quadratic form", 0)
+    if "Q" in state:  # resumed: the sketch (and maybe tr(Q^T H Q)) of the interrupted run
+        Q, rng, hvp0 = op.cast(state["Q"]), restore_rng(state["rng"]), hvp0 - state["n_hvp"]
+        bar.update(state["n_hvp"])
+    else:
+        S = probe_block(op, rng, s)
+        Q, _ = _orthonormal_range(xp, op.hvp_block(S))
+        ck.save(Q=Q, rng=rng_state(rng), n_hvp=op.n_hvp - hvp0)
+        bar.update(s)
+    if "exact" in state:
+        exact = state["exact"]
+    else:
+        exact = float(op.to_numpy(xp.sum(column_dots(xp, Q, op.hvp_block(Q)))))
+        check_finite(exact, "tr(Q^T H Q)", 1)
+        ck.save(Q=Q, exact=exact, rng=rng_state(rng), n_hvp=op.n_hvp - hvp0)
+        bar.update(s, {"exact part": exact})
+    if "resid" in state:
+        resid = state["resid"]
+    else:
+        G = probe_block(op, rng, g)
+        G = G - Q @ (Q.T @ G)
+        resid = np.asarray(op.to_numpy(column_dots(xp, G, op.hvp_block(G))), dtype=np.float64).reshape(-1)
+        _check_samples(resid, "the residual quadratic form", 0)
+        ck.save(Q=Q, exact=exact, resid=resid, n_hvp=op.n_hvp - hvp0, rng=rng_state(rng))
+        bar.update(g, _bar_fields, resid, exact)
+    bar.close()
     mean, se = _mean_se(resid)
     return TraceEstimate(estimate=exact + mean, std_error=se, samples=resid, n_hvp=op.n_hvp - hvp0,
                          converged=True, method="hutch++")
 
 
-def xtrace(H: Any, n_hvp: int, *, seed: int | np.random.Generator | None = 0) -> TraceEstimate:
+def xtrace(H: Any, n_hvp: int, *, seed: int | np.random.Generator | None = 0, progress: bool | None = None,
+           checkpoint: str | os.PathLike | None = None) -> TraceEstimate:
     """XTrace estimate of ``tr(H)`` (Epperly, Tropp, Webber, SIAM J. Matrix Anal. Appl. 45(1), 2024), with an
     error estimate.
 
@@ -377,6 +442,12 @@ def xtrace(H: Any, n_hvp: int, *, seed: int | np.random.Generator | None = 0) ->
         ``2 m >= n - 1``) the trace is taken exactly from the ``n`` identity columns instead.
     seed : int, numpy Generator or None
         Seed of the host-drawn probes; default 0.
+    progress : bool, optional
+        Show a tqdm bar (products; the estimate and its 95% half-width at the end); default None: only when stderr
+        is a terminal.
+    checkpoint : str or Path, optional
+        Resumable run (as :func:`hutchinson`): the probes and their products ``H Omega`` are saved after the first
+        block product, the small host matrices after the second; default None.
 
     Notes
     -----
@@ -400,19 +471,35 @@ def xtrace(H: Any, n_hvp: int, *, seed: int | np.random.Generator | None = 0) ->
     rng = make_rng(seed)
     xp = op.xp
     hvp0 = op.n_hvp
+    ck = Checkpoint(checkpoint, "xtrace", op, seed, {"n_hvp": n_hvp})
+    state = ck.load() or {}
+    hvp0 -= state.get("n_hvp", 0)
+    bar = Progress(progress, op, "xtrace", 2 * m, "HVP")
+    bar.update(state.get("n_hvp", 0))
 
-    Om = probe_block(op, rng, m, "gaussian")
-    Y = op.hvp_block(Om)
-    Q, R = _orthonormal_range(xp, Y)
-    Z = op.hvp_block(Q)
-    dots = xp.stack([column_dots(xp, Om, Y), column_dots(xp, Om, Om)], axis=0)
-    small = np.asarray(op.to_numpy(xp.concat([R, Q.T @ Z, Q.T @ Om, dots], axis=0)), dtype=np.float64)
+    if "small" in state:  # resumed after both products: only host arithmetic is left
+        small = state["small"]
+    else:
+        if "Y" in state:
+            Om, Y = op.cast(state["Om"]), op.cast(state["Y"])
+        else:
+            Om = probe_block(op, rng, m, "gaussian")
+            Y = op.hvp_block(Om)
+            ck.save(Om=Om, Y=Y, n_hvp=op.n_hvp - hvp0)
+            bar.update(m)
+        Q, R = _orthonormal_range(xp, Y)
+        Z = op.hvp_block(Q)
+        dots = xp.stack([column_dots(xp, Om, Y), column_dots(xp, Om, Om)], axis=0)
+        small = np.asarray(op.to_numpy(xp.concat([R, Q.T @ Z, Q.T @ Om, dots], axis=0)), dtype=np.float64)
+        ck.save(small=small, n_hvp=op.n_hvp - hvp0)
+        bar.update(m)
     if not np.all(np.isfinite(small)):
         check_finite(float("nan"), "a product H v", 1)
     R, B, W, d, norm2 = small[:m], small[m: 2 * m], small[2 * m: 3 * m], small[3 * m], small[3 * m + 1]
     B = (B + B.T) / 2
     eps = float(np.finfo(op.dtype).eps)
     if np.linalg.cond(R) * m * eps >= 1:  # rank(H) < m: Q spans range(H) and tr(Q^T H Q) is the trace
+        bar.close()
         return TraceEstimate(estimate=float(np.trace(B)), std_error=n * eps * float(np.linalg.norm(B)),
                              samples=np.array([np.trace(B)]), n_hvp=op.n_hvp - hvp0, converged=True,
                              method="xtrace", stop_reason="exact: the sketch spans the range of H", rank=m,
@@ -425,6 +512,8 @@ def xtrace(H: Any, n_hvp: int, *, seed: int | np.random.Generator | None = 0) ->
     quad = d - 2 * np.sum(A * R, axis=0) + np.sum(A * (B @ A), axis=0)
     unorm2 = norm2 - np.sum(W * W, axis=0) + c**2
     t = low_rank + (n - m + 1) * quad / unorm2
+    bar.update(0, _bar_fields, t)
+    bar.close()
     mean, se = _mean_se(t)
     return TraceEstimate(estimate=mean, std_error=se, samples=t, n_hvp=op.n_hvp - hvp0, converged=True,
                          method="xtrace")
@@ -455,6 +544,8 @@ def diagonal(
     max_samples: int = 10_000,
     seed: int | np.random.Generator | None = 0,
     block_size: int = DEFAULT_BLOCK,
+    progress: bool | None = None,
+    checkpoint: str | os.PathLike | None = None,
 ) -> DiagonalEstimate:
     """Hutchinson's estimate of ``diag(H)`` (Bekas, Kokiopoulou, Saad, Appl. Numer. Math. 57, 2007).
 
@@ -483,6 +574,12 @@ def diagonal(
         Seed of the host-drawn probes; default 0.
     block_size : int
         Probes per block product; default 16.
+    progress : bool, optional
+        Show a tqdm bar (probes; with a target the root-mean-square 95% half-width); default None: only when
+        stderr is a terminal.
+    checkpoint : str or Path, optional
+        Resumable run (as :func:`hutchinson`): the running mean and sum of squares (two n-vectors copied to the
+        host) and the generator's state are saved after every block; default None.
 
     Notes
     -----
@@ -511,7 +608,16 @@ def diagonal(
     mean = m2 = None
     count = 0
     converged = not targeted
-    for k in block_sizes(n_samples, block_size):
+    ck = Checkpoint(checkpoint, "diagonal", op, seed, {"n_samples": None if targeted else n_samples, "rtol": rtol,
+                                                       "atol": atol, "max_samples": n_samples,
+                                                       "block_size": block_size})
+    state = ck.load()
+    if state is not None:
+        mean, m2, rng = op.cast(state["mean"]), op.cast(state["m2"]), restore_rng(state["rng"])
+        count, converged, half, hvp0 = state["count"], state["converged"], state["half"], hvp0 - state["n_hvp"]
+    bar = Progress(progress, op, "diagonal", n_samples, "sample")
+    bar.update(count)
+    for k in block_sizes(0 if targeted and converged else n_samples - count, block_size):
         V = probe_block(op, rng, k)
         X = V * op.hvp_block(V)
         bmean = xp.mean(X, axis=1)
@@ -528,9 +634,14 @@ def diagonal(
         if targeted and count >= MIN_RTOL_SAMPLES:
             rms = op.to_numpy(xp.stack([xp.mean(m2), xp.mean(mean**2)]))
             half = _t_quantile(0.95, count - 1) * math.sqrt(float(rms[0]) / (count - 1) / count)
-            if half <= target(math.sqrt(float(rms[1]))):
-                converged = True
-                break
+            converged = half <= target(math.sqrt(float(rms[1])))
+        ck.save(mean=mean, m2=m2, count=count, converged=converged,
+                half=half if targeted and count >= MIN_RTOL_SAMPLES else None, rng=rng_state(rng),
+                n_hvp=op.n_hvp - hvp0)
+        bar.update(k, {"half95 (rms)": half} if targeted and count >= MIN_RTOL_SAMPLES else None)
+        if targeted and converged:
+            break
+    bar.close()
     if not converged:
         _warn_not_converged("diagonal", rtol, atol, f"max_samples={n_samples}", math.sqrt(float(xp.mean(mean**2))),
                             half)
@@ -628,6 +739,8 @@ def trace(
     seed: int | np.random.Generator | None = 0,
     block_size: int = DEFAULT_BLOCK,
     max_rank: int = DEFAULT_MAX_RANK,
+    progress: bool | None = None,
+    checkpoint: str | os.PathLike | None = None,
 ) -> TraceEstimate:
     """``tr(H)`` to a requested accuracy at the least cost: Hutchinson or adaptive Hutch++, chosen from the first
     products, with a 95% confidence interval one can rely on.
@@ -684,6 +797,12 @@ def trace(
         Probes per block product; default 16.  It is also the first sketch's rank.
     max_rank : int
         Most deflated directions (memory two ``n x max_rank`` blocks); default 512, at most ``n // 2``.
+    progress : bool, optional
+        Show a tqdm bar (products, method, estimate and 95% half-width); default None: only when stderr is a
+        terminal.
+    checkpoint : str or Path, optional
+        Resumable run (as :func:`hutchinson`): after every block the samples, the deflation basis and its products
+        (n x rank blocks copied to the host) and the generator's state are saved to this file; default None.
 
     Returns
     -------
@@ -705,46 +824,71 @@ def trace(
         if targeted:
             raise ValueError("method='xtrace' takes a budget n_hvp only (its leave-one-out error estimate is not a "
                              "confidence interval to stop on); for a target use method='auto' or 'hutch++'")
-        return xtrace(op, budget, seed=seed)
+        return xtrace(op, budget, seed=seed, progress=progress, checkpoint=checkpoint)
     if not targeted and budget >= op.n:
         return _exact_trace(op, b)
     rng = make_rng(seed)
     xp = op.xp
     hvp0 = op.n_hvp
 
+    ck = Checkpoint(checkpoint, "trace", op, seed, {"rtol": rtol, "atol": atol, "n_hvp": budget, "method": method,
+                                                    "block_size": b, "max_rank": max_rank})
+    state = ck.load() or {}
+    if "result" in state:  # finished with the exact trace
+        return TraceEstimate(samples=state["samples"], **state["result"])
+    hvp0 -= state.get("n_hvp", 0)
+    bar = Progress(progress, op, "trace", budget, "HVP")
+
     def spent() -> int:
         return op.n_hvp - hvp0
+
+    def save() -> None:  # the loop's state after a block
+        if not ck:
+            return
+        ck.save(n_hvp=spent(), rng=rng_state(rng), mode=mode, choice=choice, last_var=last_var,
+                plain=np.concatenate(plain), resid=np.concatenate(resid) if resid else np.empty(0),
+                pending=xp.concat(pending, axis=1) if pending else np.empty((op.n, 0)),
+                **({"Q": defl.Q, "Z": defl.Z, "B": defl.B, "exact": defl.exact} if defl.Q is not None else {}))
 
     defl = _Deflation(op)
     plain: list[np.ndarray] = []
     resid: list[np.ndarray] = []
     pending: list[Any] = []
     last_var = math.inf
-    k = min(b, budget if method != "hutch++" else max(budget // 3, 1))
-    S = probe_block(op, rng, k)
-    Y = op.hvp_block(S)
-    plain.append(np.asarray(op.to_numpy(column_dots(xp, S, Y)), dtype=np.float64).reshape(-1))
-    _check_samples(plain[0], "the quadratic form v^T H v", 0)
-    mode = method
-    choice = f"method={method!r} asked for"
-    if method == "auto":
-        need = k + _more_needed(plain[0], 0.0, target) if targeted else budget
-        room = 2 * k <= max_rank and spent() + 2 * k < budget
-        worth = need >= TRY_DEFLATION_BLOCKS * b if targeted else budget >= BUDGET_TRY_BLOCKS * b
-        if worth and room:
-            mode = "test"
-        elif not room:
-            mode, choice = "hutchinson", "no room for a sketch in the budget or size"
-        elif targeted:
-            mode = "hutchinson"
-            choice = (f"the first {k} products predict ~{need:.0f} for plain Hutchinson (< {TRY_DEFLATION_BLOCKS} "
-                      f"blocks): deflation not tried")
-        else:
-            mode = "hutchinson"
-            choice = f"a budget of {budget} products (< {BUDGET_TRY_BLOCKS} blocks): deflation not tried"
-    if mode != "hutchinson":
-        last_var = float(np.var(plain[0], ddof=1))
-        defl.grow(Y)
+    if state:  # resumed: the loop's state after the last saved block
+        rng, mode, choice, last_var = restore_rng(state["rng"]), state["mode"], state["choice"], state["last_var"]
+        plain, resid = [state["plain"]], [state["resid"]] if state["resid"].size else []
+        pending = [op.cast(state["pending"])] if state["pending"].shape[1] else []
+        if "Q" in state:
+            defl.Q, defl.Z, defl.B = (op.cast(state[key]) for key in "QZB")
+            defl.exact = state["exact"]
+    else:
+        k = min(b, budget if method != "hutch++" else max(budget // 3, 1))
+        S = probe_block(op, rng, k)
+        Y = op.hvp_block(S)
+        plain.append(np.asarray(op.to_numpy(column_dots(xp, S, Y)), dtype=np.float64).reshape(-1))
+        _check_samples(plain[0], "the quadratic form v^T H v", 0)
+        mode = method
+        choice = f"method={method!r} asked for"
+        if method == "auto":
+            need = k + _more_needed(plain[0], 0.0, target) if targeted else budget
+            room = 2 * k <= max_rank and spent() + 2 * k < budget
+            worth = need >= TRY_DEFLATION_BLOCKS * b if targeted else budget >= BUDGET_TRY_BLOCKS * b
+            if worth and room:
+                mode = "test"
+            elif not room:
+                mode, choice = "hutchinson", "no room for a sketch in the budget or size"
+            elif targeted:
+                mode = "hutchinson"
+                choice = (f"the first {k} products predict ~{need:.0f} for plain Hutchinson (< {TRY_DEFLATION_BLOCKS} "
+                          f"blocks): deflation not tried")
+            else:
+                mode = "hutchinson"
+                choice = f"a budget of {budget} products (< {BUDGET_TRY_BLOCKS} blocks): deflation not tried"
+        if mode != "hutchinson":
+            last_var = float(np.var(plain[0], ddof=1))
+            defl.grow(Y)
+        save()
 
     converged = False
     stop_reason = ""
@@ -764,6 +908,7 @@ def trace(
                 resid, pending = [], []
                 continue
         offset = defl.exact if mode != "hutchinson" else 0.0
+        bar.to(spent(), _bar_fields, samples, offset, method=mode, rank=defl.rank)
         enough = samples.size >= MIN_RTOL_SAMPLES
         if targeted and enough:
             mean, se = _mean_se(samples)
@@ -779,8 +924,12 @@ def trace(
             more = _more_needed(samples, offset, target) if targeted else left
             if targeted and more >= op.n and left >= op.n:
                 result = _exact_trace(op, b)
-                return dataclasses.replace(result, n_hvp=spent(), choice=f"{mode}: ~{more:.0f} more products "
-                                           f"predicted, exact costs n = {op.n}")
+                result = dataclasses.replace(result, n_hvp=spent(), choice=f"{mode}: ~{more:.0f} more products "
+                                             f"predicted, exact costs n = {op.n}")
+                ck.save(samples=result.samples, result={f.name: getattr(result, f.name) for f in
+                                                        dataclasses.fields(result) if f.name != "samples"})
+                bar.close()
+                return result
             if mode == "hutch++" and samples.size >= defl.rank:
                 var_r = float(np.var(samples, ddof=1))
                 cols = samples.size
@@ -803,6 +952,8 @@ def trace(
             pending.append(W)
             if x is not None:
                 plain.append(x)
+        save()
+    bar.close()
     if mode == "test":
         mode = "hutch++"
     mean, se = _mean_se(samples) if samples.size else (float("nan"), float("nan"))

@@ -24,6 +24,8 @@ from typing import Any
 import numpy as np
 
 from hessop._array import make_rng
+from hessop._checkpoint import Checkpoint
+from hessop._progress import Progress
 from hessop._validate import check_int, check_tol
 from hessop.blocks import _trace
 from hessop.density import SpectralDensity, slq
@@ -82,7 +84,8 @@ class TrackRecord:
         if self.density is not None:
             s = self.density
             d["density"] = {"nodes": [x.tolist() for x in s.nodes], "weights": [w.tolist() for w in s.weights],
-                            "n": s.n, "n_hvp": s.n_hvp, "n_iter": s.n_iter}
+                            "n": s.n, "n_hvp": s.n_hvp, "n_iter": s.n_iter, "blocks": list(s.blocks),
+                            "memory": s.memory}
         return d
 
     @classmethod
@@ -92,7 +95,8 @@ class TrackRecord:
         if dens is not None:
             dens = SpectralDensity(nodes=[np.asarray(x) for x in dens["nodes"]],
                                    weights=[np.asarray(w) for w in dens["weights"]], n=dens["n"],
-                                   n_hvp=dens["n_hvp"], n_iter=dens["n_iter"])
+                                   n_hvp=dens["n_hvp"], n_iter=dens["n_iter"],
+                                   blocks=tuple(dens.get("blocks", ())), memory=dens.get("memory", 0))
         arrays = {key: np.asarray(d[key], dtype=np.float64) for key in
                   ("top", "top_residuals", "bottom", "bottom_residuals")}
         return cls(step=d["step"], **arrays, converged=d["converged"], trace=d["trace"],
@@ -125,6 +129,16 @@ class Tracker:
         Append every record as one JSON line to this file.
     seed : int
         Seed of every random draw (the same at every step: the statistics then change only with the Hessian).
+    progress : bool, optional
+        Show a tqdm bar counting the records (with the step, top eigenvalue and trace); default None: only when
+        stderr is a terminal.
+    checkpoint : str or Path, optional
+        Resumable tracking: after every record the records so far and the warm-start vectors are saved to this
+        file (atomically).  A tracker built again with the same settings, seed and path (after the process was
+        killed) holds the saved records; :meth:`record` of a step already recorded returns the saved record
+        without a product, and the next new step warm-starts exactly as the uninterrupted run did, so the records
+        equal an uninterrupted run's (all but ``seconds``).  Another call's file raises ``ValueError`` naming the
+        field that differs.  Default None.  Restart your training from its own checkpoint as usual.
 
     After training, ``tracker.records`` holds one :class:`TrackRecord` per recorded step, ``tracker.n_hvp`` the
     products in all, and ``tracker.plot(path)`` draws the time series.
@@ -145,6 +159,8 @@ class Tracker:
         trace_options: dict[str, Any] | None = None,
         density_options: dict[str, Any] | None = None,
         seed: int = 0,
+        progress: bool | None = None,
+        checkpoint: Any = None,
     ) -> None:
         if isinstance(operator, HessianOperator):
             if operator.backend.name == "jax":
@@ -169,6 +185,24 @@ class Tracker:
         self.seed = seed
         self.records: list[TrackRecord] = []
         self._previous: dict[str, Any] = {}
+        self._progress, self._bar = progress, None
+        self.checkpoint, self._ck = checkpoint, None
+        if checkpoint is not None and isinstance(operator, HessianOperator):
+            self._resume(operator)
+
+    def _resume(self, op: HessianOperator) -> None:
+        """Open the checkpoint (once) and take over its records and warm-start vectors."""
+        if self._ck is not None or self.checkpoint is None:
+            return
+        self._ck = Checkpoint(self.checkpoint, "Tracker", op, self.seed, {
+            "every": self.every, "top_k": self.top_k, "bottom_k": self.bottom_k, "trace": self.trace,
+            "density": self.density, "tol": self.tol, "warm_start": self.warm_start,
+            "trace_options": self.trace_options, "density_options": self.density_options}, parameters=False)
+        state = self._ck.load()
+        if state is not None:
+            self.records = [TrackRecord.from_dict(d) for d in state["records"]]
+            self._previous = {key: op.cast(state[f"previous_{key}"]) for key in ("LA", "SA")
+                              if f"previous_{key}" in state}
 
     @property
     def n_hvp(self) -> int:
@@ -209,6 +243,12 @@ class Tracker:
         op = self.operator if isinstance(self.operator, HessianOperator) else self.operator()
         if not isinstance(op, HessianOperator):
             raise TypeError(f"the operator callable returned {type(op).__name__}, not a HessianOperator")
+        self._resume(op)
+        for saved in self.records if self._ck is not None else ():
+            if saved.step == int(step):  # recorded before the interruption
+                return saved
+        if self._bar is None:
+            self._bar = Progress(self._progress, op, "Tracker", None, "record")
         hvp0 = op.n_hvp
         empty = np.zeros(0)
         top = bottom = None
@@ -234,6 +274,11 @@ class Tracker:
             seconds=time.perf_counter() - t0, warm=warm,
         )
         self.records.append(rec)
+        if self._ck is not None:
+            self._ck.save(records=[r.as_dict() for r in self.records],
+                          **{f"previous_{key}": op.to_numpy(v) for key, v in self._previous.items()})
+        self._bar.update(1, {"step": rec.step, **({"lambda_max": float(rec.top[0])} if rec.top.size else {}),
+                             **({"trace": rec.trace} if rec.trace is not None else {})})
         if self.path is not None:
             with open(self.path, "a") as f:
                 f.write(json.dumps(rec.as_dict()) + "\n")

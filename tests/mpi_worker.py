@@ -139,7 +139,13 @@ def solve(workdir: Path) -> None:
     out["power"] = {"eigenvalues": res.eigenvalues.tolist(), "n_hvp": res.n_hvp}
     V = H.asarray(np.random.default_rng(SEED_BLOCK).standard_normal((H.n, 3)).astype(H.dtype))
     np.save(workdir / f"block_rank{rank}of{size}.npy", H.to_numpy(H.hvp_block(V)))
-    est = hessop.hutchinson(H, n_samples=10, seed=SEED_HUTCH)
+    # with a progress bar (drawn by rank 0 only) and a checkpoint (written by rank 0, read by rank 0 and broadcast):
+    # calling again returns the finished result on every rank, with no product (a rank reading a file that rank 0
+    # has not written yet would take a product alone and hang the job)
+    ck = workdir / f"hutchinson{size}.npz"
+    est = hessop.hutchinson(H, n_samples=10, seed=SEED_HUTCH, progress=True, checkpoint=ck)
+    again = hessop.hutchinson(H, n_samples=10, seed=SEED_HUTCH, checkpoint=ck)
+    assert again.estimate == est.estimate and again.n_hvp == est.n_hvp
     out["hutchinson"] = {"estimate": float(est.estimate), "n_hvp": int(est.n_hvp)}
     d = hessop.slq(H, n_iter=20, n_vectors=2, seed=SEED_SLQ)
     out["slq"] = {"nodes": [np.asarray(a).tolist() for a in d.nodes],

@@ -102,6 +102,7 @@ def run_ranks(problem, n: int) -> list[dict]:
     workdir, _ = problem
     code, out, secs = launch([sys.executable, str(WORKER), "solve", str(workdir)], n, timeout=150)
     assert code == 0, f"mpiexec -n {n} failed (exit {code}, {secs:.0f} s):\n{out[-4000:]}"
+    assert out.count("hutchinson:   0%") == 1, out[-4000:]  # one progress bar (drawn once at its start): rank 0
     results = [json.loads((workdir / f"rank{r}of{n}.json").read_text()) for r in range(n)]
     for r, res in enumerate(results):
         res["block"] = np.load(workdir / f"block_rank{r}of{n}.npy")

@@ -59,8 +59,9 @@ class HostGuard:
 
 
 def run_solvers(H: HessianOperator, guard: HostGuard, native_type: type) -> None:
-    """Lanczos (with thick restarts: small max_basis) and deflated power iteration under the guard."""
-    lz = hessop.lanczos(H, k=3, max_basis=12, tol=1e-8)
+    """Lanczos (with thick restarts: small max_basis; with its progress bar drawn) and deflated power iteration
+    under the guard."""
+    lz = hessop.lanczos(H, k=3, max_basis=12, tol=1e-8, progress=True)
     assert lz.n_restarts >= 1 and lz.n_iter > 12  # many iterations ran, so a per-iteration copy would show
     assert isinstance(lz.eigenvectors, native_type)
     assert guard.moved_in == 1  # the start vector, once
@@ -68,6 +69,10 @@ def run_solvers(H: HessianOperator, guard: HostGuard, native_type: type) -> None
     assert isinstance(pw.eigenvectors, native_type)
     assert pw.n_iter > 4
     assert guard.moved_in == 1 + 2  # one start vector per pair
+    # the randomised estimators with their progress bars drawn (probe blocks move in; nothing of length n comes out)
+    hessop.trace(H, n_hvp=64, block_size=8, progress=True)
+    hessop.diagonal(H, 16, block_size=8, progress=True)
+    hessop.slq(H, n_iter=8, n_vectors=2, progress=True)
     assert guard.blocked == []
 
 
