@@ -440,8 +440,9 @@ class TorchBackend(DataBackend):
         k = V.shape[1]
         out = V.new_zeros(k, self.n)  # row j: H v_j, written contiguously
         off = self.offsets
-        if self._caching():
-            self._invalidate_if_changed()
+        caching = self._caching()
+        if caching and self._state_key() != self._cache_key:
+            self.clear_cache()  # the kept graphs are stale
         with torch.enable_grad(), _buffers_preserved(self.model):
             for i, (batch, w) in enumerate(self._weighted()):
                 flat, kept = self._gradient_graph(i, batch)
@@ -453,6 +454,8 @@ class TorchBackend(DataBackend):
                     for m, h in enumerate(hv):
                         if h is not None:
                             out[j, off[m]: off[m + 1]].add_(h.reshape(-1), alpha=w)
+        if caching:  # after the buffers were restored (which counts as an in-place change)
+            self._cache_key = self._state_key()
         return out.T.contiguous()
 
     def _gradient_graph(self, i: int, batch: Any) -> tuple[torch.Tensor | None, bool]:
@@ -492,16 +495,17 @@ class TorchBackend(DataBackend):
     def _caching(self) -> bool:
         return self.cache_memory > 0 and isinstance(self.data, (list, tuple)) and not self._checking
 
-    def _invalidate_if_changed(self) -> None:
-        """Drop the kept graphs when anything they depend on changed since they were built: a parameter, buffer or
-        batch tensor modified in place or replaced (version counter, storage) or a module switched between train
-        and eval mode."""
-        tensors = [*self.model.parameters(), *self.model.buffers(), *(t for b in self.data for t in _tensors(b))]
-        key = (tuple((id(t), t._version, t.data_ptr()) for t in tensors),
-               tuple(m.training for m in self.model.modules()))
-        if key != self._cache_key:
-            self.clear_cache()
-            self._cache_key = key
+    def _state_key(self) -> tuple:
+        """What the kept graphs depend on: each parameter, buffer and batch tensor (identity, version counter,
+        storage: an in-place change or a replaced tensor changes it) and each module's train/eval mode.  The
+        running statistics of train-mode BatchNorm layers are left out: a train-mode forward does not read them
+        (it normalises with the batch's statistics), while every product's forward updates and restores them."""
+        unread = {id(b) for m in self.model.modules()
+                  if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training for b in m.buffers()}
+        tensors = [*self.model.parameters(), *(b for b in self.model.buffers() if id(b) not in unread),
+                   *(t for b in self.data for t in _tensors(b))]
+        return (tuple((id(t), t._version, t.data_ptr()) for t in tensors),
+                tuple(m.training for m in self.model.modules()))
 
     def clear_cache(self) -> None:
         """Free every kept gradient graph (they are rebuilt, within ``cache_memory``, by the next products)."""
