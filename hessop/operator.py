@@ -89,13 +89,14 @@ class HessianOperator(LinearOperator):
         """Hessian of a PyTorch model's loss over a data set; see :class:`hessop.backends.torch.TorchBackend`.
 
         ``HessianOperator.from_torch(model, loss_fn, data, *, params=None, reduction="mean",
-        loss_form="outputs", check_deterministic=True, batch_size=None, hvp_method="auto", cache_memory=0,
+        loss_form="outputs", check_deterministic=True, batch_size=None, hvp_method="auto", cache_memory=None,
         comm=None, comm_timeout=300, check_symmetric=False)``
 
-        ``hvp_method``: ``"auto"`` (forward-over-reverse, ``torch.func.jvp`` of ``grad``, falling back once with a
-        warning to ``"double_backward"`` when the model has an operation without a forward-mode derivative),
-        ``"forward_over_reverse"`` or ``"double_backward"``.  ``cache_memory``: bytes allowed for keeping each
-        batch's linearisation between products (data given as a list or tuple of batches; default 0 keeps nothing).
+        ``hvp_method``: ``"auto"`` (double backward; on a GPU, blocks forward-over-reverse with a fallback),
+        ``"forward_over_reverse"`` (``torch.func.jvp`` of ``grad``, ``vmap`` over blocks) or ``"double_backward"``.
+        ``cache_memory``: bytes allowed for keeping each batch's gradient graph between products (data given as a
+        list or tuple of batches; default None: 1 GiB or a quarter of the free memory, whichever is less; 0 keeps
+        nothing).
         Batches are moved to the parameters' device inside the product loop.
 
         ``check_symmetric=True`` adds the randomised symmetry test of :meth:`from_function` (two products at

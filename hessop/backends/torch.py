@@ -5,17 +5,17 @@ Maths
 For a loss ``L(theta) = sum_b w_b L_b(theta)`` over batches ``b`` (``w_b = |b| / N`` when ``L_b`` is a per-batch
 mean, ``w_b = 1`` when it is a per-batch sum) the product is accumulated batch by batch, by one of
 
-* forward-over-reverse (``hvp_method="forward_over_reverse"``, the default through ``"auto"``):
+* forward-over-reverse (``hvp_method="forward_over_reverse"``; under ``"auto"``, blocks of k > 1 vectors on a GPU):
   ``H v = sum_b w_b d/dt grad L_b(theta + t v)|_{t=0}``, ``torch.func.jvp`` of ``torch.func.grad`` of the loss as a
   function of the selected parameters (``torch.func.functional_call``; buffers and unselected parameters are the
   module's own, unchanged).  A block ``V = [v_1 .. v_k]`` is ``torch.func.vmap`` of it over the k columns: one
-  batched pass per batch.  When the data are a list or tuple of batches and the user gives a ``cache_memory``
-  budget (none by default) that the per-batch linearisation fits (``torch.func.linearize``: the jvp graph with
-  everything that depends only on ``theta`` folded into constants), it is built on the first product and reused
-  by every later product;
-* reverse-over-reverse (``hvp_method="double_backward"``): ``H v = sum_b w_b d/dtheta (grad L_b(theta) . v)``
-  (Pearlmutter 1994; the HVP of PyHessian, Yao et al. 2020); a block shares each batch's forward pass and first
-  backward pass between its k second backward passes.
+  batched pass per batch;
+* reverse-over-reverse (``hvp_method="double_backward"``; under ``"auto"``, single vectors, and blocks on a CPU):
+  ``H v = sum_b w_b d/dtheta (grad L_b(theta) . v)`` (Pearlmutter 1994; the HVP of PyHessian, Yao et al. 2020); a
+  block shares each batch's forward pass and first backward pass between its k second backward passes.  The
+  gradient with its graph depends on ``theta`` only: when the data are a list or tuple of batches it is kept
+  between products within the ``cache_memory`` budget (1 GiB or a quarter of the free memory by default, 0 keeps
+  nothing), and each later product is then a single backward pass through it.
 
 Batches are moved to the parameters' device inside the loop (tensors nested in tuples, lists and dicts;
 ``non_blocking`` when pinned), so a model on a GPU takes a CPU ``DataLoader``.
@@ -35,17 +35,36 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.func import functional_call, grad, jvp, linearize, vmap
+from torch.func import functional_call, grad, jvp, vmap
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from hessop.backends.base import DataBackend, DataView
 
-__all__ = ["CACHE_MEMORY", "HVP_METHODS", "TorchBackend", "register_step_hook"]
+__all__ = ["CACHE_MEMORY", "HVP_METHODS", "TorchBackend", "default_cache_memory", "register_step_hook"]
 
 HVP_METHODS = ("auto", "forward_over_reverse", "double_backward")
-CACHE_MEMORY = 0
-"""Default ``cache_memory``: keep no linearisation unless the user gives a budget.  Building one
-(``torch.func.linearize`` traces the product) costs several products; docs/benchmarks.md has the measured cost
-and saving per product."""
+CACHE_MEMORY = 2**30
+"""Upper end of the default ``cache_memory`` (1 GiB); see :func:`default_cache_memory`."""
+
+
+def default_cache_memory(device: torch.device) -> int:
+    """The default budget for kept gradient graphs: ``min(CACHE_MEMORY, free / 4)`` bytes, ``free`` being the
+    device's free memory when the operator is built (``torch.cuda.mem_get_info`` on a GPU, ``MemAvailable`` of
+    /proc/meminfo on a Linux CPU); ``CACHE_MEMORY`` where it cannot be read."""
+    free = None
+    if device.type == "cuda":
+        free = torch.cuda.mem_get_info(device)[0]
+    elif device.type == "cpu":
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            with open("/proc/meminfo") as f:
+                free = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    return CACHE_MEMORY if free is None else min(CACHE_MEMORY, free // 4)
+
+
+_FOR_BLOCK_DEVICES = ("cuda",)
+"""Device types on which ``hvp_method="auto"`` computes blocks forward-over-reverse (``vmap``).  Not the CPU: there
+double backward, through the kept graph or not, was as fast or faster for single vectors and for blocks of 8 on
+every model of benchmarks/hvp_cost.py (docs/benchmarks.md).  On a GPU it is the issue's design, not yet measured."""
 
 _DTYPES = {torch.float32: np.dtype(np.float32), torch.float64: np.dtype(np.float64)}
 # half precision: products in the model's dtype, host transfers through these NumPy dtypes (NumPy has no
@@ -91,25 +110,6 @@ def _to_device(batch: Any, device: torch.device) -> Any:
     if isinstance(batch, (tuple, list)):
         return type(batch)(_to_device(x, device) for x in batch)
     return batch
-
-
-def _held_bytes(fn: Callable, exclude: set[int]) -> int | None:
-    """Bytes of the tensors a ``torch.func.linearize`` product holds (the constants of its folded graph), not
-    counting storages in ``exclude``; None when they cannot be found (then nothing is cached)."""
-    graphs = [c.cell_contents for c in (getattr(fn, "__closure__", None) or ())
-              if isinstance(c.cell_contents, nn.Module)]
-    if not graphs:
-        return None
-    seen, total = set(exclude), 0
-    for gm in graphs:
-        for m in gm.modules():
-            for t in [*m.__dict__.values(), *m._parameters.values(), *m._buffers.values()]:
-                if isinstance(t, torch.Tensor):
-                    key = t.untyped_storage().data_ptr()
-                    if key not in seen:
-                        seen.add(key)
-                        total += t.untyped_storage().nbytes()
-    return total
 
 
 class _LossModule(nn.Module):
@@ -238,15 +238,22 @@ class TorchBackend(DataBackend):
         ``batch_size(batch) -> int`` for the weights when ``loss_form="model"``; default: the first dimension of
         the first tensor in the batch.
     hvp_method : {"auto", "forward_over_reverse", "double_backward"}
-        How products are computed (module docstring).  ``"auto"`` (default) is forward-over-reverse, and falls
-        back to double backward, once and with a warning naming the cause, when the model uses an operation
-        without a forward-mode derivative (e.g. a custom ``torch.autograd.Function`` without ``jvp``).
-    cache_memory : int
-        Budget in bytes for keeping each batch's linearisation between forward-over-reverse products (only when
-        ``data`` is a list or tuple of batches; rebuilt when a parameter, buffer or batch tensor is modified in
-        place).  Default ``CACHE_MEMORY`` = 0: nothing is kept (building a linearisation costs many products;
-        give a budget for long analyses of a fixed data set).  Batches whose linearisation would overflow the
-        budget are differentiated afresh at every product.
+        How products are computed (module docstring).  ``"auto"`` (default): double backward (through the kept
+        graph where ``cache_memory`` allows), the fastest for single vectors and for blocks on every CPU model of
+        docs/benchmarks.md; on a GPU, blocks of k > 1 vectors forward-over-reverse (``vmap``: one batched pass
+        per batch; ``_FOR_BLOCK_DEVICES``), falling back to double backward, once, with a warning naming the
+        cause, when the model uses an operation without a forward-mode derivative (e.g. a custom
+        ``torch.autograd.Function`` without ``jvp``).  ``"forward_over_reverse"`` never keeps graphs.
+    cache_memory : int, optional
+        Budget in bytes for keeping each batch's gradient graph (the forward pass and the ``create_graph``
+        backward pass: everything in a double-backward product that depends only on ``theta``) between products,
+        so that each later product is one backward pass through it (the product of PyHessian's kept graph, for
+        every batch).  Only when ``data`` is a list or tuple of batches; the graphs are dropped and rebuilt when a
+        parameter, buffer or batch tensor is modified in place or replaced, or a module switches train/eval mode
+        (:meth:`clear_cache` frees them).  What a graph holds is counted as it is built; a batch whose graph
+        would take the total over the budget is differentiated afresh at every product, so the kept bytes
+        (``cache_bytes``) never exceed it.  Default None: :func:`default_cache_memory` (1 GiB, or a quarter of
+        the device's free memory when that is less); 0 keeps nothing.
     """
 
     name = "torch"
@@ -264,7 +271,7 @@ class TorchBackend(DataBackend):
         check_deterministic: bool = True,
         batch_size: Callable[[Any], int] | None = None,
         hvp_method: str = "auto",
-        cache_memory: int = CACHE_MEMORY,
+        cache_memory: int | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -279,13 +286,16 @@ class TorchBackend(DataBackend):
             )
         if hvp_method not in HVP_METHODS:
             raise ValueError(f"hvp_method must be one of {', '.join(map(repr, HVP_METHODS))}; got {hvp_method!r}")
-        if isinstance(cache_memory, bool) or not isinstance(cache_memory, int) or cache_memory < 0:
+        if cache_memory is not None and (isinstance(cache_memory, bool) or not isinstance(cache_memory, int)
+                                         or cache_memory < 0):
             raise ValueError(f"cache_memory must be a number of bytes >= 0 (0 keeps nothing), got {cache_memory!r}")
         self.model, self.loss_fn, self.reduction, self.loss_form = model, loss_fn, reduction, loss_form
         self._batch_size = batch_size
-        self.hvp_method, self.cache_memory = hvp_method, cache_memory
-        self._cache: dict[int, Callable | None] = {}  # batch index -> linearised product (None: over budget)
+        self.hvp_method = hvp_method
+        self._cache: dict[int, torch.Tensor | None] = {}  # batch index -> flat gradient with its graph kept
+        self._over_budget: set[int] = set()  # batches whose graph does not fit
         self._cache_key: tuple = ()
+        self._checking = False
         self.cache_bytes = 0
 
         self.names, self.params = _select_params(model, params)
@@ -303,6 +313,7 @@ class TorchBackend(DataBackend):
                             "float32 solvers) float16 / bfloat16 models.")
         self.dtype = _DTYPES.get(self.torch_dtype) or _HALF[self.torch_dtype]
         self.device = self.params[0].device
+        self.cache_memory = default_cache_memory(self.device) if cache_memory is None else cache_memory
         self.shapes = [tuple(p.shape) for p in self.params]
         self.sizes = [p.numel() for p in self.params]
         self.offsets = np.concatenate([[0], np.cumsum(self.sizes)]).tolist()
@@ -314,7 +325,11 @@ class TorchBackend(DataBackend):
         self._warn_train_mode()
 
         if check_deterministic:
-            self._check_deterministic()
+            self._checking = True  # the check's two products are computed afresh, never through a kept graph
+            try:
+                self._check_deterministic()
+            finally:
+                self._checking = False
         else:
             self.n_samples = sum(self._size(b) for b in self._batches())
             if self.n_samples == 0:
@@ -405,7 +420,8 @@ class TorchBackend(DataBackend):
         if V.dtype != self.torch_dtype or V.device != self.device:
             raise TypeError(f"vectors must be {self.torch_dtype} on {self.device}, got {V.dtype} on {V.device} "
                             "(use H.asarray(x) to move a NumPy array in).")
-        if self.hvp_method == "double_backward":
+        if self.hvp_method == "double_backward" or (self.hvp_method == "auto" and (
+                V.shape[1] == 1 or self.device.type not in _FOR_BLOCK_DEVICES)):
             return self._double_backward(V)
         if self.hvp_method == "forward_over_reverse":
             return self._forward_over_reverse(V)
@@ -414,34 +430,88 @@ class TorchBackend(DataBackend):
         except (RuntimeError, NotImplementedError) as e:
             out = self._double_backward(V)  # raises if the loss itself is at fault
             self.hvp_method = "double_backward"
-            self._cache.clear()
             warnings.warn(f"hessop: forward-over-reverse Hessian-vector products failed on this model "
                           f"({type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else e!r}); "
-                          "using double backward from now on (slower). Pass hvp_method='double_backward' to "
-                          "silence this.", UserWarning, stacklevel=4)
+                          "using double backward from now on (slower for blocks). Pass "
+                          "hvp_method='double_backward' to silence this.", UserWarning, stacklevel=4)
             return out
 
     def _double_backward(self, V: torch.Tensor) -> torch.Tensor:
         k = V.shape[1]
-        out = torch.zeros_like(V)
+        out = V.new_zeros(k, self.n)  # row j: H v_j, written contiguously
         off = self.offsets
+        caching = self._caching()
+        if caching and self._state_key() != self._cache_key:
+            self.clear_cache()  # the kept graphs are stale
         with torch.enable_grad(), _buffers_preserved(self.model):
-            for batch, w in self._weighted():
-                loss = self._loss(batch)
-                grads = torch.autograd.grad(loss, self.params, create_graph=True, allow_unused=True)
-                if not any(g is not None and g.requires_grad for g in grads):
+            for i, (batch, w) in enumerate(self._weighted()):
+                flat, kept = self._gradient_graph(i, batch)
+                if flat is None:
                     continue  # loss at most linear in these parameters: this batch adds nothing
-                flat = torch.cat([
-                    (g if g is not None else torch.zeros_like(p)).reshape(-1)
-                    for g, p in zip(grads, self.params, strict=True)
-                ])
                 for j in range(k):
-                    hv = torch.autograd.grad(flat, self.params, grad_outputs=V[:, j], retain_graph=j < k - 1,
+                    hv = torch.autograd.grad(flat, self.params, grad_outputs=V[:, j], retain_graph=kept or j < k - 1,
                                              allow_unused=True)
-                    for i, h in enumerate(hv):
+                    for m, h in enumerate(hv):
                         if h is not None:
-                            out[off[i]: off[i + 1], j].add_(h.reshape(-1), alpha=w)
-        return out
+                            out[j, off[m]: off[m + 1]].add_(h.reshape(-1), alpha=w)
+        if caching:  # after the buffers were restored (which counts as an in-place change)
+            self._cache_key = self._state_key()
+        return out.T.contiguous()
+
+    def _gradient_graph(self, i: int, batch: Any) -> tuple[torch.Tensor | None, bool]:
+        """Batch ``i``'s flat gradient with its graph (``create_graph``; None when the loss is at most linear in
+        the parameters), and whether it is kept: taken from the cache, or built and kept when the tensors its graph
+        saves (counted through ``saved_tensors_hooks``, storages of parameters, buffers and the batch excluded)
+        fit what is left of ``cache_memory``."""
+        if i in self._cache:
+            return self._cache[i], True
+        keep = self._caching() and i not in self._over_budget
+        held: dict[int, int] = {}
+
+        def pack(t: torch.Tensor) -> torch.Tensor:
+            held[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+
+        with (torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t) if keep else contextlib.nullcontext(),
+              sdpa_kernel(SDPBackend.MATH)):  # the fused attention kernels have no second derivative
+            loss = self._loss(batch)
+            grads = torch.autograd.grad(loss, self.params, create_graph=True, allow_unused=True)
+            flat = None if not any(g is not None and g.requires_grad for g in grads) else torch.cat([
+                (g if g is not None else torch.zeros_like(p)).reshape(-1)
+                for g, p in zip(grads, self.params, strict=True)
+            ])
+        if not keep:
+            return flat, False
+        for t in [*self.model.parameters(), *self.model.buffers(), *_tensors(batch)]:
+            held.pop(t.untyped_storage().data_ptr(), None)
+        size = sum(held.values()) + (flat.untyped_storage().nbytes() if flat is not None else 0)
+        if self.cache_bytes + size > self.cache_memory:
+            self._over_budget.add(i)
+            return flat, False
+        self._cache[i] = flat
+        self.cache_bytes += size
+        return flat, True
+
+    def _caching(self) -> bool:
+        return self.cache_memory > 0 and isinstance(self.data, (list, tuple)) and not self._checking
+
+    def _state_key(self) -> tuple:
+        """What the kept graphs depend on: each parameter, buffer and batch tensor (identity, version counter,
+        storage: an in-place change or a replaced tensor changes it) and each module's train/eval mode.  The
+        running statistics of train-mode BatchNorm layers are left out: a train-mode forward does not read them
+        (it normalises with the batch's statistics), while every product's forward updates and restores them."""
+        unread = {id(b) for m in self.model.modules()
+                  if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training for b in m.buffers()}
+        tensors = [*self.model.parameters(), *(b for b in self.model.buffers() if id(b) not in unread),
+                   *(t for b in self.data for t in _tensors(b))]
+        return (tuple((id(t), t._version, t.data_ptr()) for t in tensors),
+                tuple(m.training for m in self.model.modules()))
+
+    def clear_cache(self) -> None:
+        """Free every kept gradient graph (they are rebuilt, within ``cache_memory``, by the next products)."""
+        self._cache.clear()
+        self._over_budget.clear()
+        self.cache_bytes = 0
 
     def _split(self, v: torch.Tensor) -> dict[str, torch.Tensor]:
         return {name: v[self.offsets[i]: self.offsets[i + 1]].reshape(shape)
@@ -450,53 +520,33 @@ class TorchBackend(DataBackend):
     def _flat(self, tangents: dict[str, torch.Tensor]) -> torch.Tensor:
         return torch.cat([tangents[name].reshape(-1) for name in self._fnames])
 
-    def _state_key(self, batches: list) -> tuple:
-        """Version counters of everything a linearisation depends on: in-place changes invalidate the cache."""
-        tensors = [*self.model.parameters(), *self.model.buffers(), *(t for b in batches for t in _tensors(b))]
-        return tuple((id(t), t._version) for t in tensors)
-
     def _forward_over_reverse(self, V: torch.Tensor) -> torch.Tensor:
         primals = {name: p.detach() for name, p in zip(self._fnames, self.params, strict=True)}
-        cacheable = isinstance(self.data, (list, tuple)) and self.cache_memory > 0
-        if cacheable:
-            key = self._state_key(list(self.data))
-            if key != self._cache_key:
-                self._cache.clear()
-                self.cache_bytes, self._cache_key = 0, key
         out = torch.zeros_like(V)
-        with torch.no_grad(), _buffers_preserved(self.model), _batch_statistics_only(self.model):
-            for i, (batch, w) in enumerate(self._weighted()):
-                def grad_fn(ps: dict, batch: Any = batch) -> dict:
-                    return grad(lambda q: functional_call(self._loss_module, q, (batch,)))(ps)
-
-                fresh = cacheable and i not in self._cache
-                lin = self._linearize(grad_fn, primals) if fresh else self._cache.get(i)
-                if lin is None:
-                    def tangent(v: torch.Tensor, grad_fn: Callable = grad_fn) -> torch.Tensor:
-                        return self._flat(jvp(grad_fn, (primals,), (self._split(v),))[1])
+        with (torch.no_grad(), _buffers_preserved(self.model), _batch_statistics_only(self.model),
+              sdpa_kernel(SDPBackend.MATH)):  # the fused attention kernels have no forward derivative
+            for batch, w in self._weighted():
+                # A floating-point target gets an explicit zero tangent: with none, torch's mse_loss double backward
+                # writes in place into an immutable zero tensor ("ZeroTensors are immutable", pytorch#123996).
+                target = batch[1] if self.loss_form == "outputs" else None
+                if not (isinstance(target, torch.Tensor) and target.is_floating_point()):
+                    target = None
                 else:
-                    def tangent(v: torch.Tensor, lin: Callable = lin) -> torch.Tensor:
-                        return self._flat(lin(self._split(v)))
-                out.add_(vmap(tangent, in_dims=1, out_dims=1)(V), alpha=w)
-                if fresh:
-                    self._keep(i, lin, batch)
+                    target = _to_device(target, self.device)
+
+                def grad_fn(ps: dict, t: Any, batch: Any = batch) -> dict:
+                    def loss(q: dict) -> torch.Tensor:
+                        return functional_call(self._loss_module, q, (batch if t is None else (batch[0], t),))
+                    return grad(loss)(ps)
+
+                def tangent(v: torch.Tensor, grad_fn: Callable = grad_fn, t: Any = target) -> torch.Tensor:
+                    if t is None:
+                        return self._flat(jvp(lambda ps: grad_fn(ps, None), (primals,), (self._split(v),))[1])
+                    return self._flat(jvp(grad_fn, (primals, t), (self._split(v), torch.zeros_like(t)))[1])
+
+                hv = tangent(V[:, 0])[:, None] if V.shape[1] == 1 else vmap(tangent, in_dims=1, out_dims=1)(V)
+                out.add_(hv, alpha=w)
         return out
-
-    @staticmethod
-    def _linearize(grad_fn: Callable, primals: dict) -> Callable:
-        with warnings.catch_warnings():  # torch's constant folding warns about its own graph internals
-            warnings.filterwarnings("ignore", message="Attempted to insert a get_attr Node", category=UserWarning)
-            return linearize(grad_fn, primals)[1]
-
-    def _keep(self, i: int, lin: Callable, batch: Any) -> None:
-        """Keep batch ``i``'s linearisation (its constants are folded by its first call) if it fits what is left of
-        the budget; one that does not fit is remembered as None and the batch is differentiated afresh later."""
-        exclude = {t.untyped_storage().data_ptr() for t in [*self.model.parameters(), *self.model.buffers(),
-                                                            *_tensors(batch)]}
-        size = _held_bytes(lin, exclude)
-        fits = size is not None and self.cache_bytes + size <= self.cache_memory
-        self._cache[i] = lin if fits else None
-        self.cache_bytes += size if fits else 0
 
     # ------------------------------------------------------------------ host transfers and layout
     def asarray(self, x: np.ndarray) -> torch.Tensor:
@@ -570,7 +620,7 @@ class TorchBackend(DataBackend):
             warnings.simplefilter("ignore", UserWarning)
             return TorchBackend(self.model, self.loss_fn, DataView(self.data), params=list(names),
                                 reduction=self.reduction, loss_form=self.loss_form, check_deterministic=False,
-                                batch_size=self._batch_size)
+                                batch_size=self._batch_size, hvp_method=self.hvp_method)
 
 
 def register_step_hook(optimizer: torch.optim.Optimizer, callback: Callable[[int], Any]) -> Any:
