@@ -470,8 +470,10 @@ def diagonal(
     max_samples: int = 10_000,
     seed: int | np.random.Generator | None = 0,
     block_size: int = DEFAULT_BLOCK,
+    method: str = "hutchinson",
 ) -> DiagonalEstimate:
-    """Hutchinson's estimate of ``diag(H)`` (Bekas, Kokiopoulou, Saad, Appl. Numer. Math. 57, 2007).
+    """Hutchinson's estimate of ``diag(H)`` (Bekas, Kokiopoulou, Saad, Appl. Numer. Math. 57, 2007), or XDiag
+    (Epperly, Tropp, Webber, SIAM J. Matrix Anal. Appl. 45(1), 2024) for ``method="xdiag"``.
 
     Maths
     -----
@@ -485,11 +487,20 @@ def diagonal(
     ``MIN_RTOL_SAMPLES = 32`` probes on, stop when the root mean square of the entries' 95% half-widths
     ``t_{0.975, N-1} se_i`` is at most ``max(rtol * rms(diagonal), atol)``; two scalars go to the host per block.
 
+    XDiag (``method="xdiag"``, a fixed budget ``n_samples`` of products, no target): see :func:`_xdiag`.  Which to
+    use: where a few eigenvalues dominate (trained networks), the entries' Hutchinson variance
+    ``sum_{j != i} H_ij^2`` is mostly those eigen-directions' share, which XDiag removes exactly: on the test
+    suite's outlier matrix (n = 400) its root-mean-square error at 100 products was 20x smaller than Hutchinson's
+    (100 seeds); on a flat spectrum 2.8x larger (each product serves as sketch and as probe, so it averages half as
+    many probes, and the sketch captures nothing special).  Hutchinson (the default) is the one with a target, an
+    exact standard error and little memory; XDiag's error estimate is optimistic (see :func:`_xdiag`).
+
     Parameters
     ----------
     H : HessianOperator or symmetric scipy LinearOperator / array
     n_samples : int, optional
-        Number of probes, >= 1.  Give either ``n_samples`` or a target (``rtol`` and/or ``atol``).
+        Number of probes, >= 1 (for ``method="xdiag"``: the product budget, >= 4, as ``n_hvp`` of
+        :func:`xtrace`).  Give either ``n_samples`` or a target (``rtol`` and/or ``atol``).
     rtol, atol : float, optional
         Target root-mean-square 95% half-width, relative to the diagonal's root mean square and absolute.
     max_samples : int
@@ -498,10 +509,13 @@ def diagonal(
         Seed of the host-drawn probes; default 0.
     block_size : int
         Probes per block product; default 16.
+    method : {"hutchinson", "xdiag"}
+        Default "hutchinson".
 
     Notes
     -----
-    Memory: ``3 * block_size + 4`` n-vectors (one probe block, its product, the running mean and variance).
+    Memory: ``3 * block_size + 4`` n-vectors (one probe block, its product, the running mean and variance); XDiag
+    about ``3 * n_samples`` n-vectors.
 
     Returns
     -------
@@ -510,10 +524,16 @@ def diagonal(
         parameter name to its diagonal entries shaped like the parameter.
     """
     op = as_operator(H)
+    method = check_choice(method, "method", ("hutchinson", "xdiag"))
     targeted = rtol is not None or atol is not None
     if (n_samples is None) == (not targeted):
         raise ValueError("give exactly one of n_samples (a fixed number of probes) or a target: rtol (relative "
                          "root-mean-square 95% half-width, e.g. rtol=0.05) and/or atol")
+    if method == "xdiag":
+        if targeted:
+            raise ValueError("method='xdiag' takes a budget of products n_samples only; for a target use the "
+                             "default method='hutchinson'")
+        return _xdiag(op, check_int(n_samples, "n_samples", 4), seed)
     if targeted:
         target = _target_rule(rtol, atol)
         n_samples = check_int(max_samples, "max_samples", MIN_RTOL_SAMPLES)
@@ -557,6 +577,61 @@ def diagonal(
     per_parameter = unflatten(mean) if callable(unflatten) else None
     return DiagonalEstimate(diagonal=mean, std_error=se, per_parameter=per_parameter, n_hvp=op.n_hvp - hvp0,
                             n_samples=count, converged=converged)
+
+
+def _xdiag(op: Any, n_hvp: int, seed: Any) -> DiagonalEstimate:
+    """XDiag (Epperly, Tropp, Webber 2024, section 2.4): the diagonal analogue of :func:`xtrace`.
+
+    With ``m = n_hvp // 2`` Rademacher probes ``Omega``, ``Y = H Omega = Q R`` and ``Z = H Q``, each probe in turn
+    is left out of the low-rank part and used as the Hutchinson probe for the rest (``P_i`` as in :func:`xtrace`):
+
+        d_i = diag(P_i H) + w_i * ((I - P_i) H w_i),
+
+    unbiased because ``w_i`` is independent of ``P_i`` and ``w_i * w_i = 1``.  With ``P_i = Q (I - s_i s_i^T) Q^T``,
+    ``T = Z^T Omega`` and ``c_i = s_i^T T e_i``:
+
+        d_i = diag(Q Z^T) - (Q s_i) * (Z s_i) + w_i * y_i - w_i * (Q T e_i) + c_i w_i * (Q s_i),
+
+    all columns at once from n x m blocks on the backend (only ``R`` and ``T``, m x m, go to the host).  The
+    estimate is ``mean_i d_i``; each entry's ``std_error`` is its standard deviation over the ``m`` leave-one-out
+    estimates over ``sqrt(m)``, the error estimate of XTrace applied entrywise.  The leave-one-out estimates share
+    most of their sketch and are positively correlated, so this error estimate is optimistic: over 100 seeds at 100
+    products its root mean square was 0.83x the true root-mean-square error on the outlier matrix of the tests and
+    0.75x on a flat spectrum (2 standard errors covered 89% and 85% of the entries).  It gives the size of the
+    error, not an interval to rely on.  If ``H Omega`` is numerically rank
+    deficient, ``Q Q^T H = H`` and ``diag(Q Z^T)`` is exact (``std_error`` then the rounding bound
+    ``m eps |Q||Z|`` entrywise).
+    """
+    m = n_hvp // 2
+    rng = make_rng(seed)
+    xp = op.xp
+    hvp0 = op.n_hvp
+    Om = probe_block(op, rng, m)
+    Y = op.hvp_block(Om)
+    Q, R = _orthonormal_range(xp, Y)
+    Z = op.hvp_block(Q)
+    small = np.asarray(op.to_numpy(xp.concat([R, Z.T @ Om], axis=0)), dtype=np.float64)
+    if not np.all(np.isfinite(small)):
+        check_finite(float("nan"), "a product H v", 1)
+    R, T = small[:m], small[m:]
+    exact = xp.sum(Q * Z, axis=1)
+    eps = float(np.finfo(op.dtype).eps)
+    if np.linalg.cond(R) * m * eps >= 1:  # rank(H) < m: Q spans range(H), so Q Q^T H = H
+        se = m * eps * (xp.abs(Q) @ xp.sum(xp.abs(Z), axis=0)) / m
+        diag, count = exact, 1
+    else:
+        X = scipy.linalg.solve_triangular(R, np.eye(m), trans="T", lower=False)  # R^{-T}
+        S = X / np.linalg.norm(X, axis=0)
+        c = np.sum(S * T, axis=0)
+        QS = Q @ op.cast(S)
+        D = (exact[:, None] - QS * (Z @ op.cast(S)) + Om * Y - Om * (Q @ op.cast(T)) + Om * QS * op.cast(c)[None, :])
+        diag = xp.mean(D, axis=1)
+        se = xp.sqrt(xp.sum((D - diag[:, None]) ** 2, axis=1) / (m - 1) / m)
+        count = m
+    check_finite(float(op.to_numpy(xp.sum(diag))), "the XDiag estimate", 1)
+    unflatten = getattr(op.backend, "unflatten", None)
+    return DiagonalEstimate(diagonal=diag, std_error=se, per_parameter=unflatten(diag) if callable(unflatten) else None,
+                            n_hvp=op.n_hvp - hvp0, n_samples=count, method="xdiag")
 
 
 MAX_HVP = 10_000
