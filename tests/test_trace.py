@@ -476,7 +476,7 @@ def test_trace_is_exact_when_cheaper():
     rng = np.random.default_rng(0)
     U = np.linalg.qr(rng.standard_normal((300, 5)))[0]
     r = hessop.trace((U * np.array([90.0, 40.0, -20.0, 10.0, 5.0])) @ U.T, rtol=1e-6, method="hutch++")
-    assert r.converged and r.estimate == pytest.approx(125.0, rel=1e-10) and r.n_hvp <= 64
+    assert r.converged and r.estimate == pytest.approx(125.0, rel=1e-10) and r.n_hvp <= 96  # pilot + fresh batch
 
 
 def test_near_zero_trace_needs_atol():
