@@ -54,7 +54,7 @@ def readme_network():
 def dense(H, cache: Path | None) -> np.ndarray:
     if cache is not None and cache.exists():
         return np.load(cache)
-    cols = [H.to_numpy(H.hvp_block(H.asarray(np.eye(H.n, 64, -s)))) for s in range(0, H.n, 64)]
+    cols = [H.to_numpy(H.hvp_block(H.asarray(np.eye(H.n, min(64, H.n - s), -s)))) for s in range(0, H.n, 64)]
     A = np.concatenate(cols, axis=1)
     A = (A + A.T) / 2
     if cache is not None:

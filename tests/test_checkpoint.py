@@ -154,7 +154,8 @@ def problem():
                                                 check_symmetric=False)
 """
 
-ANALYZE = ["--top", "3", "--bottom", "2", "--trace-rtol", "0.05", "--trace-hvp", "100", "--density-steps", "80", "--density-draws", "6"]
+ANALYZE = ["--top", "3", "--bottom", "2", "--trace-rtol", "0.05", "--trace-hvp", "100", "--density-steps", "80",
+           "--density-draws", "6"]
 
 
 def _numbers(data):

@@ -173,9 +173,13 @@ def test_eigsh_on_the_operator_agrees(problem, which):
     assert beyond <= slack
 
 
-@pytest.mark.xfail(strict=False, reason="found by hypothesis: hutchpp with 12 HVPs (4 Hutchinson samples) reports a "
-                   "mean standard error half the spread over seeds; the trace code is being rewritten (issue 14)")
 def test_hutchpp_standard_error_small_budget_outliers():
+    """Found by hypothesis: hutchpp with 12 HVPs (4 residual samples) reported a mean standard error half the
+    spread over 30 seeds.  The mean of a 4-sample standard error is far below its root mean square on heavy-tailed
+    samples; the root mean square (the unbiased comparison) is what the test now checks, and hutchpp warns that so
+    few samples make an unreliable interval."""
+    with pytest.warns(UserWarning, match="4 residual samples"):
+        hessop.hutchpp(np.eye(20), 12)
     test_trace_estimators_unbiased_with_true_standard_errors.hypothesis.inner_test(family="outliers", n=20, seed=132)
 
 
@@ -198,19 +202,24 @@ def test_unreachable_tol_warns_and_is_never_converged():
        seed=st.integers(0, 2**16))
 def test_trace_estimators_unbiased_with_true_standard_errors(family, n, seed):
     """Over 30 seeds: the mean estimate is within 4 standard errors of the trace, and the reported standard
-    error agrees with the spread of the estimates (ratio within [0.5, 2]; for 30 seeds a factor 2 is > 5 sigma
-    of the spread's own sampling error).  XTrace is left out of the low-rank family (being fixed separately)."""
+    error agrees with the error (ratio within [0.5, 2]).  Both sides are root mean squares, which are unbiased:
+    ``sqrt(mean(se^2))`` against ``sqrt(mean((estimate - trace)^2))`` (the mean of the standard errors is not: with
+    4 heavy-tailed samples behind each, it is far below their root mean square).  The standard error of the mean
+    of 30 estimates is the larger of the reported and the observed one.  XTrace is left out of the low-rank family
+    (being fixed separately)."""
     A = matrix_with_spectrum(family_spectrum(family, n, seed) + 0.1, seed=seed)
     tr = float(np.trace(A))
     H = HessianOperator.from_matrix(A)
     for name, run in [("hutchinson", lambda s: hessop.hutchinson(H, n_samples=12, seed=s)),
                       ("hutchpp", lambda s: hessop.hutchpp(H, 12, seed=s)),
                       ("xtrace", lambda s: hessop.xtrace(H, 12, seed=s))]:
-        runs = [run(s) for s in range(30)]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # hutchpp's small-budget warning
+            runs = [run(s) for s in range(30)]
         est = np.array([x.estimate for x in runs])
-        se = np.array([x.std_error for x in runs])
-        spread = np.std(est, ddof=1)
-        scale = max(spread, 1e-12 * max(abs(tr), np.linalg.norm(A)))
-        assert abs(np.mean(est) - tr) <= 4 * scale / np.sqrt(est.size), (name, np.mean(est), tr, spread)
-        if spread > 1e-9 * np.linalg.norm(A):
-            assert 0.5 <= np.mean(se) / spread <= 2.0, (name, np.mean(se), spread)
+        rms_se = np.sqrt(np.mean([x.std_error**2 for x in runs]))
+        rms_err = np.sqrt(np.mean((est - tr) ** 2))
+        scale = max(rms_se, np.std(est, ddof=1), 1e-12 * max(abs(tr), np.linalg.norm(A)))
+        assert abs(np.mean(est) - tr) <= 4 * scale / np.sqrt(est.size), (name, np.mean(est), tr, scale)
+        if rms_err > 1e-9 * np.linalg.norm(A):
+            assert 0.5 <= rms_se / rms_err <= 2.0, (name, rms_se, rms_err)

@@ -269,6 +269,54 @@ def test_diagonal_blocks_agree_with_one_pass(outlier):
     np.testing.assert_allclose(a.std_error, b.std_error, rtol=1e-9)
 
 
+def test_xdiag_matches_its_definition():
+    """Every leave-one-out diagonal recomputed with explicit projectors from the same host-drawn probes."""
+    n, m = 50, 6
+    A = matrix_with_spectrum(outlier_spectrum(n, n_outliers=4, n_negative=1, seed=2), seed=3)
+    r = hessop.diagonal(A, 2 * m, seed=11, method="xdiag")
+    Om = draw(make_rng(11), n, m)
+    D = []
+    for i in range(m):
+        Qi = np.linalg.qr(A @ np.delete(Om, i, axis=1))[0]
+        P = Qi @ Qi.T
+        D.append(np.diag(P @ A) + Om[:, i] * ((A - P @ A) @ Om[:, i]))
+    np.testing.assert_allclose(r.diagonal, np.mean(D, axis=0), atol=1e-10)
+    np.testing.assert_allclose(r.std_error, np.std(D, axis=0, ddof=1) / math.sqrt(m), atol=1e-10)
+    assert (r.method, r.n_hvp, r.n_samples) == ("xdiag", 2 * m, m)
+
+
+@pytest.mark.parametrize("name", ["outlier", "flat"])
+def test_xdiag_against_the_dense_diagonal(request, name):
+    """Over 40 seeds at 100 products: unbiased (every entry's mean error within 4 standard errors of the mean of the
+    40 estimates), 5x more accurate than Hutchinson on the outlier matrix, and the reported error the size of the
+    true one: its root mean square 0.6-1.1x the true root-mean-square error (the documented optimism of the
+    leave-one-out error estimate, measured 0.83x / 0.75x over 100 seeds)."""
+    A, _ = request.getfixturevalue(name)
+    d = np.diag(A)
+    rs = [hessop.diagonal(A, 100, seed=s, method="xdiag") for s in range(40)]
+    err = np.array([r.diagonal - d for r in rs])
+    se = np.array([r.std_error for r in rs])
+    assert np.all(np.abs(err.mean(axis=0)) <= 4 * err.std(axis=0, ddof=1) / math.sqrt(40) + 1e-12)
+    ratio = math.sqrt(np.mean(se**2) / np.mean(err**2))
+    assert 0.6 <= ratio <= 1.1, ratio
+    hutch = np.array([hessop.diagonal(A, 100, seed=s).diagonal - d for s in range(10)])
+    if name == "outlier":
+        assert 5 * math.sqrt(np.mean(err**2)) <= math.sqrt(np.mean(hutch**2))
+
+
+def test_xdiag_is_exact_on_a_low_rank_operator_and_refuses_a_target():
+    rng = np.random.default_rng(0)
+    U = np.linalg.qr(rng.standard_normal((100, 3)))[0]
+    A = (U * np.array([3.0, 2.0, -1.0])) @ U.T
+    r = hessop.diagonal(A, 20, method="xdiag")
+    np.testing.assert_allclose(r.diagonal, np.diag(A), atol=1e-13)
+    assert np.all(r.std_error < 1e-12) and r.n_samples == 1
+    with pytest.raises(ValueError, match="budget of products n_samples only"):
+        hessop.diagonal(A, rtol=0.1, method="xdiag")
+    with pytest.raises(ValueError, match="method must be one of"):
+        hessop.diagonal(A, 10, method="diag++")
+
+
 # ---------------------------------------------------------------------------------------------------- PyTorch
 def test_torch_operator_gives_the_dense_answers(torch_op, network, torch_problem):
     """Same seed, same probes: the network operator's samples equal those of its dense Hessian to rounding, and
@@ -291,7 +339,11 @@ def test_torch_operator_gives_the_dense_answers(torch_op, network, torch_problem
         assert piece.shape == p.shape, name
     flat = torch.cat([t.reshape(-1) for t in d.per_parameter.values()])
     assert torch.equal(flat, d.diagonal)
-    assert torch_op.n_hvp - before == 24 + 24 + 24 + 16
+    x = hessop.diagonal(torch_op, 24, seed=5, method="xdiag")
+    assert isinstance(x.diagonal, torch.Tensor) and x.per_parameter is not None
+    want = hessop.diagonal(A, 24, seed=5, method="xdiag")
+    np.testing.assert_allclose(x.diagonal.numpy(), want.diagonal, atol=1e-9 * np.abs(want.diagonal).max())
+    assert torch_op.n_hvp - before == 24 + 24 + 24 + 16 + 24
 
 
 # ---------------------------------------------------------------------------------------------------- bad input
@@ -371,12 +423,10 @@ def test_trace_interval_is_true(request, name, rtol, method):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name, rtol", [
-    ("flat", 0.01), ("flat", 0.003),
-    pytest.param("outlier", 0.01, marks=pytest.mark.xfail(
-        reason="measured coverage 0.915 over these 200 seeds (0.935 over 600): the residual after a rank-16 sketch "
-               "keeps part of the three negative eigen-directions, heavy-tailed samples; open", strict=False)),
-    ("outlier", 0.002), ("network", 0.01), ("network", 0.003)])
+    ("flat", 0.01), ("flat", 0.003), ("outlier", 0.01), ("outlier", 0.002), ("network", 0.01), ("network", 0.003)])
 def test_trace_interval_is_true_over_200_seeds(request, name, rtol):
+    """The issue's acceptance test.  A true 95% interval fails ">= 93% of 200 seeds" with probability ~7% (the
+    binomial standard deviation is 1.5 points); the cases here were measured at 0.95-0.96 over 1,000 seeds."""
     A, tr = request.getfixturevalue(name)
     covered, ratio, _ = coverage_and_se_ratio(A, tr, range(200), rtol=rtol)
     assert covered >= 0.93, covered
@@ -426,7 +476,7 @@ def test_trace_is_exact_when_cheaper():
     rng = np.random.default_rng(0)
     U = np.linalg.qr(rng.standard_normal((300, 5)))[0]
     r = hessop.trace((U * np.array([90.0, 40.0, -20.0, 10.0, 5.0])) @ U.T, rtol=1e-6, method="hutch++")
-    assert r.converged and r.estimate == pytest.approx(125.0, rel=1e-10) and r.n_hvp <= 64
+    assert r.converged and r.estimate == pytest.approx(125.0, rel=1e-10) and r.n_hvp <= 96  # pilot + fresh batch
 
 
 def test_near_zero_trace_needs_atol():
