@@ -23,6 +23,19 @@ def nan_operator():
     return hessop.HessianOperator.from_function(lambda v: block(v[:, None])[:, 0], 20, hvp_block=block)
 
 
+@pytest.fixture
+def tiny_torch_problem():
+    """A 23-parameter float64 MLP (Linear-Tanh-Linear) with cross-entropy on 16 random samples, and its operator:
+    ``(model, H)``.  The model is fresh per test (tests may change its weights)."""
+    torch = pytest.importorskip("torch")
+    import hessop
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Tanh(), torch.nn.Linear(3, 2)).double()
+    data = (torch.randn(16, 4, dtype=torch.float64), torch.randint(0, 2, (16,)))
+    return model, hessop.HessianOperator.from_torch(model, torch.nn.CrossEntropyLoss(), data)
+
+
 @pytest.fixture(scope="session")
 def outlier_matrix() -> tuple[np.ndarray, np.ndarray]:
     """(A, eigenvalues descending): n = 2000, 10 outliers over a bulk, 3 negative eigenvalues."""

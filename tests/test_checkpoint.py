@@ -201,12 +201,10 @@ def test_analyze_resume_after_a_kill(tmp_path, capsys):
     assert _numbers(rep["sections"]) == _numbers(ref["sections"]) and rep["n_hvp"] == ref["n_hvp"]
 
 
-def test_torch_checkpoint_knows_the_parameters(tmp_path):
-    torch = pytest.importorskip("torch")
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Tanh(), torch.nn.Linear(3, 2)).double()
-    data = (torch.randn(16, 4, dtype=torch.float64), torch.randint(0, 2, (16,)))
-    H = hessop.HessianOperator.from_torch(model, torch.nn.CrossEntropyLoss(), data)
+def test_torch_checkpoint_knows_the_parameters(tmp_path, tiny_torch_problem):
+    import torch
+
+    model, H = tiny_torch_problem
     path = tmp_path / "d.npz"
     first = hessop.diagonal(H, 16, block_size=8, checkpoint=path)
     used = H.n_hvp

@@ -97,12 +97,8 @@ def test_only_rank_0_draws_under_mpi():
     assert enabled(True, operator())
 
 
-def test_by_block_and_tracker_bars(capsys):
-    torch = pytest.importorskip("torch")
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Tanh(), torch.nn.Linear(3, 2)).double()
-    data = (torch.randn(16, 4, dtype=torch.float64), torch.randint(0, 2, (16,)))
-    H = hessop.HessianOperator.from_torch(model, torch.nn.CrossEntropyLoss(), data)
+def test_by_block_and_tracker_bars(capsys, tiny_torch_problem):
+    _, H = tiny_torch_problem
     table = hessop.by_block(H, progress=True)
     err = capsys.readouterr().err
     assert "by_block" in err and f"{len(table)}/{len(table)}" in err and "group=2" in err and "trace=" in err
