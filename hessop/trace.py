@@ -752,12 +752,13 @@ MAX_HVP = 10_000
 """Default cap on the products of :func:`trace` with a target."""
 
 TRY_DEFLATION_BLOCKS = 8
+"""``trace(method="auto")`` tries deflation only when plain Hutchinson is predicted to need at least this many blocks
+(so that the one block of products the try costs is at most 1/8 of Hutchinson's)."""
+
 BUDGET_TRY_BLOCKS = 4
 """With a fixed budget and no target, ``trace(method="auto")`` tries deflation when the budget holds at least this
 many blocks: on a flat spectrum the try then costs at most a quarter of the samples (standard error up to about
 1.15x Hutchinson's at the same budget); on an outlier spectrum it gains orders of magnitude."""
-"""``trace(method="auto")`` tries deflation only when plain Hutchinson is predicted to need at least this many blocks
-(so that the one block of products the try costs is at most 1/8 of Hutchinson's)."""
 
 VARIANCE_GAIN = 2.0
 """Deflation (and each doubling of its rank) is kept only if it cuts the per-sample variance at least this much: a
