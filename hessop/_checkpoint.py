@@ -30,9 +30,9 @@ from typing import Any
 
 import numpy as np
 
-from hessop._progress import communicator
+from hessop._progress import backend_layers, communicator
 
-__all__ = ["Checkpoint", "CheckpointMismatch", "FORMAT_VERSION"]
+__all__ = ["Checkpoint", "CheckpointMismatch", "FORMAT_VERSION", "atomic_write"]
 
 FORMAT_VERSION = 1
 
@@ -141,35 +141,41 @@ class Checkpoint:
                   if isinstance(v, np.ndarray) or (hasattr(v, "shape") and not isinstance(v, np.generic))}
         scalars = {k: _plain(v) for k, v in state.items() if k not in arrays}
         meta = json.dumps({"fingerprint": self.fingerprint, "state": scalars})
-        folder = self.path.parent
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=folder)
+        atomic_write(self.path, lambda f: np.savez(f, meta=np.array(meta), sha256=np.array(_digest(meta, arrays)),
+                                                   **arrays))
+
+
+def atomic_write(path: Path, write: Any) -> None:
+    """Replace ``path`` atomically by what ``write(f)`` writes to a binary file ``f``: a temporary file in the same
+    folder, flushed and fsynced, then ``os.replace`` (and an fsync of the folder, so the rename itself is durable
+    on POSIX); a process killed meanwhile leaves the old file intact and no temporary file behind it to reuse."""
+    folder = path.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    with contextlib.suppress(OSError, AttributeError):
+        dfd = os.open(folder, os.O_RDONLY)
         try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, meta=np.array(meta), sha256=np.array(_digest(meta, arrays)), **arrays)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-        with contextlib.suppress(OSError, AttributeError):  # make the rename itself durable (POSIX)
-            dfd = os.open(folder, os.O_RDONLY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
 
 
 def parameter_digest(op: Any) -> str | None:
     """SHA-256 of the model parameters behind ``op`` (None when its backend exposes none)."""
     from hessop.backends.mpi import _parameter_digest
 
-    backend = getattr(op, "backend", None)
-    while backend is not None and getattr(backend, "inner", None) is not None:  # solver_dtype's WidenedBackend
-        backend = getattr(backend.inner, "backend", backend.inner)
-    return None if backend is None else _parameter_digest(getattr(backend, "local", backend))
+    layers = backend_layers(op)
+    return None if not layers else _parameter_digest(getattr(layers[-1], "local", layers[-1]))
 
 
 def _plain(value: Any) -> Any:

@@ -36,7 +36,6 @@ import inspect
 import io
 import json
 import math
-import os
 import platform
 import shutil
 import sys
@@ -48,7 +47,7 @@ from typing import Any
 
 import numpy as np
 
-from hessop._checkpoint import CheckpointMismatch, parameter_digest
+from hessop._checkpoint import CheckpointMismatch, atomic_write, parameter_digest
 from hessop.blocks import by_block
 from hessop.density import slq
 from hessop.lanczos import lanczos
@@ -567,15 +566,6 @@ code{background:#f1f4f7;padding:.05em .3em;border-radius:3px;font-size:.92em}
 """
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def _run_section(section: Section, H: HessianOperator, seed: int, tol: float | None, out: Path,
                  fingerprint: dict[str, Any]) -> tuple[SectionOutput, dict[str, bytes], bool]:
     """Run a section (its estimators resuming from their checkpoints), save its PNGs and, once it has finished,
@@ -602,8 +592,9 @@ def _run_section(section: Section, H: HessianOperator, seed: int, tol: float | N
     pngs = {stem: _png(fig) for stem, fig in result.figures.items()}
     for stem, png in pngs.items():
         (out / f"{stem}.png").write_bytes(png)
-    _write_atomic(done, json.dumps({"fingerprint": fingerprint, "data": result.data, "html": result.html,
-                                    "converged": result.converged, "figures": list(pngs)}, allow_nan=True))
+    text = json.dumps({"fingerprint": fingerprint, "data": result.data, "html": result.html,
+                       "converged": result.converged, "figures": list(pngs)}, allow_nan=True)
+    atomic_write(done, lambda f: f.write(text.encode()))
     return result, pngs, False
 
 
