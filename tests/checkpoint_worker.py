@@ -22,6 +22,8 @@ CALLS = {
     "hutchpp": lambda H, ck: hessop.hutchpp(H, 30, seed=3, checkpoint=ck),
     "xtrace": lambda H, ck: hessop.xtrace(H, 30, seed=3, checkpoint=ck),
     "diagonal": lambda H, ck: hessop.diagonal(H, 40, block_size=8, seed=3, checkpoint=ck),
+    "diagonal_rtol": lambda H, ck: hessop.diagonal(H, rtol=0.02, block_size=8, seed=3, checkpoint=ck),  # rank 8, 40
+    "diagonal_exact": lambda H, ck: hessop.diagonal(H, rtol=0.003, block_size=8, seed=3, checkpoint=ck),
     "trace": lambda H, ck: hessop.trace(H, rtol=0.005, block_size=8, seed=3, checkpoint=ck),  # rank 8, then 40
     "trace_exact": lambda H, ck: hessop.trace(H, rtol=0.002, block_size=8, seed=3, checkpoint=ck),  # ends exact
     "slq": lambda H, ck: hessop.slq(H, n_iter=12, n_vectors=6, block_size=2, seed=3, checkpoint=ck),

@@ -25,7 +25,8 @@ CALLS, operator = _worker.CALLS, _worker.operator
 
 # (estimator, the block product during which the interrupted run is killed)
 KILLS = [("hutchinson", 4), ("hutchinson_rtol", 5), ("hutchpp", 2), ("hutchpp", 3), ("xtrace", 2),
-         ("diagonal", 3), ("trace", 4), ("trace", 9), ("trace_exact", 9), ("slq", 20),
+         ("diagonal", 3), ("diagonal_rtol", 3), ("diagonal_rtol", 14), ("diagonal_exact", 9),
+         ("trace", 4), ("trace", 9), ("trace_exact", 9), ("slq", 20),
          ("tracker", 40)]
 
 

@@ -31,7 +31,7 @@ CALLS = {
                                                                   "half95="]),
     "xtrace": (lambda H, p: hessop.xtrace(H, 30, progress=p), ["xtrace", "30/30", "estimate=", "half95="]),
     "diagonal": (lambda H, p: hessop.diagonal(H, rtol=2.0, max_samples=64, block_size=16, progress=p),
-                 ["diagonal", "sample", "half95 (rms)="]),
+                 ["diagonal", "HVP", "half95 (rms)="]),
     "trace": (lambda H, p: hessop.trace(H, rtol=0.01, block_size=8, progress=p),
               ["trace", "HVP", "method=hutch++", "rank=", "estimate=", "half95="]),
 }
