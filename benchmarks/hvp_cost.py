@@ -12,9 +12,12 @@ Side by side in one run, per model (one batch holding all samples, eval mode, me
 * ``eigenthings``             : ``hessian_eigenthings.HessianOperator.matvec``;
 * ``curvlinops``              : ``curvlinops.HessianLinearOperator @ v``.
 
-Median wall time over ``--repeats`` interleaved repeats (after one warm-up), ratio to the gradient, and the peak
-resident-memory increase during the call (sampled every millisecond from /proc; CPU only, coarse; memory a kept
-graph holds between calls is printed separately).  Then top-5 eigenvalues to relative residual 1e-6 by
+Median wall time over ``--repeats`` interleaved repeats (after one warm-up) and ratio to the gradient.  At the end,
+after every timing, the peak resident memory of one call of each case above the memory before it: glibc is told to
+return every freed block of 64 KiB or more to the OS, and the kernel's high-water mark is reset before the call, so
+the figure is exact for CPU tensors (memory a kept graph holds between calls is printed separately).
+
+Then top-5 eigenvalues to relative residual 1e-6 by
 ``hessop.lanczos`` and by PyHessian's ``eigenvalues(top_n=5, tol=1e-6)`` on the test CNN and the ResNet-20-sized
 model, and SLQ with 90 steps x 1 draw by ``hessop.slq`` and by PyHessian's ``density(iter=90, n_v=1)`` on the test
 CNN; every hessop time includes building the operator with its defaults (the determinism check: two loss passes and
@@ -34,7 +37,6 @@ import copy
 import os
 import platform
 import statistics
-import threading
 import time
 from functools import partial
 
@@ -56,28 +58,52 @@ for _name, _module in [("pyhessian", "pyhessian"), ("eigenthings", "hessian_eige
         PEERS[_name] = f"import failed: {type(_e).__name__}: {_e}"
 
 
-def _rss() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def measure(fn) -> tuple[float, float]:
-    """(seconds, peak RSS increase in MB) of one call."""
-    base, peak, stop = _rss(), [0], threading.Event()
-
-    def sample():
-        while not stop.is_set():
-            peak[0] = max(peak[0], _rss())
-            time.sleep(0.001)
-
-    th = threading.Thread(target=sample, daemon=True)
-    th.start()
+def measure(fn) -> float:
+    """Seconds of one call."""
     t = time.perf_counter()
     fn()
-    dt = time.perf_counter() - t
-    stop.set()
-    th.join()
-    return dt, max(0, peak[0] - base) / 2**20
+    return time.perf_counter() - t
+
+
+def _status_bytes(key: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+    raise KeyError(key)
+
+
+def return_freed_memory_to_the_os() -> bool:
+    """Make glibc unmap every freed block of 64 KiB or more at once (``mallopt``; tensors are plain ``malloc``s on
+    CPU), so that the resident size follows the live tensors.  Called once, after every timing: it slows
+    allocation.  False where this is not glibc on Linux."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None)
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        ok = libc.mallopt(m_mmap_threshold, 64 * 1024) == 1 and libc.mallopt(m_trim_threshold, 0) == 1
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return ok
+    except (OSError, AttributeError):
+        return False
+
+
+def peak_mb(fn) -> float:
+    """Peak resident memory of one call above the resident memory before it, in MB: the kernel's high-water mark
+    ``VmHWM``, reset just before the call (``/proc/self/clear_refs``: exact, no sampling).  ``malloc_trim(0)``
+    first gives the free pages inside glibc's arenas back to the OS, so that memory the call reuses there counts."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    ctypes.CDLL(None).malloc_trim(0)
+    base = _status_bytes("VmRSS")
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    fn()
+    return max(0, _status_bytes("VmHWM") - base) / 2**20
 
 
 def resnet20(width: int = 16) -> nn.Module:
@@ -197,7 +223,7 @@ def cases(model: nn.Module, batch: tuple, loss_fn: nn.Module) -> tuple[dict, dic
                       ("fwd-over-rev", {"hvp_method": "forward_over_reverse"})]:
         H = HessianOperator.from_torch(model, loss_fn, [batch], check_deterministic=False, **kw)
         if label == "auto":
-            dt, mb = measure(lambda H=H: H.hvp(v))
+            dt = measure(lambda H=H: H.hvp(v))
             notes["kept graph"] = (f"built by the first product in {dt * 1e3:.1f} ms, holds "
                                    f"{H.backend.cache_bytes / 2**20:.1f} MB (budget "
                                    f"{H.backend.cache_memory / 2**30:.2f} GiB)")
@@ -214,28 +240,42 @@ def cases(model: nn.Module, batch: tuple, loss_fn: nn.Module) -> tuple[dict, dic
     return out, notes
 
 
-def time_products(name: str, model, batch, repeats: int) -> dict:
-    """Print the table of one model; return the medians relative to the gradient."""
+def time_products(name: str, model, batch, repeats: int) -> tuple[dict, dict]:
+    """Print the table of one model; return the medians relative to the gradient, and the cases (for the memory
+    pass)."""
     loss_fn = nn.CrossEntropyLoss()
     fns, notes = cases(model, batch, loss_fn)
     times = {k: [] for k in fns}
-    mems = {k: 0.0 for k in fns}
     for f in fns.values():  # warm-up
         f()
     for _ in range(repeats):
         for k, f in fns.items():
-            dt, mb = measure(f)
-            times[k].append(dt)
-            mems[k] = max(mems[k], mb)
+            times[k].append(measure(f))
     med = {k: statistics.median(t) / (8 if k.endswith("block/8") else 1) for k, t in times.items()}
     g = med["gradient"]
-    print("| case | median ms | / gradient | peak MB |\n|---|---:|---:|---:|")
+    print("| case | median ms | / gradient |\n|---|---:|---:|")
     for k in fns:
-        print(f"| {k + (' (per vector)' if k.endswith('block/8') else '')} | {1e3 * med[k]:.2f} | {med[k] / g:.2f} "
-              f"| {mems[k]:.1f} |")
+        print(f"| {k + (' (per vector)' if k.endswith('block/8') else '')} | {1e3 * med[k]:.2f} | {med[k] / g:.2f} |")
     for k, val in notes.items():
         print(f"- {k}: {val}")
-    return {k: t / g for k, t in med.items()}
+    return {k: t / g for k, t in med.items()}, fns
+
+
+def memory_pass(all_cases: dict) -> None:
+    """Peak memory of one call of every case, after all timing (see :func:`return_freed_memory_to_the_os`).  A
+    block of 8 is the whole block, not per vector; memory a kept graph holds between calls is not in it (it is
+    printed with the timings)."""
+    if not return_freed_memory_to_the_os():
+        print("\n- peak memory: not measured (needs glibc's mallopt and /proc/self/clear_refs)")
+        return
+    print("\nPeak resident memory of one call above the memory before it (MB; VmHWM reset before the call, freed "
+          "blocks returned to the OS):\n")
+    names = list(all_cases)
+    rows = dict.fromkeys(k for fns in all_cases.values() for k in fns)
+    print("| case | " + " | ".join(names) + " |\n|---|" + "---:|" * len(names))
+    peaks = {m: {k: peak_mb(f) for k, f in fns.items()} for m, fns in all_cases.items()}
+    for k in rows:
+        print(f"| {k} | " + " | ".join(f"{peaks[m][k]:.1f}" if k in peaks[m] else "-" for m in names) + " |")
 
 
 def _timed(fn):
@@ -333,18 +373,19 @@ def main() -> None:
     for peer, mod in PEERS.items():
         print(f"- peer {peer}: {mod if isinstance(mod, str) else getattr(mod, '__version__', 'imported')}")
     probs = problems(names, args.resnet_samples)
-    rel, eig, slq = {}, {}, {}
+    rel, eig, slq, all_cases = {}, {}, {}, {}
     for name in names:
         model, batch = probs[name]
         n = sum(p.numel() for p in model.parameters())
         print(f"\n{name}: {n:,} parameters, {len(batch[1])} samples, {next(model.parameters()).dtype}\n")
-        rel[name] = time_products(name, model, batch, args.repeats)
+        rel[name], all_cases[name] = time_products(name, model, batch, args.repeats)
     for name in ("cnn", "resnet20"):
         if name in probs:
             eig[name] = top5(name, *probs[name])
     if "cnn" in probs:
         slq["cnn"] = slq90("cnn", *probs["cnn"])
     targets(rel, eig, slq)
+    memory_pass(all_cases)
     print(f"\nload average at the end {os.getloadavg()[0]:.1f}; {time.perf_counter() - t0:.0f} s in all")
 
 
