@@ -6,13 +6,14 @@ NumPy backend, and backend-agnostic solvers run on the backend's own arrays.
 
 from hessop.blocks import BlockRow, BlockTable, by_block
 from hessop.density import SpectralDensity, slq
+from hessop.diagonal import DiagonalEstimate, diagonal
 from hessop.lanczos import lanczos
 from hessop.landscape import Landscape, landscape
 from hessop.operator import HessianOperator, as_operator
 from hessop.power import power_iteration
 from hessop.results import EigenResult
 from hessop.sketch import SketchResult, sketch
-from hessop.trace import DiagonalEstimate, TraceEstimate, diagonal, hutchinson, hutchpp, trace, xtrace
+from hessop.trace import TraceEstimate, hutchinson, hutchpp, trace, xtrace
 from hessop.tracking import Tracker, TrackRecord
 
 __all__ = [

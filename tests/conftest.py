@@ -7,7 +7,8 @@ import os
 import numpy as np
 import pytest
 
-from hessop.testing import matrix_with_spectrum, outlier_spectrum
+import hessop
+from hessop.testing import flat_spectrum, matrix_with_spectrum, outlier_spectrum
 
 
 @pytest.fixture
@@ -93,3 +94,36 @@ def _torch_hvp_method(monkeypatch):
         from hessop.backends.torch import TorchBackend
 
         monkeypatch.setitem(TorchBackend.__init__.__kwdefaults__, "hvp_method", method)
+
+
+# ------------------------------------------------ prescribed spectra and the network's Hessian (trace, diagonal)
+@pytest.fixture(scope="module")
+def flat():
+    lam = flat_spectrum(400, seed=3)
+    return matrix_with_spectrum(lam, seed=4), float(lam.sum())
+
+
+@pytest.fixture(scope="module")
+def outlier():
+    lam = outlier_spectrum(400, seed=3)
+    return matrix_with_spectrum(lam, seed=4), float(lam.sum())
+
+
+@pytest.fixture(scope="module")
+def outlier32():
+    """The outlier matrix stored in float32 (products and probes in float32); the truth is the exact trace of the
+    stored matrix."""
+    A = matrix_with_spectrum(outlier_spectrum(400, seed=3), seed=4).astype(np.float32)
+    return A, float(np.trace(A.astype(np.float64)))
+
+
+@pytest.fixture(scope="module")
+def network(torch_problem):
+    A = torch_problem["hessian"]
+    return A, float(np.trace(A))
+
+
+@pytest.fixture(scope="module")
+def torch_op(torch_problem):
+    p = torch_problem
+    return hessop.HessianOperator.from_torch(p["model"], p["loss_fn"], (p["x"], p["y"]))

@@ -1,0 +1,508 @@
+"""Diagonal of a Hessian from Hessian-vector products: Hutchinson, Diag++ and XDiag, with a standard error per entry.
+
+:func:`diagonal` takes a fixed number of probes or a target accuracy; with a target it chooses Hutchinson or Diag++
+(deflated Hutchinson) by the rule of :func:`hessop.trace.trace` and stops on a fresh batch of samples, so the
+standard errors it reports are those of the estimate.  XDiag (``method="xdiag"``) is the fixed-budget choice where a
+few eigenvalues dominate; its jackknife standard errors are conservative.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import scipy.linalg
+
+from hessop._array import check_finite, make_rng
+from hessop._checkpoint import Checkpoint, restore_rng, rng_state
+from hessop._probes import DEFAULT_BLOCK, block_sizes, probe_block
+from hessop._progress import Progress
+from hessop._validate import check_choice, check_int
+from hessop.operator import as_operator
+from hessop.trace import (
+    DEFAULT_MAX_RANK,
+    MIN_RTOL_SAMPLES,
+    TRY_DEFLATION_BLOCKS,
+    VARIANCE_GAIN,
+    _check_samples,
+    _Deflation,
+    _exact_diagonal,
+    _jackknife_se,
+    _orthonormal_range,
+    _pair_inverse,
+    _t_quantile,
+    _target_rule,
+    _warn_not_converged,
+)
+
+__all__ = ["DiagonalEstimate", "diagonal"]
+
+
+@dataclass(frozen=True)
+class DiagonalEstimate:
+    """An estimate of ``diag(H)``.
+
+    Attributes
+    ----------
+    diagonal : array, shape (n,)
+        The estimate, in the backend's array type and device.
+    std_error : array, shape (n,)
+        Standard error of each entry (same array type; NaN for a single sample).
+    per_parameter : dict or None
+        For an operator whose backend can split a flat vector (PyTorch: ``backend.unflatten``):
+        ``{parameter name: diagonal entries shaped like the parameter}``; otherwise None.
+    n_hvp : int
+        Hessian-vector products used.
+    n_samples : int
+        Probes averaged.
+    method : str
+        "hutchinson", "diag++", "xdiag" or "exact" (identity columns, when they cost less than the target needs).
+    converged : bool
+        With a target: whether it was met before ``max_samples`` (True for a fixed number of samples).
+    choice : str
+        Why that method.
+    stop_reason : str
+        With a target: why it stopped.
+    rank : int
+        Directions deflated by Diag++ (0 otherwise).
+    """
+
+    diagonal: Any = field(repr=False)
+    std_error: Any = field(repr=False)
+    per_parameter: dict[str, Any] | None = field(repr=False)
+    n_hvp: int
+    n_samples: int
+    method: str = "hutchinson"
+    converged: bool = True
+    choice: str = ""
+    stop_reason: str = ""
+    rank: int = 0
+
+
+def diagonal(
+    H: Any,
+    n_samples: int | None = None,
+    *,
+    rtol: float | None = None,
+    atol: float | None = None,
+    max_samples: int = 10_000,
+    seed: int | np.random.Generator | None = 0,
+    block_size: int = DEFAULT_BLOCK,
+    method: str = "auto",
+    max_rank: int = DEFAULT_MAX_RANK,
+    progress: bool | None = None,
+    checkpoint: str | os.PathLike | None = None,
+) -> DiagonalEstimate:
+    """``diag(H)`` with a standard error per entry: Hutchinson's estimate (Bekas, Kokiopoulou, Saad, Appl. Numer.
+    Math. 57, 2007), Diag++ (deflated Hutchinson: Baston, Nakatsukasa, "Stochastic diagonal estimation:
+    probabilistic bounds and an improved algorithm", arXiv:2201.10684, 2022), or XDiag (Epperly, Tropp, Webber,
+    SIAM J. Matrix Anal. Appl. 45(1), 2024).
+
+    Maths
+    -----
+    Hutchinson: for Rademacher probes ``v`` (entries +-1, so ``v * v = 1``), ``E[v * (H v)] = diag(H)`` entrywise,
+    with per-sample variance ``sum_{j != i} H_ij^2`` for entry ``i``.  The estimate is the mean of ``v * (H v)``
+    over the probes and each entry's standard error is its sample standard deviation over ``sqrt(N)``.  Means and
+    variances are accumulated on the backend block by block (Chan et al.'s pairwise update, stable for large
+    means), so nothing of length n goes to the host.
+
+    Diag++: with ``Q`` an orthonormal basis of sketched directions (``range(H S)``), ``P = Q Q^T``, ``Z = H Q`` and
+    ``B = Q^T Z``,
+
+        diag(H) = diag(P H + H P - P H P) + diag((I - P) H (I - P)),
+
+    where the first part is exact, ``2 rowsum(Q * Z) - rowsum((Q B) * Q)``, and the second is Hutchinson's estimate
+    with fresh Rademacher probes ``g``: ``g * ((I - P) H (I - P) g) = g * (H g' - Q Z^T g')``, ``g' = (I - P) g``,
+    one product each.  Given Q the samples are i.i.d. and unbiased, so their standard errors are those of the
+    estimate.  Entry i's variance drops from ``sum_{j != i} H_ij^2`` to the same sum over the deflated matrix: where
+    a few eigenvalues dominate (trained networks) that is most of it.
+
+    Stopping with ``rtol`` / ``atol`` (the rule of :func:`trace`, applied norm-wise): the target is met when the
+    root mean square of the entries' 95% half-widths ``t_{0.975, N-1} se_i`` is at most
+    ``max(rtol * rms(diagonal), atol)``.  Hutchinson stops on it after each block from ``MIN_RTOL_SAMPLES = 32``
+    probes on.  ``method="auto"`` (default) chooses as :func:`trace` does: if the first block predicts that
+    Hutchinson needs fewer than ``TRY_DEFLATION_BLOCKS = 8`` blocks, Hutchinson; otherwise ``Q`` is built from
+    that block's products and the next block gives both residual and plain samples, and Diag++ is kept if it cut the
+    entries' mean per-sample variance at least ``VARIANCE_GAIN = 2`` times.  Diag++ doubles its rank like
+    :func:`trace`'s Hutch++ and stops in two stages: a pilot of ``max(32, rank)`` residual samples fixes the size of
+    a fresh batch, whose standard errors alone give the result (no sample that informed a decision is in it).  If
+    the products still needed reach ``n``, the diagonal is taken exactly from the ``n`` identity columns.  Two
+    scalars go to the host per block.
+
+    XDiag (``method="xdiag"``, a fixed budget ``n_samples`` of products, no target): see :func:`_xdiag`.  At a
+    fixed budget on the test suite's outlier matrix (n = 400, 100 products, 100 seeds) its root-mean-square error
+    was 20x smaller than Hutchinson's; on a flat spectrum 2.8x larger.  Its jackknife standard errors are
+    conservative (1.2-2.3x the true error), so with a target, Diag++, whose standard errors are exact, is used.
+
+    Parameters
+    ----------
+    H : HessianOperator or symmetric scipy LinearOperator / array
+    n_samples : int, optional
+        A fixed number of Rademacher probes, >= 1 (Hutchinson; for ``method="xdiag"``: the product budget, >= 4,
+        as ``n_hvp`` of :func:`xtrace`).  Give either ``n_samples`` or a target (``rtol`` and/or ``atol``).
+    rtol, atol : float, optional
+        Target root-mean-square 95% half-width, relative to the diagonal's root mean square and absolute.
+    max_samples : int
+        With a target, the most products to spend (sketch included); default 10,000 (a ``RuntimeWarning`` if the
+        target is not met).
+    seed : int, numpy Generator or None
+        Seed of the host-drawn probes; default 0.
+    block_size : int
+        Probes per block product, and the first sketch's rank; default 16.
+    method : {"auto", "hutchinson", "diag++", "xdiag"}
+        Default "auto": with a target, chosen as above; with ``n_samples``, Hutchinson.  "diag++" needs a target
+        and deflates from the start; "xdiag" takes ``n_samples`` only.
+    max_rank : int
+        Most deflated directions (memory two ``n x max_rank`` blocks); default 512, at most ``n // 2``.
+    progress : bool, optional
+        Show a tqdm bar (probes or products; with a target the method and the root-mean-square 95% half-width);
+        default None: only when stderr is a terminal.
+    checkpoint : str or Path, optional
+        Resumable run (as :func:`hutchinson`): the running means and sums of squares (n-vectors copied to the host),
+        the deflation basis and its products, and the generator's state are saved after every block; default None.
+        Not for ``method="xdiag"``.
+
+    Notes
+    -----
+    Memory: Hutchinson ``3 * block_size + 4`` n-vectors (one probe block, its product, the running mean and
+    variance); Diag++ adds ``Q`` and ``Z`` (``2 * rank``), the products kept for the next doubling (up to
+    ``rank``) and three running means and variances; XDiag about ``8 * n_samples`` n-vectors.
+
+    Returns
+    -------
+    DiagonalEstimate
+        ``diagonal`` and ``std_error`` as native arrays; for a PyTorch operator ``per_parameter`` maps each
+        parameter name to its diagonal entries shaped like the parameter; ``method``, ``choice``, ``rank`` and
+        ``stop_reason`` say how it was computed.
+    """
+    op = as_operator(H)
+    method = check_choice(method, "method", ("auto", "hutchinson", "diag++", "xdiag"))
+    targeted = rtol is not None or atol is not None
+    if (n_samples is None) == (not targeted):
+        raise ValueError("give exactly one of n_samples (a fixed number of probes) or a target: rtol (relative "
+                         "root-mean-square 95% half-width, e.g. rtol=0.05) and/or atol")
+    if method == "xdiag":
+        if targeted:
+            raise ValueError("method='xdiag' takes a budget of products n_samples only; for a target use the "
+                             "default method='auto' (Diag++ where it pays)")
+        if checkpoint is not None:
+            raise ValueError("method='xdiag' has no checkpoint (its sketch is one block of products); use "
+                             "method='hutchinson' for a resumable run")
+        return _xdiag(op, check_int(n_samples, "n_samples", 4), seed)
+    if method == "diag++" and not targeted:
+        raise ValueError("method='diag++' needs a target (rtol= and/or atol=); for a fixed budget of products use "
+                         "method='xdiag' or 'hutchinson'")
+    block_size = check_int(block_size, "block_size", 1 if not targeted else 2)
+    unflatten = getattr(op.backend, "unflatten", None)
+    if targeted:
+        budget = check_int(max_samples, "max_samples", MIN_RTOL_SAMPLES)
+        max_rank = min(check_int(max_rank, "max_rank", 1), op.n // 2)
+        ck = Checkpoint(checkpoint, "diagonal", op, seed, {"n_samples": None, "rtol": rtol, "atol": atol,
+                                                           "max_samples": budget, "block_size": block_size,
+                                                           "method": method, "max_rank": max_rank})
+        bar = Progress(progress, op, "diagonal", budget, "HVP")
+        try:
+            result = _diagonal_adaptive(op, method, _target_rule(rtol, atol), budget, block_size, max_rank, seed,
+                                        bar, ck)
+        finally:
+            bar.close()
+        if not result.converged:
+            xp = op.xp
+            half = _t_quantile(0.95, max(result.n_samples - 1, 1)) * math.sqrt(float(xp.mean(result.std_error**2)))
+            _warn_not_converged("diagonal", rtol, atol, f"max_samples={budget}",
+                                math.sqrt(float(xp.mean(result.diagonal**2))), half)
+        return dataclasses.replace(result, per_parameter=unflatten(result.diagonal) if callable(unflatten) else None)
+
+    n_samples = check_int(n_samples, "n_samples", 1)
+    rng = make_rng(seed)
+    xp = op.xp
+    hvp0 = op.n_hvp
+    acc = _Moments(xp)
+    ck = Checkpoint(checkpoint, "diagonal", op, seed, {"n_samples": n_samples, "block_size": block_size,
+                                                       "method": "hutchinson"})
+    state = ck.load()
+    if state is not None:
+        acc.restore(op, state, "acc")
+        rng, hvp0 = restore_rng(state["rng"]), hvp0 - state["n_hvp"]
+    bar = Progress(progress, op, "diagonal", n_samples, "sample")
+    bar.update(acc.count)
+    for k in block_sizes(n_samples - acc.count, block_size):
+        V = probe_block(op, rng, k)
+        X = V * op.hvp_block(V)
+        check_finite(float(op.to_numpy(xp.sum(X))), "the sum of v * (H v)", acc.count + 1)
+        acc.add(X)
+        ck.save(**acc.state("acc"), rng=rng_state(rng), n_hvp=op.n_hvp - hvp0)
+        bar.update(k)
+    bar.close()
+    se = xp.sqrt(acc.m2 / (acc.count - 1) / acc.count) if acc.count > 1 else xp.full_like(acc.mean, float("nan"))
+    return DiagonalEstimate(diagonal=acc.mean, std_error=se,
+                            per_parameter=unflatten(acc.mean) if callable(unflatten) else None,
+                            n_hvp=op.n_hvp - hvp0, n_samples=acc.count, method="hutchinson",
+                            choice="a fixed number of probes" if method == "auto" else "method='hutchinson' asked for")
+
+
+class _Moments:
+    """Running entrywise mean and sum of squared deviations of n x k sample blocks, on the backend (the pairwise
+    update of Chan, Golub, LeVeque, Amer. Statist. 37(3), 1983, stable for large means)."""
+
+    def __init__(self, xp: Any) -> None:
+        self.xp = xp
+        self.mean: Any = None
+        self.m2: Any = None
+        self.count = 0
+
+    def add(self, X: Any) -> None:
+        xp, k = self.xp, int(X.shape[1])
+        bmean = xp.mean(X, axis=1)
+        bm2 = xp.sum((X - bmean[:, None]) ** 2, axis=1)
+        if self.mean is None:
+            self.mean, self.m2 = bmean, bm2
+        else:
+            total = self.count + k
+            delta = bmean - self.mean
+            self.mean = self.mean + delta * (k / total)
+            self.m2 = self.m2 + bm2 + delta**2 * (self.count * k / total)
+        self.count += k
+
+    def copy(self) -> _Moments:
+        other = _Moments(self.xp)
+        other.mean, other.m2, other.count = self.mean, self.m2, self.count
+        return other
+
+    def summary(self, op: Any, offset: Any = 0.0) -> tuple[float, float]:
+        """Two scalars in one transfer to the host: the entries' mean per-sample variance and the root mean square
+        of ``offset + mean``."""
+        xp = self.xp
+        v = op.to_numpy(xp.stack([xp.mean(self.m2), xp.mean((offset + self.mean) ** 2)]))
+        return float(v[0]) / max(self.count - 1, 1), math.sqrt(float(v[1]))
+
+    def state(self, name: str) -> dict[str, Any]:
+        return {f"{name}_mean": self.mean, f"{name}_m2": self.m2, f"{name}_count": self.count} if self.count else {}
+
+    def restore(self, op: Any, state: dict[str, Any], name: str) -> None:
+        if f"{name}_count" in state:
+            self.mean, self.m2 = op.cast(state[f"{name}_mean"]), op.cast(state[f"{name}_m2"])
+            self.count = int(state[f"{name}_count"])
+
+
+def _diagonal_adaptive(op: Any, method: str, target: Any, budget: int, b: int, max_rank: int, seed: Any,
+                       bar: Any, ck: Any) -> DiagonalEstimate:
+    """``diagonal`` with a target: Hutchinson or Diag++, chosen and stopped as :func:`diagonal` describes (the
+    loop of :func:`trace`, with n-vectors of samples in place of scalars)."""
+    xp = op.xp
+    hvp0 = op.n_hvp
+    rng = make_rng(seed)
+    defl = _Deflation(op)
+    plain, since, batch = _Moments(xp), _Moments(xp), _Moments(xp)  # plain; residual since Q; residual batch
+    pending: list[Any] = []
+    exact: Any = 0.0
+    last_var, plan, planned = math.inf, MIN_RTOL_SAMPLES, False
+
+    def spent() -> int:
+        return op.n_hvp - hvp0
+
+    def exact_part() -> Any:  # diag(P H + H P - P H P), P = Q Q^T
+        return 2 * xp.sum(defl.Q * defl.Z, axis=1) - xp.sum((defl.Q @ defl.B) * defl.Q, axis=1)
+
+    def save() -> None:
+        if ck:
+            ck.save(n_hvp=spent(), rng=rng_state(rng), mode=mode, choice=choice, last_var=last_var, plan=plan,
+                    planned=planned, pending=xp.concat(pending, axis=1) if pending else np.empty((op.n, 0)),
+                    **plain.state("plain"), **since.state("since"), **batch.state("batch"),
+                    **({"Q": defl.Q, "Z": defl.Z, "B": defl.B} if defl.Q is not None else {}))
+
+    state = ck.load() or {}
+    if "result" in state:  # finished with the exact diagonal
+        d = op.cast(state["diagonal"])
+        return DiagonalEstimate(diagonal=d, std_error=op.cast(state["std_error"]), per_parameter=None,
+                                **state["result"])
+    if state:
+        hvp0 -= state["n_hvp"]
+        rng, mode, choice, last_var = restore_rng(state["rng"]), state["mode"], state["choice"], state["last_var"]
+        plan, planned = int(state["plan"]), bool(state["planned"])
+        pending = [op.cast(state["pending"])] if state["pending"].shape[1] else []
+        for acc, name in ((plain, "plain"), (since, "since"), (batch, "batch")):
+            acc.restore(op, state, name)
+        if "Q" in state:
+            defl.Q, defl.Z, defl.B = (op.cast(state[key]) for key in "QZB")
+            exact = exact_part()
+    else:
+        k = min(b, budget)
+        S = probe_block(op, rng, k)
+        Y = op.hvp_block(S)
+        X = S * Y
+        check_finite(float(op.to_numpy(xp.sum(X))), "the sum of v * (H v)", 1)
+        plain.add(X)
+        mode, choice = method, f"method={method!r} asked for"
+        if method == "auto":
+            var, rms = plain.summary(op)
+            goal = target(rms)
+            need = math.inf if goal <= 0 else _t_quantile(0.95, k - 1) ** 2 * var / goal**2
+            if not (2 * k <= max_rank and spent() + 2 * k < budget):
+                mode, choice = "hutchinson", "no room for a sketch in the budget or size"
+            elif need < TRY_DEFLATION_BLOCKS * b:
+                mode = "hutchinson"
+                choice = (f"the first {k} products predict ~{need:.0f} for plain Hutchinson (< {TRY_DEFLATION_BLOCKS} "
+                          "blocks): deflation not tried")
+            else:
+                mode = "test"
+        if mode != "hutchinson":
+            last_var = plain.summary(op)[0]
+            defl.grow(Y)
+            exact = exact_part()
+            plan = max(MIN_RTOL_SAMPLES, defl.rank)
+        save()
+
+    converged, stop_reason = False, ""
+    while True:
+        if mode == "test" and since.count >= min(b, budget - spent() + since.count):
+            var_r, var_x = since.summary(op)[0], plain.summary(op)[0]
+            gain = var_x / var_r if var_r > 0 else math.inf
+            if gain >= VARIANCE_GAIN:
+                mode, last_var, batch = "diag++", var_x, since.copy()
+                choice = f"deflating {defl.rank} directions cut the entries' mean variance {gain:.3g}x"
+            else:
+                mode = "hutchinson"
+                choice = (f"deflating {defl.rank} directions cut the entries' mean variance only {gain:.3g}x "
+                          f"(< {VARIANCE_GAIN:g}x): plain Hutchinson")
+                since, batch, pending, exact = _Moments(xp), _Moments(xp), [], 0.0
+                continue
+        current, offset = (plain, 0.0) if mode == "hutchinson" else (batch, exact)
+        enough = current.count >= (MIN_RTOL_SAMPLES if mode == "hutchinson" else plan) and mode != "test"
+        fields: dict[str, Any] = {"method": mode, "rank": defl.rank}
+        if enough:
+            var, rms = current.summary(op, offset)
+            half = _t_quantile(0.95, current.count - 1) * math.sqrt(var / current.count)
+            fields["half95 (rms)"] = half
+            if (planned or mode == "hutchinson") and half <= target(rms):
+                bar.to(spent(), fields)
+                converged, stop_reason = True, f"target met: root-mean-square 95% half-width {half:.3g}"
+                break
+        bar.to(spent(), fields)
+        if spent() >= budget:
+            stop_reason = f"budget of {budget} products spent"
+            break
+        if enough:
+            goal = target(rms)
+            more = math.inf if goal <= 0 else _t_quantile(0.95, current.count - 1) ** 2 * var / goal**2 - current.count
+            if more >= op.n and budget - spent() >= op.n:
+                diag = _exact_diagonal(op, b)
+                _check_samples(diag, "a diagonal entry e_i^T H e_i", 0)
+                se = op.n * float(np.finfo(op.dtype).eps) * np.abs(diag)
+                result = {"n_hvp": spent(), "n_samples": op.n, "method": "exact", "converged": True,
+                          "choice": f"{mode}: ~{more:.0f} more products predicted, exact costs n = {op.n}",
+                          "stop_reason": f"exact: {op.n} identity columns", "rank": 0}
+                ck.save(diagonal=diag, std_error=se, result=result)
+                return DiagonalEstimate(diagonal=op.cast(diag), std_error=op.cast(se), per_parameter=None, **result)
+            if mode == "diag++":
+                cols = since.count
+                if (cols >= defl.rank and since.summary(op)[0] * VARIANCE_GAIN <= last_var
+                        and more > 3 * defl.rank and defl.rank + cols <= max_rank and spent() + cols + b <= budget):
+                    last_var = since.summary(op)[0]
+                    defl.grow(xp.concat(pending, axis=1))
+                    exact = exact_part()
+                    since, batch, pending = _Moments(xp), _Moments(xp), []
+                    plan, planned = max(MIN_RTOL_SAMPLES, defl.rank), False
+                    choice += f"; rank doubled to {defl.rank}"
+                    continue
+                # a fresh batch, its size fixed now, gives the result
+                plan, planned, batch = max(MIN_RTOL_SAMPLES, math.ceil(current.count + more)), True, _Moments(xp)
+        k = min(b, budget - spent())
+        G = probe_block(op, rng, k)
+        if mode == "hutchinson":
+            X = G * op.hvp_block(G)
+            check_finite(float(op.to_numpy(xp.sum(X))), "the sum of v * (H v)", plain.count + 1)
+            plain.add(X)
+        else:
+            C = defl.Q.T @ G
+            Gp = G - defl.Q @ C
+            W = op.hvp_block(Gp)
+            X = G * (W - defl.Q @ (defl.Z.T @ Gp))  # g * ((I - P) H (I - P) g)
+            check_finite(float(op.to_numpy(xp.sum(X))), "the sum of the residual samples", since.count + 1)
+            since.add(X)
+            if mode == "diag++":
+                batch.add(X)
+            else:  # the plain samples of the same probes, from the same product: g * (H g' + Z Q^T g)
+                plain.add(G * (W + defl.Z @ C))
+            pending.append(W)
+        save()
+    if mode == "test":
+        mode, batch = "diag++", since
+    current, offset = (plain, 0.0) if mode == "hutchinson" else ((batch if batch.count >= 2 else since), exact)
+    diag = offset + current.mean
+    se = xp.sqrt(current.m2 / (current.count - 1) / current.count) if current.count > 1 else \
+        xp.full_like(diag, float("nan"))
+    return DiagonalEstimate(diagonal=diag, std_error=se, per_parameter=None, n_hvp=spent(), n_samples=current.count,
+                            method=mode, converged=converged, choice=choice, stop_reason=stop_reason,
+                            rank=defl.rank if mode == "diag++" else 0)
+
+
+def _xdiag(op: Any, n_hvp: int, seed: Any) -> DiagonalEstimate:
+    """XDiag (Epperly, Tropp, Webber 2024, section 2.4): the diagonal analogue of :func:`xtrace`.
+
+    With ``m = n_hvp // 2`` Rademacher probes ``Omega``, ``Y = H Omega = Q R`` and ``Z = H Q``, each probe in turn
+    is left out of the low-rank part and used as the Hutchinson probe for the rest (``P_i`` as in :func:`xtrace`):
+
+        d_i = diag(P_i H) + w_i * ((I - P_i) H w_i),
+
+    unbiased because ``w_i`` is independent of ``P_i`` and ``w_i * w_i = 1``.  With ``P_i = Q (I - s_i s_i^T) Q^T``,
+    ``T = Z^T Omega`` and ``c_i = s_i^T T e_i``:
+
+        d_i = diag(Q Z^T) - (Q s_i) * (Z s_i) + w_i * y_i - w_i * (Q T e_i) + c_i w_i * (Q s_i),
+
+    all columns at once from n x m blocks on the backend (only ``R`` and ``T``, m x m, go to the host).  The
+    estimate is ``mean_i d_i``.
+
+    Standard error: each entry's jackknife (as in :func:`xtrace`) over the XDiag estimates on the m - 1 probes left
+    after dropping each probe j.  Leaving out probes i and j replaces ``s_i`` above by the pair ``[s_i s_j]`` and
+    its 2 x 2 Gram inverse (:func:`_pair_inverse`); summed over i, every term is an n x m block times an m x m
+    matrix, so all m leave-one-probe-out diagonals cost O(n m^2) flops (as the QR) and no product.  The spread of
+    the ``d_i`` over ``sqrt(m)`` (the paper's estimate, used before) was optimistic, 0.75-0.83x the true error; the
+    jackknife was 1.42-1.50x it over 100 seeds at 100 products (2.3x at 20 on the outlier matrix), and its 95%
+    intervals covered 98% of the entries.  If ``H Omega`` is numerically rank deficient, ``Q Q^T H = H`` and
+    ``diag(Q Z^T)`` is exact (``std_error`` then the rounding bound ``m eps |Q||Z|`` entrywise).
+
+    Memory: about ``8 m`` n-vectors (``Omega``, ``Y``, ``Q``, ``Z``, ``Q S``, ``Z S`` and two n x m terms).
+    """
+    m = n_hvp // 2
+    rng = make_rng(seed)
+    xp = op.xp
+    hvp0 = op.n_hvp
+    Om = probe_block(op, rng, m)
+    Y = op.hvp_block(Om)
+    Q, R = _orthonormal_range(xp, Y)
+    Z = op.hvp_block(Q)
+    small = np.asarray(op.to_numpy(xp.concat([R, Z.T @ Om], axis=0)), dtype=np.float64)
+    if not np.all(np.isfinite(small)):
+        check_finite(float("nan"), "a product H v", 1)
+    R, T = small[:m], small[m:]
+    exact = xp.sum(Q * Z, axis=1)
+    eps = float(np.finfo(op.dtype).eps)
+    if np.linalg.cond(R) * m * eps >= 1:  # rank(H) < m: Q spans range(H), so Q Q^T H = H
+        se = m * eps * (xp.abs(Q) @ xp.sum(xp.abs(Z), axis=0)) / m
+        diag, count = exact, 1
+    else:
+        X = scipy.linalg.solve_triangular(R, np.eye(m), trans="T", lower=False)  # R^{-T}
+        S = X / np.linalg.norm(X, axis=0)
+        c = np.sum(S * T, axis=0)
+        QS, ZS = Q @ op.cast(S), Z @ op.cast(S)
+        F = Om * Y - Om * (Q @ op.cast(T))
+        QZ = QS * ZS
+        diag = xp.mean(exact[:, None] - QZ + F + Om * QS * op.cast(c)[None, :], axis=1)
+        # the jackknife: column j is XDiag on the m - 1 probes left after dropping probe j (pairs as in xtrace)
+        g00, g01, g11 = _pair_inverse(S)
+        c_ji = S.T @ T
+        K0, K1, g00, g01 = (op.cast(a) for a in (g00 * c[:, None] + g01 * c_ji.T, g01 * c[:, None] + g11 * c_ji.T,
+                                                 g00, g01))
+        loo = exact[:, None] + (xp.sum(F, axis=1)[:, None] - F - QZ @ g00 - ZS * (QS @ g01) - QS * (ZS @ g01)
+                                - QZ * op.cast(g11.sum(axis=0))[None, :] + (Om * QS) @ K0 + QS * (Om @ K1)) / (m - 1)
+        se = _jackknife_se(loo, axis=1)
+        count = m
+    check_finite(float(op.to_numpy(xp.sum(diag))), "the XDiag estimate", 1)
+    unflatten = getattr(op.backend, "unflatten", None)
+    return DiagonalEstimate(diagonal=diag, std_error=se, per_parameter=unflatten(diag) if callable(unflatten) else None,
+                            n_hvp=op.n_hvp - hvp0, n_samples=count, method="xdiag")
