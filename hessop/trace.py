@@ -1,4 +1,4 @@
-"""Trace of a Hessian from Hessian-vector products: Hutchinson, Hutch++, XTrace, and :func:`trace` choosing between them.
+"""Trace of a Hessian from Hessian-vector products: Hutchinson, Hutch++, XTrace, and `trace` choosing among them.
 
 Every estimator reports a standard error next to its estimate, takes a ``seed`` (probes are drawn on the host, so
 one seed gives the same answer on every backend), pushes its probes through ``H.hvp_block`` in blocks and counts
