@@ -219,27 +219,22 @@ def diagonal(
 
     n_samples = check_int(n_samples, "n_samples", 1)
     rng = make_rng(seed)
-    xp = op.xp
     hvp0 = op.n_hvp
-    acc = _Moments(xp)
+    acc = _Moments(op)
     ck = Checkpoint(checkpoint, "diagonal", op, seed, {"n_samples": n_samples, "block_size": block_size,
                                                        "method": "hutchinson"})
     state = ck.load()
     if state is not None:
-        acc.restore(op, state, "acc")
+        acc.restore(state, "acc")
         rng, hvp0 = restore_rng(state["rng"]), hvp0 - state["n_hvp"]
     bar = Progress(progress, op, "diagonal", n_samples, "sample")
     bar.update(acc.count)
     for k in block_sizes(n_samples - acc.count, block_size):
-        V = probe_block(op, rng, k)
-        X = V * op.hvp_block(V)
-        check_finite(float(op.to_numpy(xp.sum(X))), "the sum of v * (H v)", acc.count + 1)
-        acc.add(X)
+        _hutchinson_block(op, rng, k, acc)
         ck.save(**acc.state("acc"), rng=rng_state(rng), n_hvp=op.n_hvp - hvp0)
         bar.update(k)
     bar.close()
-    se = xp.sqrt(acc.m2 / (acc.count - 1) / acc.count) if acc.count > 1 else xp.full_like(acc.mean, float("nan"))
-    return DiagonalEstimate(diagonal=acc.mean, std_error=se,
+    return DiagonalEstimate(diagonal=acc.mean, std_error=acc.std_error(),
                             per_parameter=unflatten(acc.mean) if callable(unflatten) else None,
                             n_hvp=op.n_hvp - hvp0, n_samples=acc.count, method="hutchinson",
                             choice="a fixed number of probes" if method == "auto" else "method='hutchinson' asked for")
@@ -249,14 +244,17 @@ class _Moments:
     """Running entrywise mean and sum of squared deviations of n x k sample blocks, on the backend (the pairwise
     update of Chan, Golub, LeVeque, Amer. Statist. 37(3), 1983, stable for large means)."""
 
-    def __init__(self, xp: Any) -> None:
-        self.xp = xp
+    def __init__(self, op: Any) -> None:
+        self.op, self.xp = op, op.xp
         self.mean: Any = None
         self.m2: Any = None
         self.count = 0
 
-    def add(self, X: Any) -> None:
+    def add(self, X: Any, what: str | None = None) -> None:
+        """Add the columns of ``X``; with ``what``, first check their sum is finite (one scalar to the host)."""
         xp, k = self.xp, int(X.shape[1])
+        if what is not None:
+            check_finite(float(self.op.to_numpy(xp.sum(X))), what, self.count + 1)
         bmean = xp.mean(X, axis=1)
         bm2 = xp.sum((X - bmean[:, None]) ** 2, axis=1)
         if self.mean is None:
@@ -269,24 +267,38 @@ class _Moments:
         self.count += k
 
     def copy(self) -> _Moments:
-        other = _Moments(self.xp)
+        other = _Moments(self.op)
         other.mean, other.m2, other.count = self.mean, self.m2, self.count
         return other
 
-    def summary(self, op: Any, offset: Any = 0.0) -> tuple[float, float]:
+    def summary(self, offset: Any = 0.0) -> tuple[float, float]:
         """Two scalars in one transfer to the host: the entries' mean per-sample variance and the root mean square
         of ``offset + mean``."""
         xp = self.xp
-        v = op.to_numpy(xp.stack([xp.mean(self.m2), xp.mean((offset + self.mean) ** 2)]))
+        v = self.op.to_numpy(xp.stack([xp.mean(self.m2), xp.mean((offset + self.mean) ** 2)]))
         return float(v[0]) / max(self.count - 1, 1), math.sqrt(float(v[1]))
 
     def state(self, name: str) -> dict[str, Any]:
         return {f"{name}_mean": self.mean, f"{name}_m2": self.m2, f"{name}_count": self.count} if self.count else {}
 
-    def restore(self, op: Any, state: dict[str, Any], name: str) -> None:
+    def restore(self, state: dict[str, Any], name: str) -> None:
         if f"{name}_count" in state:
-            self.mean, self.m2 = op.cast(state[f"{name}_mean"]), op.cast(state[f"{name}_m2"])
+            self.mean, self.m2 = self.op.cast(state[f"{name}_mean"]), self.op.cast(state[f"{name}_m2"])
             self.count = int(state[f"{name}_count"])
+
+    def std_error(self) -> Any:
+        """Each entry's standard error of the mean (NaN for a single sample)."""
+        if self.count > 1:
+            return self.xp.sqrt(self.m2 / (self.count - 1) / self.count)
+        return self.xp.full_like(self.mean, float("nan"))
+
+
+def _hutchinson_block(op: Any, rng: np.random.Generator, k: int, acc: _Moments) -> Any:
+    """Draw ``k`` Rademacher probes, add their samples ``v * (H v)`` to ``acc``; return the products ``H V``."""
+    V = probe_block(op, rng, k)
+    Y = op.hvp_block(V)
+    acc.add(V * Y, "the sum of v * (H v)")
+    return Y
 
 
 def _diagonal_adaptive(op: Any, method: str, target: Any, budget: int, b: int, max_rank: int, seed: Any,
@@ -297,7 +309,7 @@ def _diagonal_adaptive(op: Any, method: str, target: Any, budget: int, b: int, m
     hvp0 = op.n_hvp
     rng = make_rng(seed)
     defl = _Deflation(op)
-    plain, since, batch = _Moments(xp), _Moments(xp), _Moments(xp)  # plain; residual since Q; residual batch
+    plain, since, batch = _Moments(op), _Moments(op), _Moments(op)  # plain; residual since Q; residual batch
     pending: list[Any] = []
     exact: Any = 0.0
     last_var, plan, planned = math.inf, MIN_RTOL_SAMPLES, False
@@ -326,20 +338,17 @@ def _diagonal_adaptive(op: Any, method: str, target: Any, budget: int, b: int, m
         plan, planned = int(state["plan"]), bool(state["planned"])
         pending = [op.cast(state["pending"])] if state["pending"].shape[1] else []
         for acc, name in ((plain, "plain"), (since, "since"), (batch, "batch")):
-            acc.restore(op, state, name)
+            acc.restore(state, name)
         if "Q" in state:
             defl.Q, defl.Z, defl.B = (op.cast(state[key]) for key in "QZB")
             exact = exact_part()
     else:
         k = min(b, budget)
-        S = probe_block(op, rng, k)
-        Y = op.hvp_block(S)
-        X = S * Y
-        check_finite(float(op.to_numpy(xp.sum(X))), "the sum of v * (H v)", 1)
-        plain.add(X)
+        Y = _hutchinson_block(op, rng, k, plain)
         mode, choice = method, f"method={method!r} asked for"
+        first = plain.summary() if method != "hutchinson" else None
         if method == "auto":
-            var, rms = plain.summary(op)
+            var, rms = first
             goal = target(rms)
             need = math.inf if goal <= 0 else _t_quantile(0.95, k - 1) ** 2 * var / goal**2
             if not (2 * k <= max_rank and spent() + 2 * k < budget):
@@ -351,7 +360,7 @@ def _diagonal_adaptive(op: Any, method: str, target: Any, budget: int, b: int, m
             else:
                 mode = "test"
         if mode != "hutchinson":
-            last_var = plain.summary(op)[0]
+            last_var = first[0]
             defl.grow(Y)
             exact = exact_part()
             plan = max(MIN_RTOL_SAMPLES, defl.rank)
@@ -360,7 +369,7 @@ def _diagonal_adaptive(op: Any, method: str, target: Any, budget: int, b: int, m
     converged, stop_reason = False, ""
     while True:
         if mode == "test" and since.count >= min(b, budget - spent() + since.count):
-            var_r, var_x = since.summary(op)[0], plain.summary(op)[0]
+            var_r, var_x = since.summary()[0], plain.summary()[0]
             gain = var_x / var_r if var_r > 0 else math.inf
             if gain >= VARIANCE_GAIN:
                 mode, last_var, batch = "diag++", var_x, since.copy()
@@ -369,13 +378,13 @@ def _diagonal_adaptive(op: Any, method: str, target: Any, budget: int, b: int, m
                 mode = "hutchinson"
                 choice = (f"deflating {defl.rank} directions cut the entries' mean variance only {gain:.3g}x "
                           f"(< {VARIANCE_GAIN:g}x): plain Hutchinson")
-                since, batch, pending, exact = _Moments(xp), _Moments(xp), [], 0.0
+                since, batch, pending, exact = _Moments(op), _Moments(op), [], 0.0
                 continue
         current, offset = (plain, 0.0) if mode == "hutchinson" else (batch, exact)
         enough = current.count >= (MIN_RTOL_SAMPLES if mode == "hutchinson" else plan) and mode != "test"
         fields: dict[str, Any] = {"method": mode, "rank": defl.rank}
         if enough:
-            var, rms = current.summary(op, offset)
+            var, rms = current.summary(offset)
             half = _t_quantile(0.95, current.count - 1) * math.sqrt(var / current.count)
             fields["half95 (rms)"] = half
             if (planned or mode == "hutchinson") and half <= target(rms):
@@ -400,30 +409,28 @@ def _diagonal_adaptive(op: Any, method: str, target: Any, budget: int, b: int, m
                 return DiagonalEstimate(diagonal=op.cast(diag), std_error=op.cast(se), per_parameter=None, **result)
             if mode == "diag++":
                 cols = since.count
-                if (cols >= defl.rank and since.summary(op)[0] * VARIANCE_GAIN <= last_var
-                        and more > 3 * defl.rank and defl.rank + cols <= max_rank and spent() + cols + b <= budget):
-                    last_var = since.summary(op)[0]
+                var_r = since.summary()[0] if cols >= defl.rank else math.inf
+                if (var_r * VARIANCE_GAIN <= last_var and more > 3 * defl.rank and defl.rank + cols <= max_rank
+                        and spent() + cols + b <= budget):
+                    last_var = var_r
                     defl.grow(xp.concat(pending, axis=1))
                     exact = exact_part()
-                    since, batch, pending = _Moments(xp), _Moments(xp), []
+                    since, batch, pending = _Moments(op), _Moments(op), []
                     plan, planned = max(MIN_RTOL_SAMPLES, defl.rank), False
                     choice += f"; rank doubled to {defl.rank}"
                     continue
                 # a fresh batch, its size fixed now, gives the result
-                plan, planned, batch = max(MIN_RTOL_SAMPLES, math.ceil(current.count + more)), True, _Moments(xp)
+                plan, planned, batch = max(MIN_RTOL_SAMPLES, math.ceil(current.count + more)), True, _Moments(op)
         k = min(b, budget - spent())
-        G = probe_block(op, rng, k)
         if mode == "hutchinson":
-            X = G * op.hvp_block(G)
-            check_finite(float(op.to_numpy(xp.sum(X))), "the sum of v * (H v)", plain.count + 1)
-            plain.add(X)
+            _hutchinson_block(op, rng, k, plain)
         else:
+            G = probe_block(op, rng, k)
             C = defl.Q.T @ G
             Gp = G - defl.Q @ C
             W = op.hvp_block(Gp)
             X = G * (W - defl.Q @ (defl.Z.T @ Gp))  # g * ((I - P) H (I - P) g)
-            check_finite(float(op.to_numpy(xp.sum(X))), "the sum of the residual samples", since.count + 1)
-            since.add(X)
+            since.add(X, "the sum of the residual samples")
             if mode == "diag++":
                 batch.add(X)
             else:  # the plain samples of the same probes, from the same product: g * (H g' + Z Q^T g)
@@ -433,12 +440,9 @@ def _diagonal_adaptive(op: Any, method: str, target: Any, budget: int, b: int, m
     if mode == "test":
         mode, batch = "diag++", since
     current, offset = (plain, 0.0) if mode == "hutchinson" else ((batch if batch.count >= 2 else since), exact)
-    diag = offset + current.mean
-    se = xp.sqrt(current.m2 / (current.count - 1) / current.count) if current.count > 1 else \
-        xp.full_like(diag, float("nan"))
-    return DiagonalEstimate(diagonal=diag, std_error=se, per_parameter=None, n_hvp=spent(), n_samples=current.count,
-                            method=mode, converged=converged, choice=choice, stop_reason=stop_reason,
-                            rank=defl.rank if mode == "diag++" else 0)
+    return DiagonalEstimate(diagonal=offset + current.mean, std_error=current.std_error(), per_parameter=None,
+                            n_hvp=spent(), n_samples=current.count, method=mode, converged=converged, choice=choice,
+                            stop_reason=stop_reason, rank=defl.rank if mode == "diag++" else 0)
 
 
 def _xdiag(op: Any, n_hvp: int, seed: Any) -> DiagonalEstimate:
@@ -489,7 +493,8 @@ def _xdiag(op: Any, n_hvp: int, seed: Any) -> DiagonalEstimate:
         X = scipy.linalg.solve_triangular(R, np.eye(m), trans="T", lower=False)  # R^{-T}
         S = X / np.linalg.norm(X, axis=0)
         c = np.sum(S * T, axis=0)
-        QS, ZS = Q @ op.cast(S), Z @ op.cast(S)
+        S_native = op.cast(S)
+        QS, ZS = Q @ S_native, Z @ S_native
         F = Om * Y - Om * (Q @ op.cast(T))
         QZ = QS * ZS
         diag = xp.mean(exact[:, None] - QZ + F + Om * QS * op.cast(c)[None, :], axis=1)

@@ -183,21 +183,16 @@ def test_xtrace_matches_its_definition():
     A = matrix_with_spectrum(outlier_spectrum(n, n_outliers=4, n_negative=1, seed=2), seed=3)
     r = hessop.xtrace(A, 2 * m, seed=11)
     Om = draw(make_rng(11), n, m, "gaussian")
-    expect = []
-    for i in range(m):
-        Qi = np.linalg.qr(A @ np.delete(Om, i, axis=1))[0]
-        P = Qi @ Qi.T
-        u = Om[:, i] - P @ Om[:, i]
-        expect.append(np.trace(P @ A) + (n - m + 1) * (u @ A @ u) / (u @ u))
+    expect = xtrace_samples_by_definition(A, Om)
     np.testing.assert_allclose(r.samples, expect, rtol=1e-9)
     assert r.estimate == pytest.approx(np.mean(expect), rel=1e-10)
     # the jackknife standard error: XTrace on the m - 1 probes left after dropping each probe j in turn
-    loo = [xtrace_by_definition(A, np.delete(Om, j, axis=1)) for j in range(m)]
+    loo = [np.mean(xtrace_samples_by_definition(A, np.delete(Om, j, axis=1))) for j in range(m)]
     assert r.std_error == pytest.approx(math.sqrt((m - 1) / m * np.sum((loo - np.mean(loo)) ** 2)), rel=1e-8)
 
 
-def xtrace_by_definition(A, Om):
-    """XTrace's estimate from the probes ``Om``, with explicit leave-one-out projectors."""
+def xtrace_samples_by_definition(A, Om):
+    """XTrace's leave-one-out samples ``t_i`` from the probes ``Om``, with explicit projectors."""
     n, m = Om.shape
     t = []
     for i in range(m):
@@ -205,7 +200,7 @@ def xtrace_by_definition(A, Om):
         P = Qi @ Qi.T
         u = Om[:, i] - P @ Om[:, i]
         t.append(np.trace(P @ A) + (n - m + 1) * (u @ A @ u) / (u @ u))
-    return np.mean(t)
+    return np.array(t)
 
 
 def test_hutchpp_is_exact_for_low_rank():
