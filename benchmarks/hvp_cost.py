@@ -17,17 +17,19 @@ after every timing, the peak resident memory of one call of each case above the 
 return every freed block of 64 KiB or more to the OS, and the kernel's high-water mark is reset before the call, so
 the figure is exact for CPU tensors (memory a kept graph holds between calls is printed separately).
 
-Then top-5 eigenvalues to relative residual 1e-6 by
-``hessop.lanczos`` and by PyHessian's ``eigenvalues(top_n=5, tol=1e-6)`` on the test CNN and the ResNet-20-sized
-model, and SLQ with 90 steps x 1 draw by ``hessop.slq`` and by PyHessian's ``density(iter=90, n_v=1)`` on the test
-CNN; every hessop time includes building the operator with its defaults (the determinism check: two loss passes and
-two products).  The last lines check the targets of issue 9.  A peer that cannot be imported, or fails on a model,
-is reported as such.
+Then top-5 eigenvalues to relative residual 1e-6 by ``hessop.lanczos`` and by PyHessian's
+``eigenvalues(top_n=5, tol=1e-6)`` on the test CNN and the ResNet-20-sized model, and SLQ with 90 steps x 1 draw by
+``hessop.slq`` and by PyHessian's ``density(iter=90, n_v=1)`` on the test CNN (on torch >= 2.0, where ``torch.eig``
+is gone, PyHessian is given an equivalent built on ``torch.linalg.eigh`` for its symmetric tridiagonal matrix); every
+hessop time includes building the operator with its defaults (the determinism check: two loss passes and two
+products).  The FLOPs column counts the arithmetic of each case (matrix products, convolutions, attention) in units
+of the gradient's.  ``--compiled`` adds what ``torch.compile`` of a forward-over-reverse product would buy.  The last
+lines check the targets of issue 9.  A peer that cannot be imported, or fails on a model, is reported as such.
 
 Usage::
 
     python benchmarks/hvp_cost.py [--repeats 7] [--threads 2] [--models cnn,cnn64,mlp,resnet20,transformer]
-                                  [--resnet-samples 32] [--quick]
+                                  [--resnet-samples 32] [--quick] [--compiled cnn,resnet20]
 """
 
 from __future__ import annotations
@@ -37,13 +39,16 @@ import copy
 import os
 import platform
 import statistics
+import tempfile
 import time
 from functools import partial
 
 import numpy as np
 import torch
 from torch import nn
+from torch.func import functional_call, grad, jvp, vmap
 from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
 
 import hessop
 from hessop import HessianOperator
@@ -252,13 +257,25 @@ def time_products(name: str, model, batch, repeats: int) -> tuple[dict, dict]:
         for k, f in fns.items():
             times[k].append(measure(f))
     med = {k: statistics.median(t) / (8 if k.endswith("block/8") else 1) for k, t in times.items()}
-    g = med["gradient"]
-    print("| case | median ms | / gradient |\n|---|---:|---:|")
+    work = {k: flops(f) / (8 if k.endswith("block/8") else 1) for k, f in fns.items()}
+    g, gf = med["gradient"], work["gradient"]
+    print("| case | median ms | / gradient | FLOPs / gradient's |\n|---|---:|---:|---:|")
     for k in fns:
-        print(f"| {k + (' (per vector)' if k.endswith('block/8') else '')} | {1e3 * med[k]:.2f} | {med[k] / g:.2f} |")
+        print(f"| {k + (' (per vector)' if k.endswith('block/8') else '')} | {1e3 * med[k]:.2f} | {med[k] / g:.2f} "
+              f"| {work[k] / gf:.2f} |")
+    print(f"- the gradient: {gf / 1e9:.3f} GFLOP in {1e3 * g:.2f} ms ({gf / g / 1e9:.1f} GFLOP/s)")
     for k, val in notes.items():
         print(f"- {k}: {val}")
-    return {k: t / g for k, t in med.items()}, fns
+    return {k: t / g for k, t in med.items()} | {f"{k} flops": w / gf for k, w in work.items()}, fns
+
+
+def flops(fn) -> float:
+    """Floating-point operations of one call: ``torch.utils.flop_counter.FlopCounterMode`` counts every matrix
+    product, convolution and attention of the forward and backward passes (2 per multiply-add) and nothing
+    elementwise.  The same count for every case, so the ratios say how much arithmetic each product needs."""
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return float(counter.get_total_flops())
 
 
 def memory_pass(all_cases: dict) -> None:
@@ -318,15 +335,78 @@ def slq90(name: str, model, batch) -> dict:
                                        n_vectors=1))
     print(f"\nSLQ, 90 steps x 1 draw, {name}: hessop.slq (defaults) {th:.2f} s ({sd.n_hvp} HVPs, blocks {sd.blocks}, "
           f"memory {sd.memory} n-vectors)")
-    torch.manual_seed(0)
+    def density():
+        torch.manual_seed(0)
+        return PEERS["pyhessian"].hessian(copy.deepcopy(model), loss_fn, data=batch, cuda=False).density(iter=90,
+                                                                                                         n_v=1)
+
     try:
-        tp, _ = _timed(lambda: PEERS["pyhessian"].hessian(copy.deepcopy(model), loss_fn, data=batch, cuda=False)
-                       .density(iter=90, n_v=1))
+        tp, _ = _timed(density)
+        how = ""
     except Exception as e:  # noqa: BLE001 - reported
         print(f"- PyHessian density(iter=90, n_v=1) failed: {type(e).__name__}: {str(e).strip().splitlines()[0]}")
-        return {}
-    print(f"- PyHessian density(iter=90, n_v=1) {tp:.2f} s; ratio {th / tp:.2f}")
+        if "torch.eig" not in str(e) and "torch.linalg.eig" not in str(e):
+            return {}
+        # PyHessian diagonalises its symmetric tridiagonal matrix with torch.eig (removed in torch 2.0, where the
+        # name remains and raises); eigh gives the same eigenpairs in torch.eig's format, as a user would patch it
+        original, torch.eig = torch.eig, _eig_by_eigh
+        try:
+            tp, _ = _timed(density)
+        finally:
+            torch.eig = original
+        how = " (torch.eig supplied by torch.linalg.eigh)"
+    print(f"- PyHessian density(iter=90, n_v=1){how} {tp:.2f} s; ratio {th / tp:.2f}")
     return {"ratio": th / tp}
+
+
+def _eig_by_eigh(T: torch.Tensor, eigenvectors: bool = False) -> tuple:
+    """The removed ``torch.eig`` for a symmetric matrix: eigenvalues as an (n, 2) [real, imaginary] tensor and the
+    eigenvectors as columns."""
+    w, Q = torch.linalg.eigh(T)
+    return torch.stack([w, torch.zeros_like(w)], dim=1), (Q if eigenvectors else T.new_empty(0))
+
+
+def compiled_products(name: str, model, batch, repeats: int) -> None:
+    """What compiling would buy: ``torch.compile`` (inductor) of the forward-over-reverse product ``jvp(grad(loss))``
+    and of its ``vmap`` over 8 vectors, written here with ``torch.func`` on the parameter dict (not a hessop
+    method), timed against the eager gradient (the unit of every ratio above) and against the compiled gradient.
+    The compile time is the first call's, from an empty inductor cache (a fresh ``TORCHINDUCTOR_CACHE_DIR``)."""
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="hessop-bench-inductor-")
+    torch._dynamo.reset()  # the same code objects as for the previous model: compile afresh, static shapes
+    loss_fn = nn.CrossEntropyLoss()
+    ps = {k: p.detach() for k, p in model.named_parameters()}
+
+    def loss(q):
+        return loss_fn(functional_call(model, q, (batch[0],)), batch[1])
+
+    def hvp(q, v):
+        return jvp(grad(loss), (q,), (v,))[1]
+
+    v = {k: torch.randn_like(p) for k, p in ps.items()}
+    V = {k: torch.randn(8, *p.shape, dtype=p.dtype) for k, p in ps.items()}
+    params = [p for p in model.parameters() if p.requires_grad]
+    fns = {"eager gradient": lambda: torch.autograd.grad(loss_fn(model(batch[0]), batch[1]), params),
+           **{k: torch.no_grad()(torch.compile(f, dynamic=False)) for k, f in [  # torch.func needs no autograd graph
+               ("compiled gradient", grad(loss)), ("compiled product", hvp),
+               ("compiled block/8", vmap(hvp, in_dims=(None, 0)))]}}
+    args = {"eager gradient": (), "compiled gradient": (ps,), "compiled product": (ps, v), "compiled block/8": (ps, V)}
+    build = {k: measure(lambda k=k: fns[k](*args[k])) for k in fns}
+    H = HessianOperator.from_torch(model, loss_fn, [batch], check_deterministic=False)
+    flat = torch.cat([v[k].reshape(-1) for k in ps])
+    ref = H.hvp(flat)
+    err = float(torch.linalg.vector_norm(torch.cat([h.reshape(-1) for h in fns["compiled product"](ps, v).values()])
+                                         - ref) / torch.linalg.vector_norm(ref))
+    times = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, f in fns.items():
+            times[k].append(measure(lambda f=f, k=k: f(*args[k])))
+    med = {k: statistics.median(t) / (8 if k.endswith("block/8") else 1) for k, t in times.items()}
+    print(f"\ntorch.compile (inductor) of forward-over-reverse, {name} (not a hessop method; relative difference from "
+          f"H.hvp {err:.1e}):\n\n| case | first call s | median ms | / eager gradient | / compiled gradient |\n"
+          "|---|---:|---:|---:|---:|")
+    for k in fns:
+        print(f"| {k + (' (per vector)' if k.endswith('block/8') else '')} | {build[k]:.1f} | {1e3 * med[k]:.2f} | "
+              f"{med[k] / med['eager gradient']:.2f} | {med[k] / med['compiled gradient']:.2f} |")
 
 
 def targets(rel: dict, eig: dict, slq: dict) -> None:
@@ -340,13 +420,21 @@ def targets(rel: dict, eig: dict, slq: dict) -> None:
     for m in ("cnn", "resnet20"):
         x = rel.get(m, {}).get("hessop auto")
         line(f"H.hvp <= 1.5 gradients, {m} float32", x, x is not None and x <= 1.5)
+        least = min((v for k, v in rel.get(m, {}).items() if k.endswith(" flops") and k != "gradient flops"),
+                    default=None)
+        if least is not None:
+            print(f"  (the least arithmetic of any exact product in this run, hessop's or a peer's: {least:.2f} "
+                  "gradients of FLOPs)")
     for m, r in rel.items():
-        peers = [r[k] for k in r if k.split()[0] in PEERS]
+        peers = [r[k] for k in r if k.split()[0] in PEERS and not k.endswith(" flops")]
         x = r.get("hessop auto")
         if x is not None and peers:
             line(f"H.hvp / fastest peer's product <= 1, {m}", x / min(peers), x <= min(peers))
     x = rel.get("cnn", {}).get("hessop auto block/8")
     line("hvp_block of 8 <= 1.0 gradient per vector, cnn", x, x is not None and x <= 1.0)
+    if "cnn" in rel:
+        print(f"  (FLOPs per vector of a block of 8: {rel['cnn'].get('hessop auto block/8 flops', float('nan')):.2f} "
+              "gradients)")
     for m in ("cnn", "resnet20"):
         x = eig.get(m, {}).get("ratio")
         line(f"top-5 to 1e-6 <= 0.2x PyHessian's time, {m}", x, x is not None and x <= 0.2)
@@ -361,10 +449,12 @@ def main() -> None:
     ap.add_argument("--models", default="cnn,cnn64,mlp,resnet20,transformer")
     ap.add_argument("--resnet-samples", type=int, default=32)
     ap.add_argument("--quick", action="store_true", help="3 repeats, 16 ResNet samples, no float64 CNN")
+    ap.add_argument("--compiled", default="cnn", help="models whose product is also torch.compile'd (comma-separated; "
+                    "'' for none; about 50 s of compilation on the CNN, 3 min on the ResNet-20-sized model, 2 cores)")
     args = ap.parse_args()
     names = args.models.split(",")
     if args.quick:
-        args.repeats, args.resnet_samples = 3, 16
+        args.repeats, args.resnet_samples, args.compiled = 3, 16, ""
         names = [m for m in names if m != "cnn64"]
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
@@ -384,6 +474,9 @@ def main() -> None:
             eig[name] = top5(name, *probs[name])
     if "cnn" in probs:
         slq["cnn"] = slq90("cnn", *probs["cnn"])
+    for name in args.compiled.split(",") if args.compiled else ():
+        if name in probs:
+            compiled_products(name, *probs[name], args.repeats)
     targets(rel, eig, slq)
     memory_pass(all_cases)
     print(f"\nload average at the end {os.getloadavg()[0]:.1f}; {time.perf_counter() - t0:.0f} s in all")

@@ -292,7 +292,7 @@ class TorchBackend(DataBackend):
         self.model, self.loss_fn, self.reduction, self.loss_form = model, loss_fn, reduction, loss_form
         self._batch_size = batch_size
         self.hvp_method = hvp_method
-        self._cache: dict[int, torch.Tensor | None] = {}  # batch index -> flat gradient with its graph kept
+        self._cache: dict[int, tuple | None] = {}  # batch index -> gradient with its graph kept
         self._over_budget: set[int] = set()  # batches whose graph does not fit
         self._cache_key: tuple = ()
         self._checking = False
@@ -438,31 +438,42 @@ class TorchBackend(DataBackend):
 
     def _double_backward(self, V: torch.Tensor) -> torch.Tensor:
         k = V.shape[1]
-        out = V.new_zeros(k, self.n)  # row j: H v_j, written contiguously
-        off = self.offsets
+        rows: list[torch.Tensor | None] = [None] * k  # row j: H v_j, the batches' terms summed
         caching = self._caching()
-        if caching and self._state_key() != self._cache_key:
-            self.clear_cache()  # the kept graphs are stale
+        if caching:
+            key = self._state_key()
+            if key != self._cache_key:
+                self.clear_cache()  # the kept graphs are stale
+        restoring = self.model.training and next(self.model.buffers(), None) is not None
         with torch.enable_grad(), _buffers_preserved(self.model):
             for i, (batch, w) in enumerate(self._weighted()):
-                flat, kept = self._gradient_graph(i, batch)
-                if flat is None:
+                grads, kept = self._gradient_graph(i, batch)
+                if grads is None:
                     continue  # loss at most linear in these parameters: this batch adds nothing
+                used = [m for m, g in enumerate(grads) if g is not None and g.requires_grad]
+                outputs = [grads[m] for m in used]
                 for j in range(k):
-                    hv = torch.autograd.grad(flat, self.params, grad_outputs=V[:, j], retain_graph=kept or j < k - 1,
-                                             allow_unused=True)
-                    for m, h in enumerate(hv):
-                        if h is not None:
-                            out[j, off[m]: off[m + 1]].add_(h.reshape(-1), alpha=w)
-        if caching:  # after the buffers were restored (which counts as an in-place change)
-            self._cache_key = self._state_key()
-        return out.T.contiguous()
+                    v = V[:, j]
+                    hv = torch.autograd.grad(
+                        outputs, self.params, retain_graph=kept or j < k - 1, allow_unused=True,
+                        grad_outputs=[v[self.offsets[m]: self.offsets[m + 1]].view_as(grads[m]) for m in used])
+                    term = torch.cat([(h if h is not None else p.new_zeros(())).expand(p.shape).reshape(-1)
+                                      for h, p in zip(hv, self.params, strict=True)])
+                    if w != 1.0:
+                        term.mul_(w)
+                    rows[j] = term if rows[j] is None else rows[j].add_(term)
+        if caching:  # restoring train-mode buffers counts as an in-place change
+            self._cache_key = self._state_key() if restoring else key
+        if any(r is None for r in rows):
+            return V.new_zeros(V.shape)
+        return rows[0][:, None] if k == 1 else torch.stack(rows, dim=1)
 
-    def _gradient_graph(self, i: int, batch: Any) -> tuple[torch.Tensor | None, bool]:
-        """Batch ``i``'s flat gradient with its graph (``create_graph``; None when the loss is at most linear in
-        the parameters), and whether it is kept: taken from the cache, or built and kept when the tensors its graph
-        saves (counted through ``saved_tensors_hooks``, storages of parameters, buffers and the batch excluded)
-        fit what is left of ``cache_memory``."""
+    def _gradient_graph(self, i: int, batch: Any) -> tuple[tuple | None, bool]:
+        """Batch ``i``'s gradient (one tensor per selected parameter, None for a parameter the loss does not use)
+        with its graph (``create_graph``; None when the loss is at most linear in the parameters), and whether it
+        is kept: taken from the cache, or built and kept when the tensors its graph saves (counted through
+        ``saved_tensors_hooks``, storages of parameters, buffers and the batch excluded) and the gradient itself fit
+        what is left of ``cache_memory``."""
         if i in self._cache:
             return self._cache[i], True
         keep = self._caching() and i not in self._over_budget
@@ -476,21 +487,22 @@ class TorchBackend(DataBackend):
               sdpa_kernel(SDPBackend.MATH)):  # the fused attention kernels have no second derivative
             loss = self._loss(batch)
             grads = torch.autograd.grad(loss, self.params, create_graph=True, allow_unused=True)
-            flat = None if not any(g is not None and g.requires_grad for g in grads) else torch.cat([
-                (g if g is not None else torch.zeros_like(p)).reshape(-1)
-                for g, p in zip(grads, self.params, strict=True)
-            ])
+        if not any(g is not None and g.requires_grad for g in grads):
+            grads = None
         if not keep:
-            return flat, False
+            return grads, False
         for t in [*self.model.parameters(), *self.model.buffers(), *_tensors(batch)]:
             held.pop(t.untyped_storage().data_ptr(), None)
-        size = sum(held.values()) + (flat.untyped_storage().nbytes() if flat is not None else 0)
+        for g in grads or ():
+            if g is not None:
+                held[g.untyped_storage().data_ptr()] = g.untyped_storage().nbytes()
+        size = sum(held.values())
         if self.cache_bytes + size > self.cache_memory:
             self._over_budget.add(i)
-            return flat, False
-        self._cache[i] = flat
+            return grads, False
+        self._cache[i] = grads
         self.cache_bytes += size
-        return flat, True
+        return grads, True
 
     def _caching(self) -> bool:
         return self.cache_memory > 0 and isinstance(self.data, (list, tuple)) and not self._checking
