@@ -245,9 +245,18 @@ def cases(model: nn.Module, batch: tuple, loss_fn: nn.Module) -> tuple[dict, dic
     return out, notes
 
 
-def time_products(name: str, model, batch, repeats: int) -> tuple[dict, dict]:
-    """Print the table of one model; return the medians relative to the gradient, and the cases (for the memory
-    pass)."""
+def _vectors(case: str) -> int:
+    """How many vectors one call of ``case`` multiplies (its figures are given per vector)."""
+    return 8 if case.endswith("block/8") else 1
+
+
+def _row(case: str) -> str:
+    return case + (" (per vector)" if _vectors(case) > 1 else "")
+
+
+def time_products(name: str, model, batch, repeats: int) -> tuple[dict, dict, dict]:
+    """Print the table of one model; return the medians and the FLOPs relative to the gradient's, and the cases
+    (for the memory pass)."""
     loss_fn = nn.CrossEntropyLoss()
     fns, notes = cases(model, batch, loss_fn)
     times = {k: [] for k in fns}
@@ -256,17 +265,16 @@ def time_products(name: str, model, batch, repeats: int) -> tuple[dict, dict]:
     for _ in range(repeats):
         for k, f in fns.items():
             times[k].append(measure(f))
-    med = {k: statistics.median(t) / (8 if k.endswith("block/8") else 1) for k, t in times.items()}
-    work = {k: flops(f) / (8 if k.endswith("block/8") else 1) for k, f in fns.items()}
+    med = {k: statistics.median(t) / _vectors(k) for k, t in times.items()}
+    work = {k: flops(f) / _vectors(k) for k, f in fns.items()}
     g, gf = med["gradient"], work["gradient"]
     print("| case | median ms | / gradient | FLOPs / gradient's |\n|---|---:|---:|---:|")
     for k in fns:
-        print(f"| {k + (' (per vector)' if k.endswith('block/8') else '')} | {1e3 * med[k]:.2f} | {med[k] / g:.2f} "
-              f"| {work[k] / gf:.2f} |")
+        print(f"| {_row(k)} | {1e3 * med[k]:.2f} | {med[k] / g:.2f} | {work[k] / gf:.2f} |")
     print(f"- the gradient: {gf / 1e9:.3f} GFLOP in {1e3 * g:.2f} ms ({gf / g / 1e9:.1f} GFLOP/s)")
     for k, val in notes.items():
         print(f"- {k}: {val}")
-    return {k: t / g for k, t in med.items()} | {f"{k} flops": w / gf for k, w in work.items()}, fns
+    return {k: t / g for k, t in med.items()}, {k: w / gf for k, w in work.items()}, fns
 
 
 def flops(fn) -> float:
@@ -400,16 +408,16 @@ def compiled_products(name: str, model, batch, repeats: int) -> None:
     for _ in range(repeats):
         for k, f in fns.items():
             times[k].append(measure(lambda f=f, k=k: f(*args[k])))
-    med = {k: statistics.median(t) / (8 if k.endswith("block/8") else 1) for k, t in times.items()}
+    med = {k: statistics.median(t) / _vectors(k) for k, t in times.items()}
     print(f"\ntorch.compile (inductor) of forward-over-reverse, {name} (not a hessop method; relative difference from "
           f"H.hvp {err:.1e}):\n\n| case | first call s | median ms | / eager gradient | / compiled gradient |\n"
           "|---|---:|---:|---:|---:|")
     for k in fns:
-        print(f"| {k + (' (per vector)' if k.endswith('block/8') else '')} | {build[k]:.1f} | {1e3 * med[k]:.2f} | "
+        print(f"| {_row(k)} | {build[k]:.1f} | {1e3 * med[k]:.2f} | "
               f"{med[k] / med['eager gradient']:.2f} | {med[k] / med['compiled gradient']:.2f} |")
 
 
-def targets(rel: dict, eig: dict, slq: dict) -> None:
+def targets(rel: dict, work: dict, eig: dict, slq: dict) -> None:
     """The targets of issue 9, from this run."""
     print("\nTargets of issue 9 in this run:")
 
@@ -420,21 +428,19 @@ def targets(rel: dict, eig: dict, slq: dict) -> None:
     for m in ("cnn", "resnet20"):
         x = rel.get(m, {}).get("hessop auto")
         line(f"H.hvp <= 1.5 gradients, {m} float32", x, x is not None and x <= 1.5)
-        least = min((v for k, v in rel.get(m, {}).items() if k.endswith(" flops") and k != "gradient flops"),
-                    default=None)
+        least = min((v for k, v in work.get(m, {}).items() if k != "gradient"), default=None)
         if least is not None:
             print(f"  (the least arithmetic of any exact product in this run, hessop's or a peer's: {least:.2f} "
                   "gradients of FLOPs)")
     for m, r in rel.items():
-        peers = [r[k] for k in r if k.split()[0] in PEERS and not k.endswith(" flops")]
+        peers = [r[k] for k in r if k.split()[0] in PEERS]
         x = r.get("hessop auto")
         if x is not None and peers:
             line(f"H.hvp / fastest peer's product <= 1, {m}", x / min(peers), x <= min(peers))
     x = rel.get("cnn", {}).get("hessop auto block/8")
     line("hvp_block of 8 <= 1.0 gradient per vector, cnn", x, x is not None and x <= 1.0)
-    if "cnn" in rel:
-        print(f"  (FLOPs per vector of a block of 8: {rel['cnn'].get('hessop auto block/8 flops', float('nan')):.2f} "
-              "gradients)")
+    if "hessop auto block/8" in work.get("cnn", {}):
+        print(f"  (FLOPs per vector of a block of 8: {work['cnn']['hessop auto block/8']:.2f} gradients)")
     for m in ("cnn", "resnet20"):
         x = eig.get(m, {}).get("ratio")
         line(f"top-5 to 1e-6 <= 0.2x PyHessian's time, {m}", x, x is not None and x <= 0.2)
@@ -463,12 +469,12 @@ def main() -> None:
     for peer, mod in PEERS.items():
         print(f"- peer {peer}: {mod if isinstance(mod, str) else getattr(mod, '__version__', 'imported')}")
     probs = problems(names, args.resnet_samples)
-    rel, eig, slq, all_cases = {}, {}, {}, {}
+    rel, work, eig, slq, all_cases = {}, {}, {}, {}, {}
     for name in names:
         model, batch = probs[name]
         n = sum(p.numel() for p in model.parameters())
         print(f"\n{name}: {n:,} parameters, {len(batch[1])} samples, {next(model.parameters()).dtype}\n")
-        rel[name], all_cases[name] = time_products(name, model, batch, args.repeats)
+        rel[name], work[name], all_cases[name] = time_products(name, model, batch, args.repeats)
     for name in ("cnn", "resnet20"):
         if name in probs:
             eig[name] = top5(name, *probs[name])
@@ -477,7 +483,7 @@ def main() -> None:
     for name in args.compiled.split(",") if args.compiled else ():
         if name in probs:
             compiled_products(name, *probs[name], args.repeats)
-    targets(rel, eig, slq)
+    targets(rel, work, eig, slq)
     memory_pass(all_cases)
     print(f"\nload average at the end {os.getloadavg()[0]:.1f}; {time.perf_counter() - t0:.0f} s in all")
 

@@ -292,7 +292,7 @@ class TorchBackend(DataBackend):
         self.model, self.loss_fn, self.reduction, self.loss_form = model, loss_fn, reduction, loss_form
         self._batch_size = batch_size
         self.hvp_method = hvp_method
-        self._cache: dict[int, tuple | None] = {}  # batch index -> gradient with its graph kept
+        self._cache: dict[int, tuple | None] = {}  # batch index -> (used, gradients) with their graph kept
         self._over_budget: set[int] = set()  # batches whose graph does not fit
         self._cache_key: tuple = ()
         self._checking = False
@@ -444,36 +444,35 @@ class TorchBackend(DataBackend):
             key = self._state_key()
             if key != self._cache_key:
                 self.clear_cache()  # the kept graphs are stale
-        restoring = self.model.training and next(self.model.buffers(), None) is not None
         with torch.enable_grad(), _buffers_preserved(self.model):
             for i, (batch, w) in enumerate(self._weighted()):
-                grads, kept = self._gradient_graph(i, batch)
-                if grads is None:
+                graph, kept = self._gradient_graph(i, batch)
+                if graph is None:
                     continue  # loss at most linear in these parameters: this batch adds nothing
-                used = [m for m, g in enumerate(grads) if g is not None and g.requires_grad]
-                outputs = [grads[m] for m in used]
+                used, outputs = graph
                 for j in range(k):
                     v = V[:, j]
                     hv = torch.autograd.grad(
                         outputs, self.params, retain_graph=kept or j < k - 1, allow_unused=True,
-                        grad_outputs=[v[self.offsets[m]: self.offsets[m + 1]].view_as(grads[m]) for m in used])
-                    term = torch.cat([(h if h is not None else p.new_zeros(())).expand(p.shape).reshape(-1)
+                        grad_outputs=[v[self.offsets[m]: self.offsets[m + 1]].view_as(outputs[a])
+                                      for a, m in enumerate(used)])
+                    term = torch.cat([h.reshape(-1) if h is not None else p.new_zeros(p.numel())
                                       for h, p in zip(hv, self.params, strict=True)])
                     if w != 1.0:
                         term.mul_(w)
                     rows[j] = term if rows[j] is None else rows[j].add_(term)
-        if caching:  # restoring train-mode buffers counts as an in-place change
-            self._cache_key = self._state_key() if restoring else key
-        if any(r is None for r in rows):
+        if caching:  # restoring train-mode buffers (_buffers_preserved) counts as an in-place change
+            self._cache_key = self._state_key() if self.model.training else key
+        if rows[0] is None:
             return V.new_zeros(V.shape)
         return rows[0][:, None] if k == 1 else torch.stack(rows, dim=1)
 
-    def _gradient_graph(self, i: int, batch: Any) -> tuple[tuple | None, bool]:
-        """Batch ``i``'s gradient (one tensor per selected parameter, None for a parameter the loss does not use)
-        with its graph (``create_graph``; None when the loss is at most linear in the parameters), and whether it
-        is kept: taken from the cache, or built and kept when the tensors its graph saves (counted through
-        ``saved_tensors_hooks``, storages of parameters, buffers and the batch excluded) and the gradient itself fit
-        what is left of ``cache_memory``."""
+    def _gradient_graph(self, i: int, batch: Any) -> tuple[tuple[list[int], list[torch.Tensor]] | None, bool]:
+        """Batch ``i``'s gradient with its graph (``create_graph``) as ``(used, grads)``: the indices of the selected
+        parameters whose gradient depends on the parameters, and those gradients (None when there is none: the
+        loss is at most linear in them); and whether it is kept: taken from the cache, or built and kept when the
+        tensors its graph saves (counted through ``saved_tensors_hooks``, storages of parameters, buffers and the
+        batch excluded) and the gradients themselves fit what is left of ``cache_memory``."""
         if i in self._cache:
             return self._cache[i], True
         keep = self._caching() and i not in self._over_budget
@@ -487,22 +486,21 @@ class TorchBackend(DataBackend):
               sdpa_kernel(SDPBackend.MATH)):  # the fused attention kernels have no second derivative
             loss = self._loss(batch)
             grads = torch.autograd.grad(loss, self.params, create_graph=True, allow_unused=True)
-        if not any(g is not None and g.requires_grad for g in grads):
-            grads = None
+        used = [m for m, g in enumerate(grads) if g is not None and g.requires_grad]
+        graph = (used, [grads[m] for m in used]) if used else None
         if not keep:
-            return grads, False
+            return graph, False
         for t in [*self.model.parameters(), *self.model.buffers(), *_tensors(batch)]:
             held.pop(t.untyped_storage().data_ptr(), None)
-        for g in grads or ():
-            if g is not None:
-                held[g.untyped_storage().data_ptr()] = g.untyped_storage().nbytes()
+        for g in graph[1] if graph else ():
+            held[g.untyped_storage().data_ptr()] = g.untyped_storage().nbytes()
         size = sum(held.values())
         if self.cache_bytes + size > self.cache_memory:
             self._over_budget.add(i)
-            return grads, False
-        self._cache[i] = grads
+            return graph, False
+        self._cache[i] = graph
         self.cache_bytes += size
-        return grads, True
+        return graph, True
 
     def _caching(self) -> bool:
         return self.cache_memory > 0 and isinstance(self.data, (list, tuple)) and not self._checking
