@@ -24,28 +24,14 @@ from typing import Any
 
 import numpy as np
 
+from hessop._default_trace import default_trace
 from hessop._progress import Progress
 from hessop.density import SpectralDensity, slq
 from hessop.lanczos import lanczos
 from hessop.operator import HessianOperator
-from hessop.trace import TraceEstimate, trace
+from hessop.trace import TraceEstimate
 
 __all__ = ["BlockRow", "BlockTable", "by_block"]
-
-DEFAULT_TRACE_HVP = 64
-"""Products per block for the trace by default; a block with at most this many parameters gets its exact trace."""
-
-
-def _trace(H: HessianOperator, *, seed: int = 0, **options: Any) -> TraceEstimate:
-    """The trace of a block with its 95% interval: the one place every trace of :mod:`hessop.blocks` and
-    :mod:`hessop.tracking` is computed, by :func:`hessop.trace` (Hutchinson or adaptive Hutch++, chosen from the
-    first products; the exact trace from unit vectors when the budget reaches n).  ``options`` (``rtol``, ``atol``,
-    ``n_hvp``, ``method``) are passed on; with none of ``rtol``, ``atol``, ``n_hvp`` the budget is
-    ``DEFAULT_TRACE_HVP`` products."""
-    if all(options.get(key) is None for key in ("rtol", "atol", "n_hvp")):
-        options["n_hvp"] = DEFAULT_TRACE_HVP
-    return trace(H, seed=seed, **options)
-
 
 @dataclass(frozen=True)
 class BlockRow:
@@ -274,7 +260,7 @@ def by_block(
         else:  # a single parameter: the block is its 1 x 1 second derivative
             h = float(block.to_numpy(block.hvp(block.cast(np.ones(1))))[0])
             values, res, conv = np.array([h]), np.zeros(1), np.ones(1, dtype=bool)
-        tr = _trace(block, **{"seed": seed, **(trace_options or {})})
+        tr = default_trace(block, **{"seed": seed, **(trace_options or {})})
         dens = None
         if density:
             opts = {"seed": seed, **(density_options or {})}

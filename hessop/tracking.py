@@ -25,9 +25,9 @@ import numpy as np
 
 from hessop._array import make_rng
 from hessop._checkpoint import Checkpoint
+from hessop._default_trace import default_trace
 from hessop._progress import Progress
 from hessop._validate import check_int, check_tol
-from hessop.blocks import _trace
 from hessop.density import SpectralDensity, slq
 from hessop.lanczos import lanczos
 from hessop.operator import HessianOperator
@@ -58,6 +58,16 @@ class TrackRecord:
         Wall time of this step's analysis.
     warm : bool
         Whether the Lanczos runs were warm-started.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from hessop import HessianOperator, Tracker, TrackRecord
+    >>> record = Tracker(HessianOperator.from_matrix(np.diag([3.0, 2.0, 1.0])), bottom_k=1).record(step=7)
+    >>> record.step, np.round(record.top, 6), np.round(record.bottom, 6), record.converged
+    (7, array([3.]), array([1.]), True)
+    >>> np.round(TrackRecord.from_dict(record.as_dict()).bottom, 6)  # the JSON line of a record, read back
+    array([1.])
     """
 
     step: int
@@ -118,7 +128,9 @@ class Tracker:
     top_k, bottom_k : int
         Top (``which="LA"``) and bottom (``"SA"``) eigenvalues tracked by Lanczos; defaults 1 and 0.
     trace : bool
-        Track the trace with its standard error (Hutch++; see ``trace_options``); default False.
+        Track the trace with its standard error by :func:`hessop.trace` with ``method="auto"`` (Hutchinson or
+        adaptive Hutch++, chosen from the first products; the exact trace when the budget reaches n), within 64
+        products unless ``trace_options`` sets ``n_hvp``, ``rtol`` or ``atol``; default False.
     density : bool
         Track the spectral density (:func:`hessop.slq` with ``density_options``); default False.
     tol : float
@@ -127,6 +139,9 @@ class Tracker:
         Start each Lanczos run from the previous run's Ritz vectors (see the module notes); default True.
     path : str or Path, optional
         Append every record as one JSON line to this file.
+    trace_options, density_options : dict, optional
+        Keyword arguments of :func:`hessop.trace` (e.g. ``{"n_hvp": 200}``, ``{"rtol": 0.01}``) and
+        :func:`hessop.slq` (e.g. ``{"n_iter": 80, "n_vectors": 5}``).
     seed : int
         Seed of every random draw (the same at every step: the statistics then change only with the Hessian).
     progress : bool, optional
@@ -142,6 +157,21 @@ class Tracker:
 
     After training, ``tracker.records`` holds one :class:`TrackRecord` per recorded step, ``tracker.n_hvp`` the
     products in all, and ``tracker.plot(path)`` draws the time series.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from hessop import HessianOperator, Tracker
+    >>> H = HessianOperator.from_matrix(np.diag([5.0, 4.0, 3.0, 2.0, 1.0]))
+    >>> tracker = Tracker(H, every=10, top_k=2, trace=True)
+    >>> for step in range(25):  # the training loop: optimizer.step(), then
+    ...     record = tracker.update(step)
+    >>> [r.step for r in tracker.records]
+    [0, 10, 20]
+    >>> np.round(tracker.records[-1].top, 6), tracker.records[-1].trace  # exact trace: n = 5 <= 64 products
+    (array([5., 4.]), 15.0)
+    >>> [r.warm for r in tracker.records]
+    [False, True, True]
     """
 
     def __init__(
@@ -259,7 +289,7 @@ class Tracker:
             bottom, w = self._eig(op, self.bottom_k, "SA")
             warm = warm or w
         lanczos_hvp = op.n_hvp - hvp0
-        tr = _trace(op, **{"seed": self.seed, **self.trace_options}) if self.trace else None
+        tr = default_trace(op, **{"seed": self.seed, **self.trace_options}) if self.trace else None
         dens = slq(op, **{"seed": self.seed, **self.density_options}) if self.density else None
         rec = TrackRecord(
             step=int(step),

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import hessop
+from hessop.testing import matrix_with_spectrum
 from hessop.tracking import Tracker
 
 torch = pytest.importorskip("torch")
@@ -84,6 +85,18 @@ def test_trace_density_records_and_plot(small_torch, tmp_path):
     fig = t.plot(tmp_path / "t.png")
     assert len(fig.axes) == 4  # eigenvalues, trace, density and its colour bar
     assert (tmp_path / "t.png").stat().st_size > 1000
+
+
+def test_default_trace_budget_gives_the_exact_trace_of_a_small_operator():
+    """Without trace_options the trace has 64 products: n = 5 unit vectors give the exact trace (the rule shared with
+    hessop.by_block's blocks), and a budget given in trace_options is spent instead."""
+    M = hessop.HessianOperator.from_matrix(np.diag(np.arange(1.0, 6.0)))
+    rec = Tracker(M, top_k=0, trace=True).record(0)
+    assert rec.trace == 15.0 and rec.trace_std_error <= 1e-12 and rec.n_hvp == 5
+    big = hessop.HessianOperator.from_matrix(matrix_with_spectrum(np.linspace(1.0, 2.0, 100)))
+    assert Tracker(big, top_k=0, trace=True).record(0).n_hvp == 64
+    rec = Tracker(big, top_k=0, trace=True, trace_options={"n_hvp": 30, "method": "hutchinson"}).record(0)
+    assert rec.n_hvp == 30 and rec.trace_std_error > 0
 
 
 def test_jax_tracking_with_an_operator_callable():
