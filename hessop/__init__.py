@@ -4,22 +4,46 @@ The Hessian is never formed: a :class:`HessianOperator` supplies products ``H v`
 NumPy backend, and backend-agnostic solvers run on the backend's own arrays.
 """
 
-from hessop.blocks import BlockRow, BlockTable, by_block
-from hessop.density import SpectralDensity, slq
-from hessop.diagonal import DiagonalEstimate, diagonal
-from hessop.lanczos import lanczos
-from hessop.landscape import Landscape, landscape
+# the imports are grouped by kind, like __all__
+# isort: off
+# operators
 from hessop.operator import HessianOperator, as_operator
+
+# eigenpairs
+from hessop.lanczos import lanczos
 from hessop.power import power_iteration
-from hessop.results import EigenResult
-from hessop.sketch import SketchResult, sketch
+
+# trace & diagonal
 from hessop.trace import TraceEstimate, hutchinson, hutchpp, trace, xtrace
+from hessop.diagonal import DiagonalEstimate, diagonal
+
+# spectral density & sketch
+from hessop.density import SpectralDensity, slq
+from hessop.sketch import SketchResult, sketch
+
+# analyses
+from hessop.blocks import BlockRow, BlockTable, by_block
+from hessop.landscape import Landscape, landscape
 from hessop.tracking import Tracker, TrackRecord
 
+# results
+from hessop.results import EigenResult
+# isort: on
+
 __all__ = [
-    "DiagonalEstimate", "EigenResult", "HessianOperator", "SketchResult", "SpectralDensity", "TraceEstimate",
-    "as_operator", "diagonal", "hutchinson", "hutchpp", "lanczos", "power_iteration", "sketch", "slq", "trace",
-    "xtrace", "BlockRow", "BlockTable", "Landscape", "TrackRecord", "Tracker", "by_block", "landscape",
+    # operators
+    "HessianOperator", "as_operator",
+    # eigenpairs
+    "lanczos", "power_iteration",
+    # trace & diagonal
+    "trace", "hutchinson", "hutchpp", "xtrace", "diagonal",
+    # spectral density & sketch
+    "slq", "sketch",
+    # analyses
+    "by_block", "landscape", "Tracker",
+    # results
+    "EigenResult", "TraceEstimate", "DiagonalEstimate", "SpectralDensity", "SketchResult", "BlockRow", "BlockTable",
+    "Landscape", "TrackRecord",
 ]
 __version__ = "0.1.0"
 # ``hessop.trace`` is the function imported above; the module stays importable with ``from hessop.trace import ...``
