@@ -1,4 +1,5 @@
-"""Argument checks shared by the solvers: one clear message per mistake."""
+"""The argument and value checks of hessop, in one place: one clear message per mistake (a ``TypeError`` for a
+wrong type, a ``ValueError`` for a wrong value, a ``FloatingPointError`` for a NaN or Inf computed from products)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ from typing import Any
 import numpy as np
 from array_api_compat import device
 
-__all__ = ["check_choice", "check_int", "check_k", "check_native", "check_real", "check_seed",
-           "check_symmetric_product", "check_tol"]
+__all__ = ["check_cast", "check_choice", "check_finite", "check_int", "check_k", "check_native", "check_real",
+           "check_seed", "check_shape", "check_symmetric_product", "check_tol"]
 
 
 def check_int(value: object, name: str, low: int, high: int | None = None) -> int:
@@ -46,13 +47,16 @@ def check_tol(tol: object, name: str = "tol") -> float:
     return tol
 
 
-def check_real(value: object, name: str) -> float:
-    """A finite real number."""
+def check_real(value: object, name: str, low: float | None = None, high: float | None = None) -> float:
+    """A finite real number, in the open interval ``(low, high)`` when bounds are given."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a finite number, got {value!r}")
     value = float(value)
     if not math.isfinite(value):
         raise ValueError(f"{name} must be a finite number, got {value}")
+    if (low is not None and not value > low) or (high is not None and not value < high):
+        rng = f"> {low:g}" if high is None else f"< {high:g}" if low is None else f"in ({low:g}, {high:g})"
+        raise ValueError(f"{name} must be {rng}, got {value:g}")
     return value
 
 
@@ -73,6 +77,12 @@ def check_seed(seed: object) -> None:
                         f"{seed!r}; e.g. seed=0 or seed=numpy.random.default_rng(0).")
     if seed < 0:
         raise ValueError(f"seed must be >= 0 (NumPy seeds are non-negative), got {seed}.")
+
+
+def check_shape(x: Any, shape: tuple[int, ...], name: str) -> None:
+    """``x`` (any array) must have ``shape``: a ValueError naming ``name`` otherwise."""
+    if tuple(x.shape) != shape:
+        raise ValueError(f"{name} must have shape {shape}, got {tuple(x.shape)}")
 
 
 def check_native(x: Any, ref: Any, what: str) -> None:
@@ -109,3 +119,49 @@ def check_symmetric_product(u: np.ndarray, w: np.ndarray, hu: np.ndarray, hw: np
             "check the product (e.g. H v = A v for a non-symmetric A: use (A + A.T) / 2). Pass check_symmetric=False "
             "to skip this check."
         )
+
+
+def check_cast(given: Any, target: Any, what: str) -> None:
+    """hessop's one casting policy: never down-cast silently.
+
+    An array of a floating dtype wider than the one it is about to be used in (a float64 vector for a float32
+    operator, a float64 ``v0``, a float32 ``solver_dtype`` for a float64 operator) raises ``TypeError`` naming the
+    two dtypes and the fix; a narrower or equal dtype (and an integer one) is converted exactly.  Used by the
+    SciPy face, :meth:`HessianOperator.asarray`, the solvers' ``v0`` and ``solver_dtype``.  hessop's own float64
+    draws (start vectors, probes) are rounded to the working dtype on purpose and do not pass through here.
+    """
+    (gkind, gsize, gname), (_, tsize, tname) = _dtype_info(given), _dtype_info(target)
+    if gkind == "c":
+        raise TypeError(f"{what} is complex ({gname}); a Hessian of a real loss is real.")
+    if gkind == "f" and gsize > tsize:
+        raise TypeError(
+            f"{what} is {gname} but would be used in {tname}; hessop does not down-cast silently. Convert it "
+            f"yourself (x.astype({tname})) or work in {gname} (a {gname} operator, or solver_dtype={gname})."
+        )
+
+
+def _dtype_info(dtype: Any) -> tuple[str, int, str]:
+    """(kind, itemsize, name) of a NumPy dtype or a framework dtype object (torch.float32, jnp.float32...)."""
+    try:
+        d = np.dtype(dtype)
+        return d.kind, d.itemsize, d.name
+    except TypeError:  # e.g. torch.bfloat16, which NumPy does not know
+        name = str(dtype).removeprefix("torch.")
+        floating = getattr(dtype, "is_floating_point", False)
+        kind = "c" if getattr(dtype, "is_complex", False) else "f" if floating else "i"
+        return kind, int(dtype.itemsize), name
+
+
+def check_finite(value: float, what: str, iteration: int) -> float:
+    """Raise a clear error if a scalar computed from a Hessian-vector product is NaN or infinite.
+
+    A NaN or Inf anywhere in ``H v`` propagates into every inner product taken with it, so checking the scalars a
+    solver already brings to the host catches it without an extra device synchronisation.
+    """
+    if not math.isfinite(value):
+        raise FloatingPointError(
+            f"{what} is {value} at iteration {iteration}: the Hessian-vector product returned NaN or Inf. "
+            "Check the loss for overflow (e.g. log of 0), the data for NaN, or use a smaller learning rate / "
+            "float64 parameters."
+        )
+    return value

@@ -61,11 +61,12 @@ def main(argv: list[str] | None = None) -> int:
 def _analyze(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: list[str] | None) -> int:
     from pathlib import Path
 
+    from hessop._validate import check_real
     from hessop.report import DEFAULT_SPEC, SECTIONS, SpecError, build_operator, load_problem, run_analysis
 
-    if args.tol is not None and not args.tol > 0:
-        parser.error("--tol must be > 0")
     try:
+        if args.tol is not None:
+            check_real(args.tol, "--tol", 0)
         sections = [s for s in (cls.from_args(args) for cls in SECTIONS) if s is not None]
     except ValueError as e:
         parser.error(str(e))

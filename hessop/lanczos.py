@@ -32,9 +32,9 @@ import numpy as np
 import scipy.linalg
 from array_api_compat import device
 
-from hessop._array import check_cast, check_finite, make_rng, set_column
+from hessop._array import make_rng, set_column
 from hessop._progress import Progress
-from hessop._validate import check_choice, check_int, check_k, check_tol
+from hessop._validate import check_cast, check_choice, check_finite, check_int, check_k, check_shape, check_tol
 from hessop.operator import HessianOperator, as_operator
 from hessop.results import EigenResult, residual_floor, residual_threshold, resolve_tol
 
@@ -165,8 +165,7 @@ def start_vector(op: HessianOperator, v0: Any, rng: np.random.Generator) -> Any:
     (so one seed gives one vector on every backend) and moved to the device once."""
     if v0 is None:
         return op.cast(rng.standard_normal(op.n))
-    if tuple(v0.shape) != (op.n,):
-        raise ValueError(f"v0 must have shape ({op.n},), got {tuple(v0.shape)}")
+    check_shape(v0, (op.n,), "v0")
     if isinstance(v0, np.ndarray):
         return op.asarray(v0)
     check_cast(v0.dtype, op.dtype, "v0")
@@ -258,6 +257,19 @@ def lanczos(
     EigenResult
         ``eigenvalues`` ordered as ``which`` says, orthonormal ``eigenvectors`` (native (n, k)), ``residuals``,
         ``converged``, ``n_hvp``, ``n_iter`` (= Lanczos steps) and ``n_restarts``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import hessop
+    >>> H = hessop.HessianOperator.from_matrix(np.diag([5.0, 4.0, 3.0, 2.0, 1.0, -1.0]))
+    >>> top = hessop.lanczos(H, k=2)
+    >>> np.round(top.eigenvalues, 6), top.all_converged
+    (array([5., 4.]), True)
+    >>> np.round(hessop.lanczos(H, k=1, which="SA").eigenvalues, 6)  # the most negative
+    array([-1.])
+    >>> bool(np.all(top.residuals < 1e-8 * np.abs(top.eigenvalues)))  # |error| <= residual
+    True
     """
     op = as_operator(H).with_solver_dtype(solver_dtype)
     n = op.n

@@ -6,8 +6,8 @@ from typing import Any
 
 import numpy as np
 
-from hessop._array import check_finite, make_rng
-from hessop._validate import check_int, check_k, check_real, check_tol
+from hessop._array import make_rng
+from hessop._validate import check_finite, check_int, check_k, check_real, check_tol
 from hessop.lanczos import start_vector
 from hessop.operator import as_operator
 from hessop.results import EigenResult, residual_floor, residual_threshold, resolve_tol
@@ -78,6 +78,17 @@ def power_iteration(
         ``||H v - lambda v||`` (from products), per-pair ``converged`` (pair ``i`` meets the residual rule; the
         iteration's Rayleigh-quotient test decides only when to stop), ``n_hvp`` and ``n_iter`` (total
         iterations).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import hessop
+    >>> H = hessop.HessianOperator.from_matrix(np.diag([8.0, 4.0, 2.0, 1.0, -1.0]))
+    >>> r = hessop.power_iteration(H, k=2)
+    >>> np.round(r.eigenvalues, 4), r.all_converged
+    (array([8., 4.]), True)
+    >>> np.round(hessop.power_iteration(H, k=1, shift=8.0).eigenvalues, 4)  # H - 8 I: the most negative of H
+    array([-1.])
     """
     op = as_operator(H).with_solver_dtype(solver_dtype)
     n = op.n

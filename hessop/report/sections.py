@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from hessop._validate import check_int, check_real
 from hessop.blocks import by_block
 from hessop.density import slq
 from hessop.lanczos import lanczos
@@ -92,9 +93,8 @@ class EigenvaluesSection(Section):
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Section | None:
-        if args.top < 0 or args.bottom < 0:
-            raise ValueError("--top and --bottom must be >= 0")
-        return cls(args.top, args.bottom) if args.top or args.bottom else None
+        top, bottom = check_int(args.top, "--top", 0), check_int(args.bottom, "--bottom", 0)
+        return cls(top, bottom) if top or bottom else None
 
     def run(self, H: HessianOperator, seed: int, tol: float | None) -> SectionOutput:
         data: dict[str, Any] = {}
@@ -172,9 +172,8 @@ class TraceSection(Section):
     def from_args(cls, args: argparse.Namespace) -> Section | None:
         if args.trace == "none":
             return None
-        if args.trace_hvp < 32 or not 0 < args.trace_rtol < 1:
-            raise ValueError("--trace-hvp must be >= 32 and --trace-rtol in (0, 1)")
-        return cls(args.trace, args.trace_rtol, args.trace_hvp)
+        return cls(args.trace, check_real(args.trace_rtol, "--trace-rtol", 0, 1),
+                   check_int(args.trace_hvp, "--trace-hvp", 32))
 
     def run(self, H: HessianOperator, seed: int, tol: float | None) -> SectionOutput:
         import warnings
@@ -223,9 +222,8 @@ class DensitySection(Section):
     def from_args(cls, args: argparse.Namespace) -> Section | None:
         if not args.density:
             return None
-        if args.density_steps < 1 or args.density_draws < 2:
-            raise ValueError("--density-steps must be >= 1 and --density-draws >= 2")
-        return cls(args.density_steps, args.density_draws)
+        return cls(check_int(args.density_steps, "--density-steps", 1),
+                   check_int(args.density_draws, "--density-draws", 2))
 
     def run(self, H: HessianOperator, seed: int, tol: float | None) -> SectionOutput:
         t0 = time.perf_counter()
@@ -281,9 +279,7 @@ class LayersSection(Section):
     def from_args(cls, args: argparse.Namespace) -> Section | None:
         if not args.layers:
             return None
-        if args.layers_k < 1:
-            raise ValueError("--layers-k must be >= 1")
-        return cls(args.layers_k)
+        return cls(check_int(args.layers_k, "--layers-k", 1))
 
     def run(self, H: HessianOperator, seed: int, tol: float | None) -> SectionOutput:
         missing = _unavailable(H, "restrict", "a per-layer table")
@@ -331,9 +327,10 @@ class LandscapeSection(Section):
     def from_args(cls, args: argparse.Namespace) -> Section | None:
         if args.landscape == "none":
             return None
-        if not args.landscape_radius > 0 or args.landscape_points < 3 or args.landscape_points % 2 == 0:
-            raise ValueError("--landscape-radius must be > 0 and --landscape-points odd and >= 3")
-        return cls(args.landscape, args.landscape_radius, args.landscape_points)
+        points = check_int(args.landscape_points, "--landscape-points", 3)
+        if points % 2 == 0:
+            raise ValueError(f"--landscape-points must be odd, got {points}")
+        return cls(args.landscape, check_real(args.landscape_radius, "--landscape-radius", 0), points)
 
     def run(self, H: HessianOperator, seed: int, tol: float | None) -> SectionOutput:
         missing = _unavailable(H, "loss_at", "a loss landscape")

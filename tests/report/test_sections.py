@@ -36,13 +36,17 @@ def test_convergence_history_and_density_axes(tmp_path):
     assert x[0] < lam.min() and x[-1] > lam.max() and np.max(y) > 1
 
 
-def test_bad_options_exit_2():
-    for argv in (["--top", "-1"], ["--tol", "0"], ["--trace-hvp", "2"], ["--trace-rtol", "0"], ["--density-draws", "1"],
-                 ["--layers", "--layers-k", "0"], ["--landscape", "line", "--landscape-points", "4"],
-                 ["--landscape", "grid", "--landscape-radius", "-1"]):
-        with pytest.raises(SystemExit) as e:
-            main(["analyze", *argv])
-        assert e.value.code == 2
+@pytest.mark.parametrize("argv", [
+    ["--top", "-1"], ["--tol", "0"], ["--tol", "inf"], ["--trace-hvp", "2"], ["--trace-rtol", "0"],
+    ["--trace-rtol", "1"], ["--density-draws", "1"], ["--density-steps", "0"], ["--layers", "--layers-k", "0"],
+    ["--landscape", "line", "--landscape-points", "4"], ["--landscape", "grid", "--landscape-radius", "-1"]])
+def test_bad_options_exit_2(capsys, argv):
+    """A bad flag stops the command before any work, with exit code 2 and a message naming the flag."""
+    with pytest.raises(SystemExit) as e:
+        main(["analyze", *argv])
+    assert e.value.code == 2
+    flag = [a for a in argv if a.startswith("--") and a not in ("--layers", "--landscape")][-1]
+    assert f"error: {flag} must be" in capsys.readouterr().err
 
 
 LAYERED = """
