@@ -7,7 +7,28 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``hessop`` console script."""
+    """Entry point of the ``hessop`` console script: ``hessop demo`` and ``hessop analyze`` (see
+    :mod:`hessop.report`).
+
+    Parameters
+    ----------
+    argv : list of str, optional
+        The arguments after ``hessop`` (default: ``sys.argv[1:]``).
+
+    Returns
+    -------
+    int
+        The exit code: 0 when every estimate converged, 1 when one did not, 2 for a bad SPEC (bad options exit
+        through argparse with code 2 as well).
+
+    Examples
+    --------
+    >>> from hessop.cli import main
+    >>> main(["analyze", "no_such_module:problem"])  # a bad SPEC: one line on stderr, nothing written
+    2
+    >>> main(["analyze", "--out", "hessop-report"])  # the built-in CNN, about a minute: # doctest: +SKIP
+    0
+    """
     parser = argparse.ArgumentParser(prog="hessop", description="Hessian spectra of neural networks.")
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="train a small CNN on the digits and compare Lanczos with power iteration")
