@@ -122,6 +122,8 @@ def test_nan_in_hvp_is_reported_with_iteration():
         ({"k": 4, "max_basis": 4}, ValueError, "max_basis"),
         ({"k": 2, "max_iter": 0}, ValueError, "max_iter"),
         ({"k": 2, "seed": "x"}, TypeError, "seed"),
+        ({"k": 2, "v0": np.ones(49)}, ValueError, r"v0 must have shape \(50,\), got \(49,\)"),
+        ({"k": 2, "v0": np.ones(50, dtype=np.complex128)}, TypeError, "is complex"),
     ],
 )
 def test_bad_arguments(kwargs, exc, match):
