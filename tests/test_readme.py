@@ -122,7 +122,7 @@ def test_readme_mpi_command_runs():
 
 def test_readme_other_commands_are_tested_elsewhere():
     """The install commands are CI's own (``.ci/run`` also builds the docs); ``hessop demo`` runs in test_cli.py,
-    ``hessop analyze`` in test_report.py."""
+    ``hessop analyze`` in tests/report/."""
     commands = [line for block in BASH for line in block.splitlines() if line.strip()]
     for line in commands:
         assert "mpiexec" in line or "pip install" in line or line.startswith("hessop "), line

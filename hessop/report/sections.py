@@ -44,6 +44,28 @@ class Section:
     passes ``checkpoint=self.checkpoint()`` to its long estimator (one file per call: give each further call a
     ``name``), so that a killed analysis continues it with ``--resume``.  A finished section's output is kept
     beside and reused as it is.
+
+    Examples
+    --------
+    A section of one number (append it to :data:`SECTIONS` to have it in ``hessop analyze``):
+
+    >>> import numpy as np
+    >>> import hessop
+    >>> from hessop.report import Section, SectionOutput
+    >>> class NormSection(Section):
+    ...     key, title = "norm", "Largest eigenvalue"
+    ...
+    ...     @classmethod
+    ...     def from_args(cls, args):
+    ...         return cls()
+    ...
+    ...     def run(self, H, seed, tol):
+    ...         r = hessop.lanczos(H, 1, seed=seed, tol=tol)
+    ...         return SectionOutput({"lambda_max": float(r.eigenvalues[0])}, f"<p>{r.eigenvalues[0]:.4g}</p>",
+    ...                              converged=r.all_converged)
+    >>> out = NormSection().run(hessop.HessianOperator.from_matrix(np.diag([2.0, 1.0, 0.5])), seed=0, tol=None)
+    >>> round(out.data["lambda_max"], 6), out.html, out.converged
+    (2.0, '<p>2</p>', True)
     """
 
     key = ""
