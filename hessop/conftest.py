@@ -12,12 +12,16 @@ from pathlib import Path
 
 import pytest
 
-# module (a dotted prefix: a package covers its submodules) -> the packages its import needs
+# module (a dotted prefix: a package covers its submodules) -> the packages its import or its examples need
 OPTIONAL = {
     "hessop.backends.cupy": ("cupy",),
     "hessop.backends.jax": ("jax",),
     "hessop.backends.torch": ("torch",),
     "hessop.models": ("torch", "sklearn"),
+    "hessop.demo": ("torch", "sklearn"),
+    # framework-free modules whose examples build a PyTorch operator (a loss is needed: from_torch or from_jax)
+    "hessop.landscape": ("torch",),
+    "hessop.blocks": ("torch",),
 }
 
 _ROOT = Path(__file__).resolve().parent

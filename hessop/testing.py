@@ -12,7 +12,21 @@ FAMILIES = ("uniform", "outliers", "clusters", "multiplicity", "zero_negative", 
 
 def matrix_with_spectrum(eigenvalues: np.ndarray, seed: int = 0, dtype: type = np.float64) -> np.ndarray:
     """Dense symmetric ``A = U diag(eigenvalues) U^T`` with ``U`` a Haar-random orthogonal matrix (QR of a
-    Gaussian matrix with the signs of R's diagonal fixed)."""
+    Gaussian matrix with the signs of R's diagonal fixed).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import hessop
+    >>> from hessop.testing import matrix_with_spectrum
+    >>> A = matrix_with_spectrum([3.0, 1.0, -2.0], seed=0)
+    >>> A.shape, bool(np.array_equal(A, A.T))
+    ((3, 3), True)
+    >>> np.linalg.eigvalsh(A).round(6).tolist()
+    [-2.0, 1.0, 3.0]
+    >>> hessop.lanczos(A, 1).eigenvalues.round(6).tolist()
+    [3.0]
+    """
     lam = np.asarray(eigenvalues, dtype=np.float64)
     n = lam.size
     rng = np.random.default_rng(seed)
@@ -25,7 +39,18 @@ def matrix_with_spectrum(eigenvalues: np.ndarray, seed: int = 0, dtype: type = n
 def outlier_spectrum(n: int = 2000, n_outliers: int = 10, n_negative: int = 3, seed: int = 0) -> np.ndarray:
     """A spectrum shaped like a trained network's Hessian: a bulk near zero (uniform on [-0.05, 0.5]), a few
     well separated negative eigenvalues (about -1 .. -3) and ``n_outliers`` large ones (about 5 .. 100),
-    returned sorted descending."""
+    returned sorted descending.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from hessop.testing import outlier_spectrum
+    >>> lam = outlier_spectrum(100, n_outliers=3, n_negative=2, seed=0)
+    >>> lam.size, int(np.sum(lam > 4)), lam[-2:].tolist()
+    (100, 3, [-1.0, -3.0])
+    >>> lam[:3].round(1).tolist()
+    [101.0, 22.4, 5.0]
+    """
     rng = np.random.default_rng(seed)
     n_bulk = n - n_outliers - n_negative
     bulk = rng.uniform(-0.05, 0.5, n_bulk)
@@ -35,7 +60,16 @@ def outlier_spectrum(n: int = 2000, n_outliers: int = 10, n_negative: int = 3, s
 
 
 def flat_spectrum(n: int = 2000, seed: int = 0) -> np.ndarray:
-    """A spectrum with no outliers: uniform on [0.5, 1.5], sorted descending."""
+    """A spectrum with no outliers: uniform on [0.5, 1.5], sorted descending.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from hessop.testing import flat_spectrum
+    >>> lam = flat_spectrum(50, seed=0)
+    >>> lam.size, bool(0.5 <= lam.min() <= lam.max() <= 1.5), bool(np.all(np.diff(lam) <= 0))
+    (50, True, True)
+    """
     rng = np.random.default_rng(seed)
     return np.sort(rng.uniform(0.5, 1.5, n))[::-1]
 
@@ -49,6 +83,16 @@ def family_spectrum(family: str, n: int, seed: int = 0, scale: float = 1.0) -> n
     * ``"multiplicity"``: 1-4 distinct values, each repeated exactly;
     * ``"zero_negative"``: about a third each of exact zeros, negative and positive values;
     * ``"low_rank"``: rank ``r = 1 .. max(1, n // 4)`` (random values in [0.5, 2]), the rest exactly zero.
+
+    Examples
+    --------
+    >>> from hessop.testing import FAMILIES, family_spectrum
+    >>> FAMILIES
+    ('uniform', 'outliers', 'clusters', 'multiplicity', 'zero_negative', 'low_rank')
+    >>> family_spectrum("multiplicity", 8, seed=1).round(3).tolist()
+    [0.901, 0.901, 0.901, 0.901, -0.712, -0.712, -0.712, -0.712]
+    >>> family_spectrum("low_rank", 8, seed=1, scale=2.0).round(3).tolist()
+    [3.852, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]
     """
     rng = np.random.default_rng(seed)
     if family == "uniform":
