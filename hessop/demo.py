@@ -23,7 +23,23 @@ def run_demo(seconds: float = 2.0, seed: int = 0, tol: float = 1e-6, max_power_i
              samples: int | None = None, hessian_samples: int = 512) -> int:
     """Train on ``samples`` digits (default all 1,797) for ``seconds``, build the Hessian of the mean loss over the
     first ``hessian_samples`` of them, run the four solves and print one table.  Returns a process exit code
-    (0 when both Lanczos solves converged)."""
+    (0 when both Lanczos solves converged).
+
+    Examples
+    --------
+    What ``hessop demo`` runs (tens of seconds on a laptop CPU, and the figures depend on how many steps the
+    training made, so the example is not run by the test suite):
+
+    >>> from hessop.demo import run_demo
+    >>> run_demo(seconds=2.0)  # doctest: +SKIP
+    hessop demo: SmallResNet (1706 parameters, float64) trained ... Adam steps in 2 s on 1797 digits; loss ...
+    ...
+    method                           eigenvalue   residual  conv   HVPs  seconds
+    ----------------------------------------------------------------------------
+    lanczos top-5 (LA)              ...
+    ...
+    0
+    """
     from hessop.models.digits import demo_operator
 
     H, summary = demo_operator(seconds, seed, samples, hessian_samples)

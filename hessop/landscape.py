@@ -65,6 +65,26 @@ class Landscape:
         ``L(theta)``.
     n_hvp : int
         Products used (Lanczos or Rayleigh quotients).
+
+    Examples
+    --------
+    A least-squares loss whose Hessian is ``diag(4, 1, 0)``: along a given direction the landscape is the parabola
+    ``0.5 * 4 * a**2``, and ``curvature()`` recovers its second derivative from the points.
+
+    >>> import numpy as np
+    >>> import torch
+    >>> import hessop
+    >>> model = torch.nn.Linear(3, 1, bias=False).double()
+    >>> _ = torch.nn.init.zeros_(model.weight)
+    >>> x = torch.tensor([[2.0, 0.0, 0.0], [0.0, 1.0, 0.0]], dtype=torch.float64)
+    >>> H = hessop.HessianOperator.from_torch(model, torch.nn.MSELoss(), (x, torch.zeros(2, 1, dtype=torch.float64)))
+    >>> line = hessop.landscape(H, np.array([1.0, 0.0, 0.0]), radius=0.5, n_points=3)
+    >>> line.is_grid, line.kind, line.n_hvp
+    (False, 'given', 1)
+    >>> line.alphas.tolist(), line.losses.round(6).tolist(), line.loss0
+    ([-0.5, 0.0, 0.5], [0.5, 0.0, 0.5], 0.0)
+    >>> line.eigenvalues.round(6).tolist(), line.curvature().round(6).tolist()
+    ([4.0], [4.0])
     """
 
     alphas: np.ndarray
@@ -208,6 +228,37 @@ def landscape(
     Landscape
         ``alphas``, ``betas`` (grid), ``losses``, the directions' ``eigenvalues`` (curvatures), ``loss0``;
         ``.plot(path)``, ``.curvature()``.
+
+    Examples
+    --------
+    The mean squared error of a linear model, ``L(w) = ((2 w_1)^2 + w_2^2) / 2``, has the Hessian ``diag(4, 1, 0)``.
+    By default the landscape is a grid along the top two eigenvectors, found by Lanczos:
+
+    >>> import torch
+    >>> import hessop
+    >>> model = torch.nn.Linear(3, 1, bias=False).double()
+    >>> _ = torch.nn.init.zeros_(model.weight)
+    >>> x = torch.tensor([[2.0, 0.0, 0.0], [0.0, 1.0, 0.0]], dtype=torch.float64)
+    >>> H = hessop.HessianOperator.from_torch(model, torch.nn.MSELoss(), (x, torch.zeros(2, 1, dtype=torch.float64)))
+    >>> land = hessop.landscape(H, n_points=5)
+    >>> land.is_grid, land.kind, land.losses.shape
+    (True, 'eigenvectors', (5, 5))
+    >>> land.eigenvalues.round(6).tolist()
+    [4.0, 1.0]
+    >>> land.alphas.tolist()
+    [-1.0, -0.5, 0.0, 0.5, 1.0]
+
+    Along each eigenvector the loss is ``0.5 * eigenvalue * a**2`` (the model is exactly quadratic here):
+
+    >>> land.losses[:, 2].round(6).tolist()
+    [2.0, 0.5, 0.0, 0.5, 2.0]
+    >>> land.losses[2, :].round(6).tolist()
+    [0.5, 0.125, 0.0, 0.125, 0.5]
+    >>> land.curvature().round(6).tolist()
+    [4.0, 1.0]
+
+    ``directions="random1"`` gives a line along one filter-normalised random direction instead, and
+    ``land.plot("landscape.png")`` draws either kind (matplotlib).
     """
     op = _check_loss_operator(H)
     n_points = check_int(n_points, "n_points", 3)

@@ -13,7 +13,17 @@ __all__ = ["SmallResNet", "analyze_problem", "demo_operator", "digits", "train"]
 
 
 def digits(n: int | None = None, dtype: torch.dtype = torch.float64) -> tuple[torch.Tensor, torch.Tensor]:
-    """The first ``n`` (default all 1,797) digits as ``(images (n, 1, 8, 8) scaled to [0, 1], labels (n,))``."""
+    """The first ``n`` (default all 1,797) digits as ``(images (n, 1, 8, 8) scaled to [0, 1], labels (n,))``.
+
+    Examples
+    --------
+    >>> from hessop.models.digits import digits
+    >>> x, y = digits(64)
+    >>> x.shape, x.dtype, y.shape
+    (torch.Size([64, 1, 8, 8]), torch.float64, torch.Size([64]))
+    >>> float(x.min()), float(x.max()), y[:10].tolist()
+    (0.0, 1.0, [0, 1, 2, 3, 4, 5, 6, 7, 8, 9])
+    """
     try:
         from sklearn.datasets import load_digits
     except ImportError as e:  # pragma: no cover - depends on the environment
@@ -32,6 +42,18 @@ class SmallResNet(nn.Module):
     (convolution, BatchNorm, a residual connection, fully connected layers).  ``batchnorm=False`` replaces the
     BatchNorm layer by the identity and ``residual=False`` drops the skip connection (``h = tanh(conv2(h))``), for
     the BatchNorm / residual study of ``examples/batchnorm_study.py``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from hessop.models.digits import SmallResNet
+    >>> model = SmallResNet()
+    >>> sum(p.numel() for p in model.parameters())
+    1706
+    >>> model(torch.zeros(2, 1, 8, 8)).shape
+    torch.Size([2, 10])
+    >>> sum(p.numel() for p in SmallResNet(batchnorm=False).parameters())  # no BatchNorm scale and shift
+    1698
     """
 
     def __init__(self, channels: int = 4, hidden: int = 20, classes: int = 10, *, batchnorm: bool = True,
@@ -74,7 +96,17 @@ def end_training(model: nn.Module) -> None:
 
 def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, steps: int = 200, lr: float = 0.01,
           batch: int = 64, seed: int = 0) -> list[float]:
-    """A few Adam steps on mini-batches (model left in eval mode afterwards); returns the loss history."""
+    """A few Adam steps on mini-batches (model left in eval mode afterwards); returns the loss history.
+
+    Examples
+    --------
+    >>> from hessop.models.digits import SmallResNet, digits, train
+    >>> x, y = digits(128)
+    >>> model = SmallResNet().double()
+    >>> losses = train(model, x, y, steps=5, batch=16, seed=0)
+    >>> len(losses), model.training, all(p.grad is None for p in model.parameters())
+    (5, False, True)
+    """
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     losses = [minibatch_step(model, opt, x, y, gen, batch) for _ in range(steps)]
@@ -86,7 +118,20 @@ def demo_operator(seconds: float = 2.0, seed: int = 0, samples: int | None = Non
                   hessian_samples: int = 512) -> tuple[object, str]:
     """For ``hessop demo``: train a float64 SmallResNet with Adam on mini-batches of the first ``samples`` digits
     for ``seconds``, and return the Hessian operator of the mean cross-entropy over the first ``hessian_samples``
-    of them (in batches of 256) with a summary of the training."""
+    of them (in batches of 256) with a summary of the training.
+
+    Examples
+    --------
+    The number of steps, and so the loss, depend on the machine's speed:
+
+    >>> from hessop.models.digits import demo_operator
+    >>> H, summary = demo_operator(seconds=0.1, hessian_samples=64)
+    >>> H.n, H.dtype
+    (1706, dtype('float64'))
+    >>> print(summary)  # doctest: +ELLIPSIS
+    hessop demo: SmallResNet (1706 parameters, float64) trained ... Adam steps in 0.1 s on 1797 digits; loss ...
+    Hessian of the mean cross-entropy over 64 training digits, in 1 batches
+    """
     import time
 
     from hessop.operator import HessianOperator
@@ -120,6 +165,15 @@ def analyze_problem(seed: int = 0, device: str | None = None, *, steps: int = 15
     A float64 :class:`SmallResNet` (1,706 parameters) trained with :func:`train` for ``steps`` Adam steps (a fixed
     number, so one seed gives one model) on all 1,797 digits, and the mean cross-entropy over the first
     ``hessian_samples`` of them in batches of 128.  Returns the problem dictionary of :mod:`hessop.report`.
+
+    Examples
+    --------
+    >>> from hessop.models.digits import analyze_problem
+    >>> problem = analyze_problem(steps=5, hessian_samples=128)
+    >>> sorted(problem)
+    ['data', 'description', 'loss_fn', 'model', 'reduction']
+    >>> len(problem["data"]), problem["reduction"], problem["model"].training
+    (1, 'mean', False)
     """
     torch.manual_seed(seed)
     x, y = digits(dtype=torch.float64)
