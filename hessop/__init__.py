@@ -5,15 +5,24 @@ NumPy backend, and backend-agnostic solvers run on the backend's own arrays.
 """
 
 from hessop.blocks import BlockRow, BlockTable, by_block
-from hessop.density import SpectralDensity, slq
-from hessop.diagonal import DiagonalEstimate, diagonal
+from hessop.estimators import (
+    DiagonalEstimate,
+    SketchResult,
+    SpectralDensity,
+    TraceEstimate,
+    diagonal,
+    hutchinson,
+    hutchpp,
+    sketch,
+    slq,
+    trace,
+    xtrace,
+)
 from hessop.lanczos import lanczos
 from hessop.landscape import Landscape, landscape
 from hessop.operator import HessianOperator, as_operator
 from hessop.power import power_iteration
 from hessop.results import EigenResult
-from hessop.sketch import SketchResult, sketch
-from hessop.trace import TraceEstimate, hutchinson, hutchpp, trace, xtrace
 from hessop.tracking import Tracker, TrackRecord
 
 __all__ = [
@@ -22,4 +31,3 @@ __all__ = [
     "xtrace", "BlockRow", "BlockTable", "Landscape", "TrackRecord", "Tracker", "by_block", "landscape",
 ]
 __version__ = "0.1.0"
-# ``hessop.trace`` is the function imported above; the module stays importable with ``from hessop.trace import ...``

@@ -25,10 +25,9 @@ from typing import Any
 import numpy as np
 
 from hessop._progress import Progress
-from hessop.density import SpectralDensity, slq
+from hessop.estimators import SpectralDensity, TraceEstimate, slq, trace
 from hessop.lanczos import lanczos
 from hessop.operator import HessianOperator
-from hessop.trace import TraceEstimate, trace
 
 __all__ = ["BlockRow", "BlockTable", "by_block"]
 

@@ -49,11 +49,10 @@ import numpy as np
 
 from hessop._checkpoint import CheckpointMismatch, atomic_write, parameter_digest
 from hessop.blocks import by_block
-from hessop.density import slq
+from hessop.estimators import slq, trace
 from hessop.lanczos import lanczos
 from hessop.landscape import landscape
 from hessop.operator import HessianOperator
-from hessop.trace import trace
 
 __all__ = ["DEFAULT_SPEC", "SECTIONS", "Section", "SectionOutput", "SpecError", "build_operator", "load_problem",
            "run_analysis"]

@@ -28,7 +28,7 @@ from hessop._checkpoint import Checkpoint
 from hessop._progress import Progress
 from hessop._validate import check_int, check_tol
 from hessop.blocks import _trace
-from hessop.density import SpectralDensity, slq
+from hessop.estimators import SpectralDensity, slq
 from hessop.lanczos import lanczos
 from hessop.operator import HessianOperator
 

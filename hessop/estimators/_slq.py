@@ -30,9 +30,10 @@ from hessop._checkpoint import Checkpoint, restore_rng, rng_state
 from hessop._probes import DISTRIBUTIONS, block_sizes, probe_block
 from hessop._progress import Progress
 from hessop._validate import check_choice, check_int
+from hessop.estimators._estimates import TraceEstimate
+from hessop.estimators._stats import _mean_se, _target_rule, _warn_not_converged
 from hessop.lanczos import Krylov
 from hessop.operator import as_operator
-from hessop.trace import TraceEstimate, _mean_se, _target_rule, _warn_not_converged
 
 __all__ = ["SpectralDensity", "slq"]
 

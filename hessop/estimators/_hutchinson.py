@@ -1,0 +1,147 @@
+"""Hutchinson's estimate of ``tr(H)``, for a fixed budget or a target accuracy."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+from hessop._array import make_rng
+from hessop._checkpoint import Checkpoint, restore_rng, rng_state
+from hessop._probes import DEFAULT_BLOCK, DISTRIBUTIONS, block_sizes, column_dots, probe_block
+from hessop._progress import Progress
+from hessop._validate import check_choice, check_int
+from hessop.estimators._estimates import TraceEstimate
+from hessop.estimators._stats import (
+    MIN_RTOL_SAMPLES,
+    _bar_fields,
+    _check_samples,
+    _mean_se,
+    _t_quantile,
+    _target_rule,
+    _warn_not_converged,
+)
+from hessop.operator import as_operator
+
+
+def hutchinson(
+    H: Any,
+    *,
+    n_samples: int | None = None,
+    rtol: float | None = None,
+    atol: float | None = None,
+    max_samples: int = 10_000,
+    block_size: int = DEFAULT_BLOCK,
+    seed: int | np.random.Generator | None = 0,
+    distribution: str = "rademacher",
+    progress: bool | None = None,
+    checkpoint: str | os.PathLike | None = None,
+) -> TraceEstimate:
+    """Hutchinson's estimate of ``tr(H)``, with its standard error, for a fixed budget or a target accuracy.
+
+    Maths
+    -----
+    For probes with ``E[v v^T] = I``, ``E[v^T H v] = tr(H)`` (Hutchinson 1989; Avron & Toledo, J. ACM 58(2),
+    2011).  The estimate is the mean of ``N`` samples ``x_j = v_j^T H v_j`` and its standard error is
+    ``s / sqrt(N)`` with ``s`` the sample standard deviation.  Per-sample variance: ``2 (||H||_F^2 - sum_i H_ii^2)``
+    for Rademacher probes (entries +-1, the default, minimal among i.i.d. probes), ``2 ||H||_F^2`` for Gaussian.
+
+    Stopping rule with ``rtol`` and/or ``atol``: after each block (and from ``MIN_RTOL_SAMPLES = 32`` samples on),
+    stop when the 95% confidence half-width ``t_{0.975, N-1} s / sqrt(N)`` is at most
+    ``max(rtol * |estimate|, atol)``.  This bounds the
+    error with 95% confidence, unlike stopping when the running mean stops changing (which does not control the
+    error).  If ``max_samples`` is reached first, the estimate is returned with ``converged=False`` and a
+    ``RuntimeWarning``.
+
+    Parameters
+    ----------
+    H : HessianOperator or symmetric scipy LinearOperator / array
+    n_samples : int, optional
+        Fixed number of probes (>= 1).  Give either ``n_samples`` or a target (``rtol`` and/or ``atol``).
+    rtol : float, optional
+        Target relative half-width of the 95% confidence interval.
+    atol : float, optional
+        Target absolute half-width (use it when the trace may be near zero, where no relative target is reachable).
+    max_samples : int
+        Most probes with a target; default 10,000.  :func:`hessop.trace` needs far fewer products when a few
+        eigenvalues dominate.
+    block_size : int
+        Probes per block product ``H.hvp_block``; default 16.  The result does not depend on it (probe ``j`` is the
+        same whatever the blocks), except that ``rtol`` is checked only between blocks.
+    seed : int, numpy Generator or None
+        Seed of the host-drawn probes; default 0.
+    distribution : {"rademacher", "gaussian"}
+        Probe entries: +-1 (default) or standard normal.
+    progress : bool, optional
+        Show a tqdm bar (samples, estimate, 95% half-width); default None: only when stderr is a terminal.
+    checkpoint : str or Path, optional
+        Resumable run: after every block the samples and the probe generator's state are saved to this file
+        (atomically); the same call with the same ``seed`` resumes from it and returns the result of an
+        uninterrupted run bit for bit, and once finished returns the saved result at once (no product).  Needs
+        an integer ``seed``; another call's file raises ``ValueError`` naming the field that differs.  Default
+        None.  See the user guide's "Long runs".
+
+    Notes
+    -----
+    Memory: ``3 * block_size`` n-vectors (one probe block, its product, temporaries).
+
+    Returns
+    -------
+    TraceEstimate
+        ``estimate``, ``std_error``, ``samples`` (the ``v^T H v``), ``n_hvp`` (= number of samples),
+        ``converged``, ``method``; ``.interval(level)`` gives a confidence interval.
+    """
+    op = as_operator(H)
+    targeted = rtol is not None or atol is not None
+    if (n_samples is None) == (not targeted):
+        raise ValueError("give exactly one of n_samples (a fixed number of probes) or a target: rtol (relative "
+                         "95% confidence half-width, e.g. rtol=0.01) and/or atol (absolute half-width)")
+    distribution = check_choice(distribution, "distribution", DISTRIBUTIONS)
+    block_size = check_int(block_size, "block_size", 1)
+    if n_samples is not None:
+        total = check_int(n_samples, "n_samples", 1)
+    else:
+        target = _target_rule(rtol, atol)
+        total = check_int(max_samples, "max_samples", MIN_RTOL_SAMPLES)
+    rng = make_rng(seed)
+    xp = op.xp
+    hvp0 = op.n_hvp
+
+    samples = np.empty(total)
+    count = 0
+    converged = not targeted
+    ck = Checkpoint(checkpoint, "hutchinson", op, seed, {"n_samples": n_samples, "rtol": rtol, "atol": atol,
+                                                         "max_samples": total, "block_size": block_size,
+                                                         "distribution": distribution})
+    state = ck.load()
+    if state is not None:
+        count, converged, hvp0 = state["count"], state["converged"], hvp0 - state["n_hvp"]
+        samples[:count], rng = state["samples"], restore_rng(state["rng"])
+    bar = Progress(progress, op, "hutchinson", total, "sample")
+    bar.update(count)
+    for k in block_sizes(0 if targeted and converged else total - count, block_size):
+        V = probe_block(op, rng, k, distribution)
+        vals = np.asarray(op.to_numpy(column_dots(xp, V, op.hvp_block(V))), dtype=np.float64).reshape(-1)
+        _check_samples(vals, "the quadratic form v^T H v", count)
+        samples[count: count + k] = vals
+        count += k
+        if targeted and count >= MIN_RTOL_SAMPLES:
+            mean, se = _mean_se(samples[:count])
+            if _t_quantile(0.95, count - 1) * se <= target(mean):
+                converged = True
+        ck.save(samples=samples[:count], count=count, converged=converged, rng=rng_state(rng),
+                n_hvp=op.n_hvp - hvp0)
+        bar.update(k, _bar_fields, samples[:count])
+        if targeted and converged:
+            break
+    bar.close()
+    samples = samples[:count]
+    mean, se = _mean_se(samples)
+    if not converged:
+        _warn_not_converged("hutchinson", rtol, atol, f"max_samples={total}", mean,
+                            _t_quantile(0.95, count - 1) * se)
+    return TraceEstimate(estimate=mean, std_error=se, samples=samples, n_hvp=op.n_hvp - hvp0,
+                         converged=converged, method=f"hutchinson({distribution})",
+                         stop_reason=("target met" if converged else "max_samples reached") if targeted
+                         else "fixed budget")
