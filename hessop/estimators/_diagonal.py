@@ -10,28 +10,18 @@ few eigenvalues dominate; its jackknife standard errors are conservative.
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 from typing import Any
 
 import numpy as np
 
-from hessop._array import check_finite, make_rng
-from hessop._checkpoint import Checkpoint, restore_rng, rng_state
-from hessop._probes import DEFAULT_BLOCK, block_sizes, probe_block
-from hessop._progress import Progress
+from hessop._array import make_rng
+from hessop._probes import DEFAULT_BLOCK, block_sizes
 from hessop._validate import check_choice, check_int
-from hessop.estimators._deflation import _Deflation
+from hessop.estimators._adaptive import DEFAULT_MAX_RANK, _DiagonalKind, adaptive
 from hessop.estimators._estimates import DiagonalEstimate
-from hessop.estimators._exact import _exact_diagonal
-from hessop.estimators._stats import (
-    MIN_RTOL_SAMPLES,
-    _check_samples,
-    _t_quantile,
-    _target_rule,
-    _warn_not_converged,
-)
-from hessop.estimators._trace import DEFAULT_MAX_RANK, TRY_DEFLATION_BLOCKS, VARIANCE_GAIN
+from hessop.estimators._run import Run
+from hessop.estimators._stats import MIN_RTOL_SAMPLES, _Moments
 from hessop.estimators._xdiag import _xdiag
 from hessop.operator import as_operator
 
@@ -150,249 +140,34 @@ def diagonal(
         raise ValueError("method='diag++' needs a target (rtol= and/or atol=); for a fixed budget of products use "
                          "method='xdiag' or 'hutchinson'")
     block_size = check_int(block_size, "block_size", 1 if not targeted else 2)
-    unflatten = getattr(op.backend, "unflatten", None)
     if targeted:
         budget = check_int(max_samples, "max_samples", MIN_RTOL_SAMPLES)
         max_rank = min(check_int(max_rank, "max_rank", 1), op.n // 2)
-        ck = Checkpoint(checkpoint, "diagonal", op, seed, {"n_samples": None, "rtol": rtol, "atol": atol,
-                                                           "max_samples": budget, "block_size": block_size,
-                                                           "method": method, "max_rank": max_rank})
-        bar = Progress(progress, op, "diagonal", budget, "HVP")
-        try:
-            result = _diagonal_adaptive(op, method, _target_rule(rtol, atol), budget, block_size, max_rank, seed,
-                                        bar, ck)
-        finally:
-            bar.close()
-        if not result.converged:
-            xp = op.xp
-            half = _t_quantile(0.95, max(result.n_samples - 1, 1)) * math.sqrt(float(xp.mean(result.std_error**2)))
-            _warn_not_converged("diagonal", rtol, atol, f"max_samples={budget}",
-                                math.sqrt(float(xp.mean(result.diagonal**2))), half)
-        return dataclasses.replace(result, per_parameter=unflatten(result.diagonal) if callable(unflatten) else None)
-
-    n_samples = check_int(n_samples, "n_samples", 1)
-    rng = make_rng(seed)
-    hvp0 = op.n_hvp
-    acc = _Moments(op)
-    ck = Checkpoint(checkpoint, "diagonal", op, seed, {"n_samples": n_samples, "block_size": block_size,
-                                                       "method": "hutchinson"})
-    state = ck.load()
-    if state is not None:
-        acc.restore(state, "acc")
-        rng, hvp0 = restore_rng(state["rng"]), hvp0 - state["n_hvp"]
-    bar = Progress(progress, op, "diagonal", n_samples, "sample")
-    bar.update(acc.count)
-    for k in block_sizes(n_samples - acc.count, block_size):
-        _hutchinson_block(op, rng, k, acc)
-        ck.save(**acc.state("acc"), rng=rng_state(rng), n_hvp=op.n_hvp - hvp0)
-        bar.update(k)
-    bar.close()
-    return DiagonalEstimate(diagonal=acc.mean, std_error=acc.std_error(),
-                            per_parameter=unflatten(acc.mean) if callable(unflatten) else None,
-                            n_hvp=op.n_hvp - hvp0, n_samples=acc.count, method="hutchinson",
-                            choice="a fixed number of probes" if method == "auto" else "method='hutchinson' asked for")
-
-
-class _Moments:
-    """Running entrywise mean and sum of squared deviations of n x k sample blocks, on the backend (the pairwise
-    update of Chan, Golub, LeVeque, Amer. Statist. 37(3), 1983, stable for large means)."""
-
-    def __init__(self, op: Any) -> None:
-        self.op, self.xp = op, op.xp
-        self.mean: Any = None
-        self.m2: Any = None
-        self.count = 0
-
-    def add(self, X: Any, what: str | None = None) -> None:
-        """Add the columns of ``X``; with ``what``, first check their sum is finite (one scalar to the host)."""
-        xp, k = self.xp, int(X.shape[1])
-        if what is not None:
-            check_finite(float(self.op.to_numpy(xp.sum(X))), what, self.count + 1)
-        bmean = xp.mean(X, axis=1)
-        bm2 = xp.sum((X - bmean[:, None]) ** 2, axis=1)
-        if self.mean is None:
-            self.mean, self.m2 = bmean, bm2
-        else:
-            total = self.count + k
-            delta = bmean - self.mean
-            self.mean = self.mean + delta * (k / total)
-            self.m2 = self.m2 + bm2 + delta**2 * (self.count * k / total)
-        self.count += k
-
-    def copy(self) -> _Moments:
-        other = _Moments(self.op)
-        other.mean, other.m2, other.count = self.mean, self.m2, self.count
-        return other
-
-    def summary(self, offset: Any = 0.0) -> tuple[float, float]:
-        """Two scalars in one transfer to the host: the entries' mean per-sample variance and the root mean square
-        of ``offset + mean``."""
-        xp = self.xp
-        v = self.op.to_numpy(xp.stack([xp.mean(self.m2), xp.mean((offset + self.mean) ** 2)]))
-        return float(v[0]) / max(self.count - 1, 1), math.sqrt(float(v[1]))
-
-    def state(self, name: str) -> dict[str, Any]:
-        return {f"{name}_mean": self.mean, f"{name}_m2": self.m2, f"{name}_count": self.count} if self.count else {}
-
-    def restore(self, state: dict[str, Any], name: str) -> None:
-        if f"{name}_count" in state:
-            self.mean, self.m2 = self.op.cast(state[f"{name}_mean"]), self.op.cast(state[f"{name}_m2"])
-            self.count = int(state[f"{name}_count"])
-
-    def std_error(self) -> Any:
-        """Each entry's standard error of the mean (NaN for a single sample)."""
-        if self.count > 1:
-            return self.xp.sqrt(self.m2 / (self.count - 1) / self.count)
-        return self.xp.full_like(self.mean, float("nan"))
-
-
-def _hutchinson_block(op: Any, rng: np.random.Generator, k: int, acc: _Moments) -> Any:
-    """Draw ``k`` Rademacher probes, add their samples ``v * (H v)`` to ``acc``; return the products ``H V``."""
-    V = probe_block(op, rng, k)
-    Y = op.hvp_block(V)
-    acc.add(V * Y, "the sum of v * (H v)")
-    return Y
-
-
-def _diagonal_adaptive(op: Any, method: str, target: Any, budget: int, b: int, max_rank: int, seed: Any,
-                       bar: Any, ck: Any) -> DiagonalEstimate:
-    """``diagonal`` with a target: Hutchinson or Diag++, chosen and stopped as :func:`diagonal` describes (the
-    loop of :func:`trace`, with n-vectors of samples in place of scalars)."""
-    xp = op.xp
-    hvp0 = op.n_hvp
-    rng = make_rng(seed)
-    defl = _Deflation(op)
-    plain, since, batch = _Moments(op), _Moments(op), _Moments(op)  # plain; residual since Q; residual batch
-    pending: list[Any] = []
-    exact: Any = 0.0
-    last_var, plan, planned = math.inf, MIN_RTOL_SAMPLES, False
-
-    def spent() -> int:
-        return op.n_hvp - hvp0
-
-    def exact_part() -> Any:  # diag(P H + H P - P H P), P = Q Q^T
-        return 2 * xp.sum(defl.Q * defl.Z, axis=1) - xp.sum((defl.Q @ defl.B) * defl.Q, axis=1)
-
-    def save() -> None:
-        if ck:
-            ck.save(n_hvp=spent(), rng=rng_state(rng), mode=mode, choice=choice, last_var=last_var, plan=plan,
-                    planned=planned, pending=xp.concat(pending, axis=1) if pending else np.empty((op.n, 0)),
-                    **plain.state("plain"), **since.state("since"), **batch.state("batch"),
-                    **({"Q": defl.Q, "Z": defl.Z, "B": defl.B} if defl.Q is not None else {}))
-
-    state = ck.load() or {}
-    if "result" in state:  # finished with the exact diagonal
-        d = op.cast(state["diagonal"])
-        return DiagonalEstimate(diagonal=d, std_error=op.cast(state["std_error"]), per_parameter=None,
-                                **state["result"])
-    if state:
-        hvp0 -= state["n_hvp"]
-        rng, mode, choice, last_var = restore_rng(state["rng"]), state["mode"], state["choice"], state["last_var"]
-        plan, planned = int(state["plan"]), bool(state["planned"])
-        pending = [op.cast(state["pending"])] if state["pending"].shape[1] else []
-        for acc, name in ((plain, "plain"), (since, "since"), (batch, "batch")):
-            acc.restore(state, name)
-        if "Q" in state:
-            defl.Q, defl.Z, defl.B = (op.cast(state[key]) for key in "QZB")
-            exact = exact_part()
+        settings = {"n_samples": None, "rtol": rtol, "atol": atol, "max_samples": budget, "block_size": block_size,
+                    "method": method, "max_rank": max_rank}
+        with Run(op, "diagonal", seed, settings, checkpoint, progress, budget) as run:
+            result = adaptive(_DiagonalKind(op), run, make_rng(seed), method, rtol, atol, budget, block_size,
+                              max_rank)
     else:
-        k = min(b, budget)
-        Y = _hutchinson_block(op, rng, k, plain)
-        mode, choice = method, f"method={method!r} asked for"
-        first = plain.summary() if method != "hutchinson" else None
-        if method == "auto":
-            var, rms = first
-            goal = target(rms)
-            need = math.inf if goal <= 0 else _t_quantile(0.95, k - 1) ** 2 * var / goal**2
-            if not (2 * k <= max_rank and spent() + 2 * k < budget):
-                mode, choice = "hutchinson", "no room for a sketch in the budget or size"
-            elif need < TRY_DEFLATION_BLOCKS * b:
-                mode = "hutchinson"
-                choice = (f"the first {k} products predict ~{need:.0f} for plain Hutchinson (< {TRY_DEFLATION_BLOCKS} "
-                          "blocks): deflation not tried")
-            else:
-                mode = "test"
-        if mode != "hutchinson":
-            last_var = first[0]
-            defl.grow(Y)
-            exact = exact_part()
-            plan = max(MIN_RTOL_SAMPLES, defl.rank)
-        save()
+        result = _fixed(op, check_int(n_samples, "n_samples", 1), block_size, seed, progress, checkpoint)
+        if method == "hutchinson":
+            result = dataclasses.replace(result, choice="method='hutchinson' asked for")
+    unflatten = getattr(op.backend, "unflatten", None)
+    return dataclasses.replace(result, per_parameter=unflatten(result.diagonal) if callable(unflatten) else None)
 
-    converged, stop_reason = False, ""
-    while True:
-        if mode == "test" and since.count >= min(b, budget - spent() + since.count):
-            var_r, var_x = since.summary()[0], plain.summary()[0]
-            gain = var_x / var_r if var_r > 0 else math.inf
-            if gain >= VARIANCE_GAIN:
-                mode, last_var, batch = "diag++", var_x, since.copy()
-                choice = f"deflating {defl.rank} directions cut the entries' mean variance {gain:.3g}x"
-            else:
-                mode = "hutchinson"
-                choice = (f"deflating {defl.rank} directions cut the entries' mean variance only {gain:.3g}x "
-                          f"(< {VARIANCE_GAIN:g}x): plain Hutchinson")
-                since, batch, pending, exact = _Moments(op), _Moments(op), [], 0.0
-                continue
-        current, offset = (plain, 0.0) if mode == "hutchinson" else (batch, exact)
-        enough = current.count >= (MIN_RTOL_SAMPLES if mode == "hutchinson" else plan) and mode != "test"
-        fields: dict[str, Any] = {"method": mode, "rank": defl.rank}
-        if enough:
-            var, rms = current.summary(offset)
-            half = _t_quantile(0.95, current.count - 1) * math.sqrt(var / current.count)
-            fields["half95 (rms)"] = half
-            if (planned or mode == "hutchinson") and half <= target(rms):
-                bar.to(spent(), fields)
-                converged, stop_reason = True, f"target met: root-mean-square 95% half-width {half:.3g}"
-                break
-        bar.to(spent(), fields)
-        if spent() >= budget:
-            stop_reason = f"budget of {budget} products spent"
-            break
-        if enough:
-            goal = target(rms)
-            more = math.inf if goal <= 0 else _t_quantile(0.95, current.count - 1) ** 2 * var / goal**2 - current.count
-            if more >= op.n and budget - spent() >= op.n:
-                diag = _exact_diagonal(op, b)
-                _check_samples(diag, "a diagonal entry e_i^T H e_i", 0)
-                se = op.n * float(np.finfo(op.dtype).eps) * np.abs(diag)
-                result = {"n_hvp": spent(), "n_samples": op.n, "method": "exact", "converged": True,
-                          "choice": f"{mode}: ~{more:.0f} more products predicted, exact costs n = {op.n}",
-                          "stop_reason": f"exact: {op.n} identity columns", "rank": 0}
-                ck.save(diagonal=diag, std_error=se, result=result)
-                return DiagonalEstimate(diagonal=op.cast(diag), std_error=op.cast(se), per_parameter=None, **result)
-            if mode == "diag++":
-                cols = since.count
-                var_r = since.summary()[0] if cols >= defl.rank else math.inf
-                if (var_r * VARIANCE_GAIN <= last_var and more > 3 * defl.rank and defl.rank + cols <= max_rank
-                        and spent() + cols + b <= budget):
-                    last_var = var_r
-                    defl.grow(xp.concat(pending, axis=1))
-                    exact = exact_part()
-                    since, batch, pending = _Moments(op), _Moments(op), []
-                    plan, planned = max(MIN_RTOL_SAMPLES, defl.rank), False
-                    choice += f"; rank doubled to {defl.rank}"
-                    continue
-                # a fresh batch, its size fixed now, gives the result
-                plan, planned, batch = max(MIN_RTOL_SAMPLES, math.ceil(current.count + more)), True, _Moments(op)
-        k = min(b, budget - spent())
-        if mode == "hutchinson":
-            _hutchinson_block(op, rng, k, plain)
-        else:
-            G = probe_block(op, rng, k)
-            C = defl.Q.T @ G
-            Gp = G - defl.Q @ C
-            W = op.hvp_block(Gp)
-            X = G * (W - defl.Q @ (defl.Z.T @ Gp))  # g * ((I - P) H (I - P) g)
-            since.add(X, "the sum of the residual samples")
-            if mode == "diag++":
-                batch.add(X)
-            else:  # the plain samples of the same probes, from the same product: g * (H g' + Z Q^T g)
-                plain.add(G * (W + defl.Z @ C))
-            pending.append(W)
-        save()
-    if mode == "test":
-        mode, batch = "diag++", since
-    current, offset = (plain, 0.0) if mode == "hutchinson" else ((batch if batch.count >= 2 else since), exact)
-    return DiagonalEstimate(diagonal=offset + current.mean, std_error=current.std_error(), per_parameter=None,
-                            n_hvp=spent(), n_samples=current.count, method=mode, converged=converged, choice=choice,
-                            stop_reason=stop_reason, rank=defl.rank if mode == "diag++" else 0)
+
+def _fixed(op: Any, n_samples: int, block_size: int, seed: Any, progress: bool | None,
+           checkpoint: str | os.PathLike | None) -> DiagonalEstimate:
+    """Hutchinson's diagonal on ``n_samples`` Rademacher probes."""
+    kind, acc = _DiagonalKind(op), _Moments(op)
+    settings = {"n_samples": n_samples, "block_size": block_size, "method": "hutchinson"}
+    with Run(op, "diagonal", seed, settings, checkpoint, progress, n_samples, "sample") as run:
+        rng = run.rng(make_rng(seed))
+        run.restore(acc=acc)
+        run.bar.update(acc.count)
+        for k in block_sizes(n_samples - acc.count, block_size):
+            kind.hutchinson_block(rng, k, acc)
+            run.save(acc=acc, rng=rng)
+            run.bar.update(k)
+        return DiagonalEstimate(diagonal=acc.mean, std_error=acc.std_error(), per_parameter=None, n_hvp=run.spent,
+                                n_samples=acc.count, method="hutchinson", choice="a fixed number of probes")

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from hessop._probes import DEFAULT_BLOCK, column_dots
-from hessop.estimators._estimates import TraceEstimate
+from hessop.estimators._estimates import DiagonalEstimate, TraceEstimate
 from hessop.estimators._stats import _check_samples
 
 
@@ -32,3 +32,15 @@ def _exact_diagonal(op: Any, block_size: int = DEFAULT_BLOCK) -> np.ndarray:
         E = op.cast(np.eye(op.n, k, -start))
         diag[start: start + k] = np.asarray(op.to_numpy(column_dots(op.xp, E, op.hvp_block(E))), dtype=np.float64)
     return diag
+
+
+def _exact_diagonal_estimate(op: Any, block_size: int = DEFAULT_BLOCK) -> DiagonalEstimate:
+    """``diag(H)`` from the ``n`` identity columns as a :class:`DiagonalEstimate` (native arrays); ``std_error`` is
+    the rounding bound ``n eps |H_ii|``."""
+    hvp0 = op.n_hvp
+    diag = _exact_diagonal(op, block_size)
+    _check_samples(diag, "a diagonal entry e_i^T H e_i", 0)
+    se = op.n * float(np.finfo(op.dtype).eps) * np.abs(diag)
+    return DiagonalEstimate(diagonal=op.cast(diag), std_error=op.cast(se), per_parameter=None,
+                            n_hvp=op.n_hvp - hvp0, n_samples=op.n, method="exact",
+                            stop_reason=f"exact: {op.n} identity columns")

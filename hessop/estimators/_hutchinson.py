@@ -8,16 +8,15 @@ from typing import Any
 import numpy as np
 
 from hessop._array import make_rng
-from hessop._checkpoint import Checkpoint, restore_rng, rng_state
 from hessop._probes import DEFAULT_BLOCK, DISTRIBUTIONS, block_sizes, column_dots, probe_block
-from hessop._progress import Progress
 from hessop._validate import check_choice, check_int
 from hessop.estimators._estimates import TraceEstimate
+from hessop.estimators._run import Run
 from hessop.estimators._stats import (
     MIN_RTOL_SAMPLES,
     _bar_fields,
-    _check_samples,
     _mean_se,
+    _Samples,
     _t_quantile,
     _target_rule,
     _warn_not_converged,
@@ -104,44 +103,30 @@ def hutchinson(
     else:
         target = _target_rule(rtol, atol)
         total = check_int(max_samples, "max_samples", MIN_RTOL_SAMPLES)
-    rng = make_rng(seed)
-    xp = op.xp
-    hvp0 = op.n_hvp
-
-    samples = np.empty(total)
-    count = 0
-    converged = not targeted
-    ck = Checkpoint(checkpoint, "hutchinson", op, seed, {"n_samples": n_samples, "rtol": rtol, "atol": atol,
-                                                         "max_samples": total, "block_size": block_size,
-                                                         "distribution": distribution})
-    state = ck.load()
-    if state is not None:
-        count, converged, hvp0 = state["count"], state["converged"], hvp0 - state["n_hvp"]
-        samples[:count], rng = state["samples"], restore_rng(state["rng"])
-    bar = Progress(progress, op, "hutchinson", total, "sample")
-    bar.update(count)
-    for k in block_sizes(0 if targeted and converged else total - count, block_size):
-        V = probe_block(op, rng, k, distribution)
-        vals = np.asarray(op.to_numpy(column_dots(xp, V, op.hvp_block(V))), dtype=np.float64).reshape(-1)
-        _check_samples(vals, "the quadratic form v^T H v", count)
-        samples[count: count + k] = vals
-        count += k
-        if targeted and count >= MIN_RTOL_SAMPLES:
-            mean, se = _mean_se(samples[:count])
-            if _t_quantile(0.95, count - 1) * se <= target(mean):
-                converged = True
-        ck.save(samples=samples[:count], count=count, converged=converged, rng=rng_state(rng),
-                n_hvp=op.n_hvp - hvp0)
-        bar.update(k, _bar_fields, samples[:count])
-        if targeted and converged:
-            break
-    bar.close()
-    samples = samples[:count]
-    mean, se = _mean_se(samples)
+    settings = {"n_samples": n_samples, "rtol": rtol, "atol": atol, "max_samples": total, "block_size": block_size,
+                "distribution": distribution}
+    samples = _Samples()
+    with Run(op, "hutchinson", seed, settings, checkpoint, progress, total, "sample") as run:
+        rng = run.rng(make_rng(seed))
+        run.restore(samples=samples)
+        converged = run.saved.get("converged", not targeted)
+        run.bar.update(samples.count)
+        for k in block_sizes(0 if targeted and converged else total - samples.count, block_size):
+            V = probe_block(op, rng, k, distribution)
+            samples.add(np.asarray(op.to_numpy(column_dots(op.xp, V, op.hvp_block(V))), dtype=np.float64).reshape(-1),
+                        "the quadratic form v^T H v")
+            if targeted and samples.count >= MIN_RTOL_SAMPLES:
+                half, estimate, _ = samples.interval()
+                converged = half <= target(estimate)
+            run.save(samples=samples, converged=converged, rng=rng)
+            run.bar.update(k, _bar_fields, samples.values)
+            if targeted and converged:
+                break
+    x = samples.values
+    mean, se = _mean_se(x)
     if not converged:
-        _warn_not_converged("hutchinson", rtol, atol, f"max_samples={total}", mean,
-                            _t_quantile(0.95, count - 1) * se)
-    return TraceEstimate(estimate=mean, std_error=se, samples=samples, n_hvp=op.n_hvp - hvp0,
-                         converged=converged, method=f"hutchinson({distribution})",
+        _warn_not_converged("hutchinson", rtol, atol, f"max_samples={total}", mean, _t_quantile(0.95, x.size - 1) * se)
+    return TraceEstimate(estimate=mean, std_error=se, samples=x, n_hvp=run.spent, converged=converged,
+                         method=f"hutchinson({distribution})",
                          stop_reason=("target met" if converged else "max_samples reached") if targeted
                          else "fixed budget")

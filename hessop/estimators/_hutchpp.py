@@ -9,12 +9,11 @@ from typing import Any
 import numpy as np
 
 from hessop._array import check_finite, make_rng
-from hessop._checkpoint import Checkpoint, restore_rng, rng_state
 from hessop._probes import column_dots, probe_block
-from hessop._progress import Progress
 from hessop._validate import check_int
 from hessop.estimators._deflation import _orthonormal_range
 from hessop.estimators._estimates import TraceEstimate
+from hessop.estimators._run import Run
 from hessop.estimators._stats import _bar_fields, _check_samples, _mean_se
 from hessop.operator import as_operator
 
@@ -74,43 +73,36 @@ def hutchpp(H: Any, n_hvp: int, *, seed: int | np.random.Generator | None = 0, p
     if s >= op.n:
         raise ValueError(f"n_hvp = {n_hvp} is too large for n = {op.n}: Hutch++ needs n_hvp // 3 < n. With that many "
                          "products form the matrix and take its trace exactly.")
-    rng = make_rng(seed)
-    xp = op.xp
-    hvp0 = op.n_hvp
-    ck = Checkpoint(checkpoint, "hutchpp", op, seed, {"n_hvp": n_hvp})
-    state = ck.load() or {}
-    bar = Progress(progress, op, "hutch++", n_hvp, "HVP")
-
     if g < MIN_SE_SAMPLES:
         warnings.warn(f"hutchpp with n_hvp = {n_hvp} has {g} residual samples: its standard error rests on {g - 1} "
                       "degrees of freedom and its interval can be too short on spectra with outliers; give "
                       "n_hvp >= 28, or use hessop.trace(H, rtol=...) for an interval one can rely on.", UserWarning,
                       stacklevel=2)
-    if "Q" in state:  # resumed: the sketch (and maybe tr(Q^T H Q)) of the interrupted run
-        Q, rng, hvp0 = op.cast(state["Q"]), restore_rng(state["rng"]), hvp0 - state["n_hvp"]
-        bar.update(state["n_hvp"])
-    else:
-        S = probe_block(op, rng, s)
-        Q, _ = _orthonormal_range(xp, op.hvp_block(S))
-        ck.save(Q=Q, rng=rng_state(rng), n_hvp=op.n_hvp - hvp0)
-        bar.update(s)
-    if "exact" in state:
-        exact = state["exact"]
-    else:
-        exact = float(op.to_numpy(xp.sum(column_dots(xp, Q, op.hvp_block(Q)))))
-        check_finite(exact, "tr(Q^T H Q)", 1)
-        ck.save(Q=Q, exact=exact, rng=rng_state(rng), n_hvp=op.n_hvp - hvp0)
-        bar.update(s, {"exact part": exact})
-    if "resid" in state:
-        resid = state["resid"]
-    else:
-        G = probe_block(op, rng, g)
-        G = G - Q @ (Q.T @ G)
-        resid = np.asarray(op.to_numpy(column_dots(xp, G, op.hvp_block(G))), dtype=np.float64).reshape(-1)
-        _check_samples(resid, "the residual quadratic form", 0)
-        ck.save(Q=Q, exact=exact, resid=resid, n_hvp=op.n_hvp - hvp0, rng=rng_state(rng))
-        bar.update(g, _bar_fields, resid, exact)
-    bar.close()
+    xp = op.xp
+    with Run(op, "hutchpp", seed, {"n_hvp": n_hvp}, checkpoint, progress, n_hvp) as run:
+        rng, saved = run.rng(make_rng(seed)), run.saved  # resumed: the sketch, tr(Q^T H Q), the residual samples
+        run.bar.update(run.spent)
+        if "Q" in saved:
+            Q = op.cast(saved["Q"])
+        else:
+            Q, _ = _orthonormal_range(xp, op.hvp_block(probe_block(op, rng, s)))
+            run.save(Q=Q, rng=rng)
+            run.bar.update(s)
+        if "exact" in saved:
+            exact = saved["exact"]
+        else:
+            exact = check_finite(float(op.to_numpy(xp.sum(column_dots(xp, Q, op.hvp_block(Q))))), "tr(Q^T H Q)", 1)
+            run.save(Q=Q, exact=exact, rng=rng)
+            run.bar.update(s, {"exact part": exact})
+        if "resid" in saved:
+            resid = saved["resid"]
+        else:
+            G = probe_block(op, rng, g)
+            G = G - Q @ (Q.T @ G)
+            resid = np.asarray(op.to_numpy(column_dots(xp, G, op.hvp_block(G))), dtype=np.float64).reshape(-1)
+            _check_samples(resid, "the residual quadratic form", 0)
+            run.save(Q=Q, exact=exact, resid=resid, rng=rng)
+            run.bar.update(g, _bar_fields, resid, exact)
     mean, se = _mean_se(resid)
-    return TraceEstimate(estimate=exact + mean, std_error=se, samples=resid, n_hvp=op.n_hvp - hvp0,
-                         converged=True, method="hutch++")
+    return TraceEstimate(estimate=exact + mean, std_error=se, samples=resid, n_hvp=run.spent, converged=True,
+                         method="hutch++")

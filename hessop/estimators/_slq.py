@@ -26,11 +26,10 @@ from typing import Any
 import numpy as np
 
 from hessop._array import make_rng
-from hessop._checkpoint import Checkpoint, restore_rng, rng_state
 from hessop._probes import DISTRIBUTIONS, block_sizes, probe_block
-from hessop._progress import Progress
 from hessop._validate import check_choice, check_int
 from hessop.estimators._estimates import TraceEstimate
+from hessop.estimators._run import Run
 from hessop.estimators._stats import _mean_se, _target_rule, _warn_not_converged
 from hessop.lanczos import Krylov
 from hessop.operator import as_operator
@@ -324,25 +323,22 @@ def slq(
         raise ValueError(f"block_size = {block_size} draws of n_iter = {n_iter} steps need {block_size * per_draw} "
                          f"n-vectors, over memory = {memory}; lower block_size to {fit} or raise memory.")
     distribution = check_choice(distribution, "distribution", DISTRIBUTIONS)
-    rng = make_rng(seed)
     xp = op.xp
-    hvp0 = op.n_hvp
-
     nodes: list[np.ndarray] = []
     weights: list[np.ndarray] = []
     pending, blocks = list(block_sizes(n_vectors, block_size)), []
-    ck = Checkpoint(checkpoint, "slq", op, seed, {
-        "n_iter": n_iter, "n_vectors": n_vectors, "block_size": block_size, "distribution": distribution,
-        "rtol": rtol, "atol": atol, "f": None if f is None else getattr(f, "__name__", repr(f)),
-        "max_vectors": max_vectors if targeted else None,
-        "solver_dtype": None if solver_dtype is None else np.dtype(solver_dtype).name})
-    state = ck.load()
-    if state is not None:
+    settings = {"n_iter": n_iter, "n_vectors": n_vectors, "block_size": block_size, "distribution": distribution,
+                "rtol": rtol, "atol": atol, "f": None if f is None else getattr(f, "__name__", repr(f)),
+                "max_vectors": max_vectors if targeted else None,
+                "solver_dtype": None if solver_dtype is None else np.dtype(solver_dtype).name}
+    run = Run(op, "slq", seed, settings, checkpoint, progress, None, "draw")
+    rng, state = run.rng(make_rng(seed)), run.saved
+    if state:
         splits = np.cumsum(state["steps"])[:-1]
         nodes, weights = np.split(state["nodes"], splits), np.split(state["weights"], splits)
-        pending, blocks, rng = state["pending"], state["blocks"], restore_rng(state["rng"])
-        hvp0 -= state["n_hvp"]
-    bar = Progress(progress, op, "slq", len(nodes) + sum(pending), "draw")
+        pending, blocks = state["pending"], state["blocks"]
+    bar = run.bar
+    bar.grow(len(nodes) + sum(pending))
     bar.update(len(nodes))
     while pending:
         b = pending.pop(0)
@@ -369,9 +365,9 @@ def slq(
                 _warn_not_converged("slq", rtol, atol, f"max_vectors={max_vectors}", est.estimate,
                                     est.half_width())
             bar.grow(len(nodes) + sum(pending))
-        ck.save(nodes=np.concatenate(nodes), weights=np.concatenate(weights), steps=[x.size for x in nodes],
-                pending=pending, blocks=blocks, rng=rng_state(rng), n_hvp=op.n_hvp - hvp0)
+        run.save(nodes=np.concatenate(nodes), weights=np.concatenate(weights), steps=[x.size for x in nodes],
+                 pending=pending, blocks=blocks, rng=rng)
         bar.update(b)
     bar.close()
-    return SpectralDensity(nodes=nodes, weights=weights, n=op.n, n_hvp=op.n_hvp - hvp0, n_iter=n_iter,
+    return SpectralDensity(nodes=nodes, weights=weights, n=op.n, n_hvp=run.spent, n_iter=n_iter,
                            blocks=tuple(blocks), memory=max(blocks) * per_draw)

@@ -18,7 +18,6 @@ biases a sequential interval; with fewer samples (10 was tried) the 95% interval
 200 seeds on a flat spectrum and the reported standard error was 0.79x the spread of the estimates."""
 
 
-
 def _t_quantile(level: float, dof: int) -> float:
     """Two-sided Student-t quantile: ``t`` with ``P(|T_dof| <= t) = level``."""
     from scipy.special import stdtrit
@@ -59,7 +58,7 @@ def _target_rule(rtol: float | None, atol: float | None) -> Any:
 
 
 def _warn_not_converged(who: str, rtol: float | None, atol: float | None, limit: str, estimate: float,
-                        half: float) -> None:
+                        half: float, stacklevel: int = 3) -> None:
     """Say why a target was missed: near-zero traces need ``atol``; otherwise more products or a better method."""
     asked = ", ".join(f"{k}={v}" for k, v in (("rtol", rtol), ("atol", atol)) if v is not None)
     if atol is None and abs(estimate) <= half:
@@ -68,7 +67,7 @@ def _warn_not_converged(who: str, rtol: float | None, atol: float | None, limit:
     else:
         advice = (f"the 95% half-width is {half:.3g} (estimate {estimate:.6g}). Raise the limit, loosen the target, "
                   "or use hessop.trace, which needs far fewer products when a few eigenvalues dominate.")
-    warnings.warn(f"{who} did not reach {asked} within {limit}: {advice}", RuntimeWarning, stacklevel=3)
+    warnings.warn(f"{who} did not reach {asked} within {limit}: {advice}", RuntimeWarning, stacklevel=stacklevel)
 
 
 def _pair_inverse(S: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -99,9 +98,115 @@ def _jackknife_se(loo: Any, axis: int = 0) -> Any:
     return ((m - 1) / m * (dev**2).sum(axis=axis)) ** 0.5
 
 
-def _more_needed(samples: np.ndarray, offset: float, target: Any) -> float:
-    """Further samples the t-interval rule predicts it needs: ``(t s / target)^2 - N`` (inf if target is 0)."""
-    mean, se = _mean_se(samples)
-    half_one = _t_quantile(0.95, samples.size - 1) * se * math.sqrt(samples.size)  # half-width for one sample
-    goal = target(offset + mean)
-    return math.inf if goal <= 0 else (half_one / goal) ** 2 - samples.size
+def _samples_needed(half_one: float, goal: float, count: int) -> float:
+    """Further samples the t-interval rule predicts a target needs: ``(t s / goal)^2 - N``, with ``t s`` the 95%
+    half-width of one sample (``t`` the Student-t quantile, ``s`` the per-sample standard deviation), ``goal`` the
+    half-width asked for and ``N`` the samples so far (inf when ``goal`` is 0)."""
+    return math.inf if goal <= 0 else (half_one / goal) ** 2 - count
+
+
+class _Samples:
+    """Scalar samples on the host (the quadratic forms of the trace estimators), appended block by block."""
+
+    def __init__(self) -> None:
+        self.parts: list[np.ndarray] = []
+
+    @property
+    def count(self) -> int:
+        return sum(p.size for p in self.parts)
+
+    @property
+    def values(self) -> np.ndarray:
+        return np.concatenate(self.parts) if self.parts else np.empty(0)
+
+    def add(self, x: np.ndarray, what: str | None = None) -> None:
+        """Append the samples ``x``; with ``what``, first check they are finite (naming the first bad one)."""
+        if what is not None:
+            _check_samples(x, what, self.count)
+        self.parts.append(x)
+
+    def copy(self) -> _Samples:
+        other = _Samples()
+        other.parts = list(self.parts)
+        return other
+
+    def variance(self) -> float:
+        """The per-sample variance (``ddof=1``)."""
+        return float(np.var(self.values, ddof=1))
+
+    def interval(self, offset: Any = 0.0) -> tuple[float, float, float]:
+        """The 95% half-width of the mean, the estimate ``offset + mean`` and the 95% half-width of one sample."""
+        x = self.values
+        mean, se = _mean_se(x)
+        t = _t_quantile(0.95, x.size - 1)
+        return t * se, offset + mean, t * se * math.sqrt(x.size)
+
+    def state(self) -> dict[str, Any]:
+        return {"values": self.values}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.parts = [state["values"]] if state["values"].size else []
+
+
+class _Moments:
+    """Running entrywise mean and sum of squared deviations of n x k sample blocks on the backend (the samples of the
+    diagonal estimators; the pairwise update of Chan, Golub, LeVeque, Amer. Statist. 37(3), 1983, stable for large
+    means)."""
+
+    def __init__(self, op: Any) -> None:
+        self.op, self.xp = op, op.xp
+        self.mean: Any = None
+        self.m2: Any = None
+        self.count = 0
+
+    def add(self, X: Any, what: str | None = None) -> None:
+        """Add the columns of ``X``; with ``what``, first check their sum is finite (one scalar to the host)."""
+        xp, k = self.xp, int(X.shape[1])
+        if what is not None:
+            check_finite(float(self.op.to_numpy(xp.sum(X))), what, self.count + 1)
+        bmean = xp.mean(X, axis=1)
+        bm2 = xp.sum((X - bmean[:, None]) ** 2, axis=1)
+        if self.mean is None:
+            self.mean, self.m2 = bmean, bm2
+        else:
+            total = self.count + k
+            delta = bmean - self.mean
+            self.mean = self.mean + delta * (k / total)
+            self.m2 = self.m2 + bm2 + delta**2 * (self.count * k / total)
+        self.count += k
+
+    def copy(self) -> _Moments:
+        other = _Moments(self.op)
+        other.mean, other.m2, other.count = self.mean, self.m2, self.count
+        return other
+
+    def summary(self, offset: Any = 0.0) -> tuple[float, float]:
+        """Two scalars in one transfer to the host: the entries' mean per-sample variance and the root mean square
+        of ``offset + mean``."""
+        xp = self.xp
+        v = self.op.to_numpy(xp.stack([xp.mean(self.m2), xp.mean((offset + self.mean) ** 2)]))
+        return float(v[0]) / max(self.count - 1, 1), math.sqrt(float(v[1]))
+
+    def variance(self) -> float:
+        """The entries' mean per-sample variance."""
+        return self.summary()[0]
+
+    def interval(self, offset: Any = 0.0) -> tuple[float, float, float]:
+        """Root mean squares over the entries: the 95% half-width of the mean, the estimate ``offset + mean`` and
+        the 95% half-width of one sample."""
+        var, rms = self.summary(offset)
+        t = _t_quantile(0.95, self.count - 1)
+        return t * math.sqrt(var / self.count), rms, t * math.sqrt(var)
+
+    def state(self) -> dict[str, Any]:
+        return {"mean": self.mean, "m2": self.m2, "count": self.count} if self.count else {}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.mean, self.m2 = self.op.cast(state["mean"]), self.op.cast(state["m2"])
+        self.count = int(state["count"])
+
+    def std_error(self) -> Any:
+        """Each entry's standard error of the mean (NaN for a single sample)."""
+        if self.count > 1:
+            return self.xp.sqrt(self.m2 / (self.count - 1) / self.count)
+        return self.xp.full_like(self.mean, float("nan"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any
 
@@ -9,13 +10,12 @@ import numpy as np
 import scipy.linalg
 
 from hessop._array import check_finite, make_rng
-from hessop._checkpoint import Checkpoint
 from hessop._probes import column_dots, probe_block
-from hessop._progress import Progress
 from hessop._validate import check_int
 from hessop.estimators._deflation import _orthonormal_range
 from hessop.estimators._estimates import TraceEstimate
 from hessop.estimators._exact import _exact_trace
+from hessop.estimators._run import Run
 from hessop.estimators._stats import _bar_fields, _jackknife_se, _pair_inverse
 from hessop.operator import as_operator
 
@@ -93,40 +93,46 @@ def xtrace(H: Any, n_hvp: int, *, seed: int | np.random.Generator | None = 0, pr
     n = op.n
     if n_hvp >= n:
         return _exact_trace(op)
-    rng = make_rng(seed)
-    xp = op.xp
-    hvp0 = op.n_hvp
-    ck = Checkpoint(checkpoint, "xtrace", op, seed, {"n_hvp": n_hvp})
-    state = ck.load() or {}
-    hvp0 -= state.get("n_hvp", 0)
-    bar = Progress(progress, op, "xtrace", 2 * m, "HVP")
-    bar.update(state.get("n_hvp", 0))
+    with Run(op, "xtrace", seed, {"n_hvp": n_hvp}, checkpoint, progress, 2 * m) as run:
+        run.bar.update(run.spent)
+        small = run.saved.get("small")  # resumed after both products: only host arithmetic is left
+        if small is None:
+            small = _sketch(op, run, make_rng(seed), m)
+        result = _estimate(small, m, n, op.dtype)
+        run.bar.update(0, _bar_fields, result.samples)
+    return dataclasses.replace(result, n_hvp=run.spent)
 
-    if "small" in state:  # resumed after both products: only host arithmetic is left
-        small = state["small"]
+
+def _sketch(op: Any, run: Run, rng: np.random.Generator, m: int) -> np.ndarray:
+    """The products of XTrace (``Y = H Omega`` for ``m`` Gaussian probes, ``Z = H Q``) reduced to the small host
+    matrices ``[R; Q^T Z; Q^T Omega; omega_i^T y_i; ||omega_i||^2]``, saved after each block product."""
+    xp = op.xp
+    if "Y" in run.saved:
+        Om, Y = op.cast(run.saved["Om"]), op.cast(run.saved["Y"])
     else:
-        if "Y" in state:
-            Om, Y = op.cast(state["Om"]), op.cast(state["Y"])
-        else:
-            Om = probe_block(op, rng, m, "gaussian")
-            Y = op.hvp_block(Om)
-            ck.save(Om=Om, Y=Y, n_hvp=op.n_hvp - hvp0)
-            bar.update(m)
-        Q, R = _orthonormal_range(xp, Y)
-        Z = op.hvp_block(Q)
-        dots = xp.stack([column_dots(xp, Om, Y), column_dots(xp, Om, Om)], axis=0)
-        small = np.asarray(op.to_numpy(xp.concat([R, Q.T @ Z, Q.T @ Om, dots], axis=0)), dtype=np.float64)
-        ck.save(small=small, n_hvp=op.n_hvp - hvp0)
-        bar.update(m)
+        Om = probe_block(op, rng, m, "gaussian")
+        Y = op.hvp_block(Om)
+        run.save(Om=Om, Y=Y)
+        run.bar.update(m)
+    Q, R = _orthonormal_range(xp, Y)
+    Z = op.hvp_block(Q)
+    dots = xp.stack([column_dots(xp, Om, Y), column_dots(xp, Om, Om)], axis=0)
+    small = np.asarray(op.to_numpy(xp.concat([R, Q.T @ Z, Q.T @ Om, dots], axis=0)), dtype=np.float64)
+    run.save(small=small)
+    run.bar.update(m)
+    return small
+
+
+def _estimate(small: np.ndarray, m: int, n: int, dtype: Any) -> TraceEstimate:
+    """XTrace and its jackknife standard error from the small matrices of :func:`_sketch` (``n_hvp`` left 0)."""
     if not np.all(np.isfinite(small)):
         check_finite(float("nan"), "a product H v", 1)
     R, B, W, d, norm2 = small[:m], small[m: 2 * m], small[2 * m: 3 * m], small[3 * m], small[3 * m + 1]
     B = (B + B.T) / 2
-    eps = float(np.finfo(op.dtype).eps)
+    eps = float(np.finfo(dtype).eps)
     if np.linalg.cond(R) * m * eps >= 1:  # rank(H) < m: Q spans range(H) and tr(Q^T H Q) is the trace
-        bar.close()
         return TraceEstimate(estimate=float(np.trace(B)), std_error=n * eps * float(np.linalg.norm(B)),
-                             samples=np.array([np.trace(B)]), n_hvp=op.n_hvp - hvp0, converged=True,
+                             samples=np.array([np.trace(B)]), n_hvp=0, converged=True,
                              method="xtrace", stop_reason="exact: the sketch spans the range of H", rank=m,
                              exact=True)
     X = scipy.linalg.solve_triangular(R, np.eye(m), trans="T", lower=False)  # X = R^{-T}
@@ -153,7 +159,5 @@ def xtrace(H: Any, n_hvp: int, *, seed: int | np.random.Generator | None = 0, pr
     np.fill_diagonal(u2_ij, 1.0)  # i = j is no pair (and ||(I - Q Q^T) w_i|| may be 0 there, for H = c I)
     t_ij = low_ij + (n - m + 2) * (d[:, None] - 2 * a_r + a_b_a) / u2_ij
     np.fill_diagonal(t_ij, 0.0)
-    bar.update(0, _bar_fields, t)
-    bar.close()
     return TraceEstimate(estimate=float(np.mean(t)), std_error=_jackknife_se(t_ij.sum(axis=0) / (m - 1)), samples=t,
-                         n_hvp=op.n_hvp - hvp0, converged=True, method="xtrace")
+                         n_hvp=0, converged=True, method="xtrace")
