@@ -39,10 +39,10 @@ def _trace(H: HessianOperator, *, seed: int = 0, **options: Any) -> TraceEstimat
     """The trace of a block with its 95% interval: the one place every trace of :mod:`hessop.blocks` and
     :mod:`hessop.tracking` is computed, by :func:`hessop.trace` (Hutchinson or adaptive Hutch++, chosen from the
     first products; the exact trace from unit vectors when the budget reaches n).  ``options`` (``rtol``, ``atol``,
-    ``n_hvp``, ``method``) are passed on; with none of ``rtol``, ``atol``, ``n_hvp`` the budget is
+    ``max_hvp``, ``method``) are passed on; with none of ``rtol``, ``atol``, ``max_hvp`` the budget is
     ``DEFAULT_TRACE_HVP`` products."""
-    if all(options.get(key) is None for key in ("rtol", "atol", "n_hvp")):
-        options["n_hvp"] = DEFAULT_TRACE_HVP
+    if all(options.get(key) is None for key in ("rtol", "atol", "max_hvp")):
+        options["max_hvp"] = DEFAULT_TRACE_HVP
     return trace(H, seed=seed, **options)
 
 
@@ -233,7 +233,7 @@ def by_block(
     tol : float
         Lanczos tolerance on the residuals (relative to each eigenvalue); default 1e-6.
     trace_options : dict, optional
-        Passed to :func:`hessop.trace` (default ``n_hvp=64``: Hutchinson or adaptive Hutch++ with 64 products, or
+        Passed to :func:`hessop.trace` (default ``max_hvp=64``: Hutchinson or adaptive Hutch++ with 64 products, or
         the exact trace from ``n`` unit vectors for blocks of at most 64 parameters).
     density : bool
         Also run SLQ on every block (``density_options`` go to :func:`hessop.slq`; ``n_iter`` is capped at the

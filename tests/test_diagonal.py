@@ -93,7 +93,7 @@ def test_xdiag_is_exact_on_a_low_rank_operator_and_refuses_a_target():
     r = hessop.diagonal(A, 20, method="xdiag")
     np.testing.assert_allclose(r.diagonal, np.diag(A), atol=1e-13)
     assert np.all(r.std_error < 1e-12) and r.n_samples == 1
-    with pytest.raises(ValueError, match="budget of products n_samples only"):
+    with pytest.raises(ValueError, match="budget of products max_hvp only"):
         hessop.diagonal(A, rtol=0.1, method="xdiag")
     with pytest.raises(ValueError, match="method must be one of"):
         hessop.diagonal(A, 10, method="xdiag++")
@@ -154,7 +154,7 @@ def test_diagonal_to_a_target(request, name, target, method):
     assert np.sqrt(np.mean(half**2)) <= goal * (1 + 1e-5)
     assert np.mean(np.abs(d.diagonal - exact) <= half) >= 0.9
     with pytest.warns(RuntimeWarning, match="diagonal did not reach rtol=0.001"):
-        assert not hessop.diagonal(A, rtol=1e-3, max_samples=48).converged
+        assert not hessop.diagonal(A, rtol=1e-3, max_hvp=48).converged
 
 
 def diagonal_coverage(A, seeds, **kw):

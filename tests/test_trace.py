@@ -55,7 +55,7 @@ def test_hutchinson_within_two_standard_errors(request, name, n_samples):
     A, tr = request.getfixturevalue(name)
     hits = 0
     for seed in SEEDS:
-        r = hessop.hutchinson(A, n_samples=n_samples, seed=seed)
+        r = hessop.hutchinson(A, max_hvp=n_samples, seed=seed)
         assert r.n_hvp == n_samples and r.samples.shape == (n_samples,) and r.converged
         assert r.estimate == pytest.approx(np.mean(r.samples))
         hits += abs(r.estimate - tr) <= 2 * r.std_error
@@ -64,22 +64,22 @@ def test_hutchinson_within_two_standard_errors(request, name, n_samples):
 
 def test_hutchinson_gaussian_probes_within_two_standard_errors(flat):
     A, tr = flat
-    results = [hessop.hutchinson(A, n_samples=100, seed=s, distribution="gaussian") for s in SEEDS]
+    results = [hessop.hutchinson(A, max_hvp=100, seed=s, distribution="gaussian") for s in SEEDS]
     assert sum(abs(r.estimate - tr) <= 2 * r.std_error for r in results) >= 0.85 * len(SEEDS)
     assert results[0].method == "hutchinson(gaussian)"
     # Gaussian probes have variance 2 ||A||_F^2, Rademacher 2 (||A||_F^2 - sum A_ii^2): visibly larger here
-    assert np.var(results[0].samples) > 2 * np.var(hessop.hutchinson(A, n_samples=100).samples)
+    assert np.var(results[0].samples) > 2 * np.var(hessop.hutchinson(A, max_hvp=100).samples)
 
 
 @pytest.mark.parametrize("name, rtol", [("flat", 0.01), ("outlier_small", 0.01), ("network", 0.1)])
 def test_rtol_stops_with_small_true_error(request, name, rtol):
     """rtol stops when the 95% half-width is below rtol * |estimate|: the true error is then below 2 rtol in at
     least 90% of seeds.  On the network rtol=0.1: its Rademacher variance 2(||H||_F^2 - sum H_ii^2) = 58.7 against
-    tr H = 14.0 needs ~11,500 samples per run at rtol=0.01 (more than max_samples), too many for 50 runs here."""
+    tr H = 14.0 needs ~11,500 samples per run at rtol=0.01 (more than max_hvp), too many for 50 runs here."""
     A, tr = request.getfixturevalue(name)
     good = 0
     for seed in SEEDS:
-        r = hessop.hutchinson(A, rtol=rtol, max_samples=20_000, block_size=64, seed=seed)
+        r = hessop.hutchinson(A, rtol=rtol, max_hvp=20_000, block_size=64, seed=seed)
         assert r.converged
         lo, hi = r.interval(0.95)
         assert (hi - lo) / 2 <= rtol * abs(r.estimate) * (1 + 1e-12)
@@ -90,7 +90,7 @@ def test_rtol_stops_with_small_true_error(request, name, rtol):
 def test_rtol_reports_failure_to_converge(outlier):
     A, _ = outlier
     with pytest.warns(RuntimeWarning, match="did not reach rtol"):
-        r = hessop.hutchinson(A, rtol=1e-4, max_samples=64)
+        r = hessop.hutchinson(A, rtol=1e-4, max_hvp=64)
     assert not r.converged and r.n_hvp == 64 and r.n_samples == 64
 
 
@@ -104,8 +104,8 @@ def test_rtol_needs_no_more_than_it_must():
 
 def test_block_size_does_not_change_probes(outlier):
     A, _ = outlier
-    a = hessop.hutchinson(A, n_samples=40, block_size=7, seed=3)
-    b = hessop.hutchinson(A, n_samples=40, block_size=40, seed=3)
+    a = hessop.hutchinson(A, max_hvp=40, block_size=7, seed=3)
+    b = hessop.hutchinson(A, max_hvp=40, block_size=40, seed=3)
     np.testing.assert_allclose(a.samples, b.samples, rtol=1e-12)
     assert a.estimate == pytest.approx(b.estimate, rel=1e-12)
 
@@ -113,7 +113,7 @@ def test_block_size_does_not_change_probes(outlier):
 def test_probes_go_through_block_products(outlier):
     A, _ = outlier
     op, calls = counting_operator(A)
-    r = hessop.hutchinson(op, n_samples=40, block_size=16)
+    r = hessop.hutchinson(op, max_hvp=40, block_size=16)
     assert calls == [16, 16, 8] and r.n_hvp == 40 == op.n_hvp
     calls.clear()
     hessop.hutchpp(op, 30)
@@ -127,10 +127,10 @@ def test_probes_go_through_block_products(outlier):
 
 
 def test_interval_uses_student_t():
-    r = hessop.hutchinson(np.diag([1.0, -3.0, 2.0, 5.0]) + 0.1, n_samples=5)
+    r = hessop.hutchinson(np.diag([1.0, -3.0, 2.0, 5.0]) + 0.1, max_hvp=5)
     lo, hi = r.interval(0.95)
     assert (hi - lo) / 2 == pytest.approx(2.776445105 * r.std_error, rel=1e-8)  # t_{0.975, 4}
-    single = hessop.hutchinson(np.eye(3) + 0.1, n_samples=1)
+    single = hessop.hutchinson(np.eye(3) + 0.1, max_hvp=1)
     assert math.isnan(single.std_error) and single.interval() == (-math.inf, math.inf)
     assert "hutchinson" in repr(r) and "std_error" in repr(r)
 
@@ -139,7 +139,7 @@ def test_interval_uses_student_t():
 def test_xtrace_and_hutchpp_beat_hutchinson_on_outliers(outlier):
     A, tr = outlier
     err = {name: np.median([abs(f(A, s).estimate - tr) for s in SEEDS]) for name, f in [
-        ("hutchinson", lambda A, s: hessop.hutchinson(A, n_samples=100, seed=s)),
+        ("hutchinson", lambda A, s: hessop.hutchinson(A, max_hvp=100, seed=s)),
         ("hutchpp", lambda A, s: hessop.hutchpp(A, 100, seed=s)),
         ("xtrace", lambda A, s: hessop.xtrace(A, 100, seed=s)),
     ]}
@@ -235,7 +235,7 @@ def test_torch_operator_gives_the_dense_answers(torch_op, network, torch_problem
     A, tr = network
     before = torch_op.n_hvp
     pairs = [
-        (hessop.hutchinson(torch_op, n_samples=24, seed=5).samples, hessop.hutchinson(A, n_samples=24, seed=5).samples),
+        (hessop.hutchinson(torch_op, max_hvp=24, seed=5).samples, hessop.hutchinson(A, max_hvp=24, seed=5).samples),
         (hessop.hutchpp(torch_op, 24, seed=5).samples, hessop.hutchpp(A, 24, seed=5).samples),
         (hessop.xtrace(torch_op, 24, seed=5).samples, hessop.xtrace(A, 24, seed=5).samples),
     ]
@@ -246,7 +246,7 @@ def test_torch_operator_gives_the_dense_answers(torch_op, network, torch_problem
 
 # ---------------------------------------------------------------------------------------------------- bad input
 @pytest.mark.parametrize("call", [
-    lambda H: hessop.hutchinson(H, n_samples=4),
+    lambda H: hessop.hutchinson(H, max_hvp=4),
     lambda H: hessop.hutchinson(H, rtol=0.1),
     lambda H: hessop.hutchpp(H, 9),
     lambda H: hessop.xtrace(H, 8),
@@ -260,25 +260,25 @@ def test_non_finite_product_raises(call, nan_operator):
 
 
 @pytest.mark.parametrize("call, error, match", [
-    (lambda A: hessop.hutchinson(A, n_samples=0), ValueError, "n_samples must be >= 1"),
-    (lambda A: hessop.hutchinson(A, n_samples=2.5), TypeError, "n_samples must be an integer"),
-    (lambda A: hessop.hutchinson(A), ValueError, "exactly one of n_samples"),
-    (lambda A: hessop.hutchinson(A, n_samples=5, rtol=0.1), ValueError, "exactly one of n_samples"),
+    (lambda A: hessop.hutchinson(A, max_hvp=0), ValueError, "max_hvp = 0 is too small for one sample"),
+    (lambda A: hessop.hutchinson(A, max_hvp=2.5), TypeError, "max_hvp must be an integer"),
+    (lambda A: hessop.hutchinson(A), ValueError, "give a budget max_hvp="),
+    (lambda A: hessop.hutchinson(A, max_hvp=5, rtol=0.1), ValueError, "too small for a target"),
     (lambda A: hessop.hutchinson(A, rtol=0.0), ValueError, "rtol must be a positive"),
-    (lambda A: hessop.hutchinson(A, rtol=0.1, max_samples=3), ValueError, "max_samples must be >= 32"),
+    (lambda A: hessop.hutchinson(A, rtol=0.1, max_hvp=3), ValueError, "max_hvp must be >= 32"),
     (lambda A: hessop.hutchinson(A, atol=-1.0), ValueError, "atol must be a positive"),
-    (lambda A: hessop.trace(A), ValueError, "give a target"),
-    (lambda A: hessop.trace(A, rtol=0.1, method="xtrace"), ValueError, "budget n_hvp only"),
+    (lambda A: hessop.trace(A), ValueError, "give a budget max_hvp="),
+    (lambda A: hessop.trace(A, rtol=0.1, method="xtrace"), ValueError, "budget max_hvp only"),
     (lambda A: hessop.trace(A, rtol=0.1, method="magic"), ValueError, "method must be one of"),
     (lambda A: hessop.trace(A, rtol=0.1, block_size=1), ValueError, "block_size must be >= 2"),
-    (lambda A: hessop.trace(A, n_hvp=0), ValueError, "n_hvp must be >= 1"),
-    (lambda A: hessop.hutchinson(A, n_samples=5, distribution="uniform"), ValueError, "distribution must be one"),
-    (lambda A: hessop.hutchinson(A, n_samples=5, block_size=0), ValueError, "block_size must be >= 1"),
-    (lambda A: hessop.hutchpp(A, 3), ValueError, "n_hvp must be >= 4"),
+    (lambda A: hessop.trace(A, max_hvp=0), ValueError, "max_hvp must be >= 1"),
+    (lambda A: hessop.hutchinson(A, max_hvp=5, distribution="uniform"), ValueError, "distribution must be one"),
+    (lambda A: hessop.hutchinson(A, max_hvp=5, block_size=0), ValueError, "block_size must be >= 1"),
+    (lambda A: hessop.hutchpp(A, 3), ValueError, "max_hvp = 3 is too small for Hutch"),
     (lambda A: hessop.hutchpp(A, 90), ValueError, "too large"),
-    (lambda A: hessop.xtrace(A, 3), ValueError, "n_hvp must be >= 4"),
-    (lambda A: hessop.diagonal(A, 0), ValueError, "n_samples must be >= 1"),
-    (lambda A: hessop.hutchinson("not a matrix", n_samples=3), TypeError, "expected a HessianOperator"),
+    (lambda A: hessop.xtrace(A, 3), ValueError, "max_hvp must be >= 4"),
+    (lambda A: hessop.diagonal(A, 0), ValueError, "max_hvp = 0 is too small for one sample"),
+    (lambda A: hessop.hutchinson("not a matrix", max_hvp=3), TypeError, "expected a HessianOperator"),
 ])
 def test_bad_input_raises(call, error, match):
     A = scipy.linalg.toeplitz(np.arange(30, 0, -1.0))
@@ -290,7 +290,7 @@ def test_no_warning_for_fixed_budget(outlier):
     A, _ = outlier
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        hessop.hutchinson(A, n_samples=3)
+        hessop.hutchinson(A, max_hvp=3)
 
 
 # ---------------------------------------------------------------------------------------------------- hessop.trace
@@ -351,18 +351,18 @@ def test_trace_chooses_and_saves(flat, outlier):
 def test_trace_fixed_budget_and_forced_methods(outlier):
     A, tr = outlier
     for method in ("auto", "hutchinson", "hutch++"):
-        r = hessop.trace(A, n_hvp=150, method=method, seed=1)
+        r = hessop.trace(A, max_hvp=150, method=method, seed=1)
         assert r.n_hvp == 150 and r.converged and r.stop_reason.startswith("budget")
         assert abs(r.estimate - tr) <= 5 * r.std_error
-    assert hessop.trace(A, n_hvp=150, method="hutch++").rank >= 16
-    x = hessop.trace(A, n_hvp=100, method="xtrace", seed=2)
+    assert hessop.trace(A, max_hvp=150, method="hutch++").rank >= 16
+    x = hessop.trace(A, max_hvp=100, method="xtrace", seed=2)
     assert x.method == "xtrace" and x.estimate == hessop.xtrace(A, 100, seed=2).estimate
 
 
 def test_trace_budget_cap_warns(outlier):
     A, _ = outlier
-    with pytest.warns(RuntimeWarning, match="did not reach rtol=1e-05 within n_hvp=96"):
-        r = hessop.trace(A, rtol=1e-5, n_hvp=96)
+    with pytest.warns(RuntimeWarning, match="did not reach rtol=1e-05 within max_hvp=96"):
+        r = hessop.trace(A, rtol=1e-5, max_hvp=96)
     assert not r.converged and r.n_hvp <= 96
 
 
@@ -382,12 +382,12 @@ def test_near_zero_trace_needs_atol():
     """A traceless H: a relative target cannot be met, the warning says so; atol stops at once."""
     A = matrix_with_spectrum(np.concatenate([np.linspace(1, 2, 50), -np.linspace(1, 2, 50)]), seed=3)
     with pytest.warns(RuntimeWarning, match="near zero.*atol="):
-        r = hessop.hutchinson(A, rtol=0.01, max_samples=64)
+        r = hessop.hutchinson(A, rtol=0.01, max_hvp=64)
     assert not r.converged
     r = hessop.hutchinson(A, atol=1.0, seed=1)
     assert r.converged and abs(r.estimate) <= r.half_width() + 1e-12 and r.half_width() <= 1.0
     with pytest.warns(RuntimeWarning, match="near zero.*atol="):
-        hessop.trace(A, rtol=0.01, n_hvp=60)  # below n = 100, so no exact fallback
+        hessop.trace(A, rtol=0.01, max_hvp=60)  # below n = 100, so no exact fallback
     t = hessop.trace(A, atol=1.0, seed=1)
     assert t.converged and t.half_width() <= 1.0 and abs(t.estimate) <= 4 * t.std_error
 

@@ -31,9 +31,6 @@ from hessop.estimators._stats import (
     _warn_not_converged,
 )
 
-MAX_HVP = 10_000
-"""Default budget of :func:`hessop.trace` and :func:`hessop.diagonal` with a target."""
-
 TRY_DEFLATION_BLOCKS = 8
 """``method="auto"`` tries deflation only when plain Hutchinson is predicted to need at least this many blocks (so
 that the one block of products the try costs is at most 1/8 of Hutchinson's)."""

@@ -20,7 +20,7 @@ from hessop._probes import DEFAULT_BLOCK, block_sizes
 from hessop._validate import check_choice, check_int
 from hessop.estimators._adaptive import DEFAULT_MAX_RANK, _DiagonalKind, adaptive
 from hessop.estimators._estimates import DiagonalEstimate
-from hessop.estimators._run import Run
+from hessop.estimators._run import MAX_HVP, Run, check_budget
 from hessop.estimators._stats import MIN_RTOL_SAMPLES, _Moments
 from hessop.estimators._xdiag import _xdiag
 from hessop.operator import as_operator
@@ -28,11 +28,10 @@ from hessop.operator import as_operator
 
 def diagonal(
     H: Any,
-    n_samples: int | None = None,
+    max_hvp: int | None = None,
     *,
     rtol: float | None = None,
     atol: float | None = None,
-    max_samples: int = 10_000,
     seed: int | np.random.Generator | None = 0,
     block_size: int = DEFAULT_BLOCK,
     method: str = "auto",
@@ -76,7 +75,7 @@ def diagonal(
     the products still needed reach ``n``, the diagonal is taken exactly from the ``n`` identity columns.  Two
     scalars go to the host per block.
 
-    XDiag (``method="xdiag"``, a fixed budget ``n_samples`` of products, no target): see :func:`_xdiag`.  At a
+    XDiag (``method="xdiag"``, a fixed budget ``max_hvp`` of products, no target): see :func:`_xdiag`.  At a
     fixed budget on the test suite's outlier matrix (n = 400, 100 products, 100 seeds) its root-mean-square error
     was 20x smaller than Hutchinson's; on a flat spectrum 2.8x larger.  Its jackknife standard errors are
     conservative (1.2-2.3x the true error), so with a target, Diag++, whose standard errors are exact, is used.
@@ -84,21 +83,19 @@ def diagonal(
     Parameters
     ----------
     H : HessianOperator or symmetric scipy LinearOperator / array
-    n_samples : int, optional
-        A fixed number of Rademacher probes, >= 1 (Hutchinson; for ``method="xdiag"``: the product budget, >= 4,
-        as ``n_hvp`` of :func:`xtrace`).  Give either ``n_samples`` or a target (``rtol`` and/or ``atol``).
+    max_hvp : int, optional
+        The most Hessian-vector products to spend.  Without a target (then it is required): Hutchinson's number of
+        Rademacher probes (>= 1), or XDiag's budget (``method="xdiag"``, >= 4, as :func:`xtrace`).  With a target:
+        the cap, sketch included (default 10,000, at least 32; a ``RuntimeWarning`` if the target is not met).
     rtol, atol : float, optional
         Target root-mean-square 95% half-width, relative to the diagonal's root mean square and absolute.
-    max_samples : int
-        With a target, the most products to spend (sketch included); default 10,000 (a ``RuntimeWarning`` if the
-        target is not met).
     seed : int, numpy Generator or None
         Seed of the host-drawn probes; default 0.
     block_size : int
         Probes per block product, and the first sketch's rank; default 16.
     method : {"auto", "hutchinson", "diag++", "xdiag"}
-        Default "auto": with a target, chosen as above; with ``n_samples``, Hutchinson.  "diag++" needs a target
-        and deflates from the start; "xdiag" takes ``n_samples`` only.
+        Default "auto": with a target, chosen as above; with a budget alone, Hutchinson.  "diag++" needs a target
+        and deflates from the start; "xdiag" takes ``max_hvp`` only.
     max_rank : int
         Most deflated directions (memory two ``n x max_rank`` blocks); default 512, at most ``n // 2``.
     progress : bool, optional
@@ -113,7 +110,7 @@ def diagonal(
     -----
     Memory: Hutchinson ``3 * block_size + 4`` n-vectors (one probe block, its product, the running mean and
     variance); Diag++ adds ``Q`` and ``Z`` (``2 * rank``), the products kept for the next doubling (up to
-    ``rank``) and three running means and variances; XDiag about ``8 * n_samples`` n-vectors.
+    ``rank``) and three running means and variances; XDiag about ``4 * max_hvp`` n-vectors.
 
     Returns
     -------
@@ -121,35 +118,47 @@ def diagonal(
         ``diagonal`` and ``std_error`` as native arrays; for a PyTorch operator ``per_parameter`` maps each
         parameter name to its diagonal entries shaped like the parameter; ``method``, ``choice``, ``rank`` and
         ``stop_reason`` say how it was computed.
+
+    Examples
+    --------
+    >>> import numpy as np, hessop
+    >>> from hessop.testing import matrix_with_spectrum, outlier_spectrum
+    >>> H = hessop.HessianOperator.from_matrix(matrix_with_spectrum(outlier_spectrum(200, seed=0), seed=1))
+    >>> d = hessop.diagonal(H, rtol=0.1, seed=0)
+    >>> d.method, d.rank, d.n_hvp, d.converged
+    ('diag++', 16, 96, True)
+    >>> x = hessop.diagonal(H, 60, method="xdiag", seed=0)
+    >>> x.n_hvp, x.n_samples
+    (60, 30)
     """
     op = as_operator(H)
     method = check_choice(method, "method", ("auto", "hutchinson", "diag++", "xdiag"))
     targeted = rtol is not None or atol is not None
-    if (n_samples is None) == (not targeted):
-        raise ValueError("give exactly one of n_samples (a fixed number of probes) or a target: rtol (relative "
-                         "root-mean-square 95% half-width, e.g. rtol=0.05) and/or atol")
+    if max_hvp is None and not targeted:
+        raise ValueError("give a budget max_hvp= (the most Hessian-vector products to spend: the number of probes) "
+                         "or a target: rtol= (relative root-mean-square 95% half-width, e.g. rtol=0.05) and/or atol=")
     if method == "xdiag":
         if targeted:
-            raise ValueError("method='xdiag' takes a budget of products n_samples only; for a target use the "
+            raise ValueError("method='xdiag' takes a budget of products max_hvp only; for a target use the "
                              "default method='auto' (Diag++ where it pays)")
         if checkpoint is not None:
             raise ValueError("method='xdiag' has no checkpoint (its sketch is one block of products); use "
                              "method='hutchinson' for a resumable run")
-        return _xdiag(op, check_int(n_samples, "n_samples", 4), seed)
+        return _xdiag(op, check_budget(max_hvp, 4, "XDiag (two probes and their sketch)"), seed)
     if method == "diag++" and not targeted:
         raise ValueError("method='diag++' needs a target (rtol= and/or atol=); for a fixed budget of products use "
                          "method='xdiag' or 'hutchinson'")
     block_size = check_int(block_size, "block_size", 1 if not targeted else 2)
     if targeted:
-        budget = check_int(max_samples, "max_samples", MIN_RTOL_SAMPLES)
+        budget = check_budget(max_hvp, MIN_RTOL_SAMPLES, "a target (never met on fewer samples)", MAX_HVP)
         max_rank = min(check_int(max_rank, "max_rank", 1), op.n // 2)
-        settings = {"n_samples": None, "rtol": rtol, "atol": atol, "max_samples": budget, "block_size": block_size,
-                    "method": method, "max_rank": max_rank}
+        settings = {"rtol": rtol, "atol": atol, "max_hvp": budget, "block_size": block_size, "method": method,
+                    "max_rank": max_rank}
         with Run(op, "diagonal", seed, settings, checkpoint, progress, budget) as run:
             result = adaptive(_DiagonalKind(op), run, make_rng(seed), method, rtol, atol, budget, block_size,
                               max_rank)
     else:
-        result = _fixed(op, check_int(n_samples, "n_samples", 1), block_size, seed, progress, checkpoint)
+        result = _fixed(op, check_budget(max_hvp, 1, "one sample"), block_size, seed, progress, checkpoint)
         if method == "hutchinson":
             result = dataclasses.replace(result, choice="method='hutchinson' asked for")
     unflatten = getattr(op.backend, "unflatten", None)
@@ -160,7 +169,7 @@ def _fixed(op: Any, n_samples: int, block_size: int, seed: Any, progress: bool |
            checkpoint: str | os.PathLike | None) -> DiagonalEstimate:
     """Hutchinson's diagonal on ``n_samples`` Rademacher probes."""
     kind, acc = _DiagonalKind(op), _Moments(op)
-    settings = {"n_samples": n_samples, "block_size": block_size, "method": "hutchinson"}
+    settings = {"max_hvp": n_samples, "block_size": block_size, "method": "hutchinson"}
     with Run(op, "diagonal", seed, settings, checkpoint, progress, n_samples, "sample") as run:
         rng = run.rng(make_rng(seed))
         run.restore(acc=acc)

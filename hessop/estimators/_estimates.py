@@ -28,12 +28,33 @@ class TraceEstimate:
         Hutchinson, the residual quadratic forms for Hutch++ (added to the exact part ``tr(Q^T H Q)``), the
         leave-one-out estimates for XTrace, the per-draw values ``n sum_i w_i f(theta_i)`` for SLQ.
     n_hvp : int
-        Hessian-vector products used.
+        Hessian-vector products spent (at most the call's ``max_hvp``).
     converged : bool
-        For ``hutchinson(rtol=...)``: whether the confidence-interval rule was met before ``max_samples``.
-        Estimators with a fixed budget report True.
+        With a target (``rtol`` / ``atol``): whether it was met within ``max_hvp``.  Without one: True.
     method : str
-        Which estimator produced it.
+        Which estimator produced it: ``"hutchinson(rademacher)"`` / ``"hutchinson(gaussian)"`` from
+        :func:`hutchinson`; ``"hutchinson"``, ``"hutch++"``, ``"xtrace"`` or ``"exact"`` from :func:`trace`;
+        ``"hutch++"``, ``"xtrace"``, ``"slq"``.
+    stop_reason : str
+        Why it stopped: ``"target met: 95% half-width ..."``, ``"budget of N products spent"``, ``"fixed budget"``,
+        ``"max_hvp reached"``, or ``"exact: ..."``; empty for the fixed-budget Hutch++, XTrace and SLQ.
+    choice : str
+        From :func:`trace`: why that method ran (``"method='hutch++' asked for"``; with ``method="auto"`` what the
+        first products predicted, or the variance cut that deflation achieved on trial, and each doubling of the
+        rank); empty otherwise.
+    rank : int
+        Directions deflated (their trace taken exactly): the final rank of :func:`trace`'s adaptive Hutch++, the
+        sketch size of XTrace's exact result; 0 otherwise.
+    exact : bool
+        True when the estimate is exact up to rounding (the ``n`` identity columns, or an XTrace sketch spanning the
+        range of H); ``std_error`` is then a rounding bound and :meth:`interval` uses it as is.
+
+    Examples
+    --------
+    >>> import numpy as np, hessop
+    >>> est = hessop.trace(np.diag(np.arange(1.0, 101.0)), rtol=0.01, seed=0)  # v^T D v = tr D exactly
+    >>> est.method, est.converged, round(est.estimate), est.n_samples == est.samples.size
+    ('hutchinson', True, 5050, True)
     """
 
     estimate: float
@@ -92,19 +113,28 @@ class DiagonalEstimate:
         For an operator whose backend can split a flat vector (PyTorch: ``backend.unflatten``):
         ``{parameter name: diagonal entries shaped like the parameter}``; otherwise None.
     n_hvp : int
-        Hessian-vector products used.
+        Hessian-vector products spent (at most the call's ``max_hvp``).
     n_samples : int
-        Probes averaged.
+        Probes averaged (for XDiag its ``max_hvp // 2`` probes; ``n`` for the exact diagonal).
     method : str
         "hutchinson", "diag++", "xdiag" or "exact" (identity columns, when they cost less than the target needs).
     converged : bool
-        With a target: whether it was met before ``max_samples`` (True for a fixed number of samples).
+        With a target: whether it was met within ``max_hvp`` (True without one).
     choice : str
-        Why that method.
+        Why that method: ``"a fixed number of probes"``, ``"method=... asked for"``, or with ``method="auto"`` and
+        a target what the first products predicted or the variance cut deflation achieved on trial (and each
+        doubling of the rank).
     stop_reason : str
-        With a target: why it stopped.
+        With a target: why it stopped (``"target met: ..."``, ``"budget of N products spent"``, ``"exact: ..."``).
     rank : int
         Directions deflated by Diag++ (0 otherwise).
+
+    Examples
+    --------
+    >>> import numpy as np, hessop
+    >>> d = hessop.diagonal(np.diag([1.0, 2.0, 3.0, 4.0]), 8, seed=0)
+    >>> np.round(d.diagonal, 6).tolist(), d.n_samples, d.n_hvp, d.method
+    ([1.0, 2.0, 3.0, 4.0], 8, 8, 'hutchinson')
     """
 
     diagonal: Any = field(repr=False)

@@ -11,7 +11,7 @@ from hessop._array import make_rng
 from hessop._probes import DEFAULT_BLOCK, DISTRIBUTIONS, block_sizes, column_dots, probe_block
 from hessop._validate import check_choice, check_int
 from hessop.estimators._estimates import TraceEstimate
-from hessop.estimators._run import Run
+from hessop.estimators._run import MAX_HVP, Run, check_budget
 from hessop.estimators._stats import (
     MIN_RTOL_SAMPLES,
     _bar_fields,
@@ -27,10 +27,9 @@ from hessop.operator import as_operator
 def hutchinson(
     H: Any,
     *,
-    n_samples: int | None = None,
+    max_hvp: int | None = None,
     rtol: float | None = None,
     atol: float | None = None,
-    max_samples: int = 10_000,
     block_size: int = DEFAULT_BLOCK,
     seed: int | np.random.Generator | None = 0,
     distribution: str = "rademacher",
@@ -50,21 +49,20 @@ def hutchinson(
     stop when the 95% confidence half-width ``t_{0.975, N-1} s / sqrt(N)`` is at most
     ``max(rtol * |estimate|, atol)``.  This bounds the
     error with 95% confidence, unlike stopping when the running mean stops changing (which does not control the
-    error).  If ``max_samples`` is reached first, the estimate is returned with ``converged=False`` and a
+    error).  If ``max_hvp`` probes are spent first, the estimate is returned with ``converged=False`` and a
     ``RuntimeWarning``.
 
     Parameters
     ----------
     H : HessianOperator or symmetric scipy LinearOperator / array
-    n_samples : int, optional
-        Fixed number of probes (>= 1).  Give either ``n_samples`` or a target (``rtol`` and/or ``atol``).
+    max_hvp : int, optional
+        The most Hessian-vector products to spend (one per probe, >= 1): without a target, exactly that many probes
+        (then it is required); with one, the cap (default 10,000, at least 32).  :func:`hessop.trace` needs far
+        fewer products when a few eigenvalues dominate.
     rtol : float, optional
         Target relative half-width of the 95% confidence interval.
     atol : float, optional
         Target absolute half-width (use it when the trace may be near zero, where no relative target is reachable).
-    max_samples : int
-        Most probes with a target; default 10,000.  :func:`hessop.trace` needs far fewer products when a few
-        eigenvalues dominate.
     block_size : int
         Probes per block product ``H.hvp_block``; default 16.  The result does not depend on it (probe ``j`` is the
         same whatever the blocks), except that ``rtol`` is checked only between blocks.
@@ -90,21 +88,26 @@ def hutchinson(
     TraceEstimate
         ``estimate``, ``std_error``, ``samples`` (the ``v^T H v``), ``n_hvp`` (= number of samples),
         ``converged``, ``method``; ``.interval(level)`` gives a confidence interval.
+
+    Examples
+    --------
+    >>> import numpy as np, hessop
+    >>> from hessop.testing import matrix_with_spectrum, outlier_spectrum
+    >>> H = hessop.HessianOperator.from_matrix(matrix_with_spectrum(outlier_spectrum(200, seed=0), seed=1))
+    >>> r = hessop.hutchinson(H, max_hvp=100, seed=0)   # tr(H) = 379.98
+    >>> round(r.estimate, 1), round(r.std_error, 1), r.n_hvp
+    (370.6, 16.3, 100)
     """
     op = as_operator(H)
     targeted = rtol is not None or atol is not None
-    if (n_samples is None) == (not targeted):
-        raise ValueError("give exactly one of n_samples (a fixed number of probes) or a target: rtol (relative "
-                         "95% confidence half-width, e.g. rtol=0.01) and/or atol (absolute half-width)")
     distribution = check_choice(distribution, "distribution", DISTRIBUTIONS)
     block_size = check_int(block_size, "block_size", 1)
-    if n_samples is not None:
-        total = check_int(n_samples, "n_samples", 1)
+    if targeted:
+        total = check_budget(max_hvp, MIN_RTOL_SAMPLES, "a target (never met on fewer samples)", MAX_HVP)
     else:
-        target = _target_rule(rtol, atol)
-        total = check_int(max_samples, "max_samples", MIN_RTOL_SAMPLES)
-    settings = {"n_samples": n_samples, "rtol": rtol, "atol": atol, "max_samples": total, "block_size": block_size,
-                "distribution": distribution}
+        total = check_budget(max_hvp, 1, "one sample")
+    target = _target_rule(rtol, atol) if targeted else None
+    settings = {"rtol": rtol, "atol": atol, "max_hvp": total, "block_size": block_size, "distribution": distribution}
     samples = _Samples()
     with Run(op, "hutchinson", seed, settings, checkpoint, progress, total, "sample") as run:
         rng = run.rng(make_rng(seed))
@@ -125,8 +128,8 @@ def hutchinson(
     x = samples.values
     mean, se = _mean_se(x)
     if not converged:
-        _warn_not_converged("hutchinson", rtol, atol, f"max_samples={total}", mean, _t_quantile(0.95, x.size - 1) * se)
+        _warn_not_converged("hutchinson", rtol, atol, f"max_hvp={total}", mean, _t_quantile(0.95, x.size - 1) * se)
     return TraceEstimate(estimate=mean, std_error=se, samples=x, n_hvp=run.spent, converged=converged,
                          method=f"hutchinson({distribution})",
-                         stop_reason=("target met" if converged else "max_samples reached") if targeted
+                         stop_reason=("target met" if converged else "max_hvp reached") if targeted
                          else "fixed budget")

@@ -10,10 +10,9 @@ import numpy as np
 
 from hessop._array import check_finite, make_rng
 from hessop._probes import column_dots, probe_block
-from hessop._validate import check_int
 from hessop.estimators._deflation import _orthonormal_range
 from hessop.estimators._estimates import TraceEstimate
-from hessop.estimators._run import Run
+from hessop.estimators._run import Run, check_budget
 from hessop.estimators._stats import _bar_fields, _check_samples, _mean_se
 from hessop.operator import as_operator
 
@@ -26,29 +25,29 @@ in 92-96%."""
 
 
 
-def hutchpp(H: Any, n_hvp: int, *, seed: int | np.random.Generator | None = 0, progress: bool | None = None,
+def hutchpp(H: Any, max_hvp: int, *, seed: int | np.random.Generator | None = 0, progress: bool | None = None,
             checkpoint: str | os.PathLike | None = None) -> TraceEstimate:
     """Hutch++ estimate of ``tr(H)`` (Meyer, Musco, Musco, Woodruff, SOSA 2021), with a standard error.
 
     Maths
     -----
-    With ``s = n_hvp // 3`` and ``g = n_hvp - 2 s``: draw Rademacher ``S`` (n x s), take ``Q = orth(H S)`` (s
+    With ``s = max_hvp // 3`` and ``g = max_hvp - 2 s``: draw Rademacher ``S`` (n x s), take ``Q = orth(H S)`` (s
     products); the trace on ``range(Q)`` is computed exactly as ``tr(Q^T H Q)`` (s products) and the rest by
     Hutchinson with ``g`` Rademacher probes projected off ``Q``:
 
         tr(H) ~ tr(Q^T H Q) + (1/g) sum_j g_j^T (I - Q Q^T) H (I - Q Q^T) g_j.
 
     The dominant eigen-directions, which carry most of Hutchinson's variance, are captured by ``Q``, so the error
-    falls like ``1/n_hvp`` rather than ``1/sqrt(n_hvp)`` on spectra with decay.  ``std_error`` is the standard
+    falls like ``1/max_hvp`` rather than ``1/sqrt(max_hvp)`` on spectra with decay.  ``std_error`` is the standard
     error of the residual Hutchinson part, ``std(residual samples) / sqrt(g)`` (the exact part adds none given Q).
-    With fewer than ``MIN_SE_SAMPLES = 10`` residual samples (``n_hvp < 28``) a ``UserWarning`` says that this
+    With fewer than ``MIN_SE_SAMPLES = 10`` residual samples (``max_hvp < 28``) a ``UserWarning`` says that this
     standard error and its interval are unreliable.
 
     Parameters
     ----------
     H : HessianOperator or symmetric scipy LinearOperator / array
-    n_hvp : int
-        Product budget, ``4 <= n_hvp`` and ``n_hvp // 3 < n``; all of it is used.
+    max_hvp : int
+        The Hessian-vector products to spend, ``4 <= max_hvp`` and ``max_hvp // 3 < n``; all of them are used.
     seed : int, numpy Generator or None
         Seed of the host-drawn probes; default 0.
     progress : bool, optional
@@ -59,27 +58,38 @@ def hutchpp(H: Any, n_hvp: int, *, seed: int | np.random.Generator | None = 0, p
 
     Notes
     -----
-    Memory: about ``n_hvp`` n-vectors (``S``, ``Q``, ``H Q``, ``G`` and ``H G``, a third of the budget each).
+    Memory: about ``max_hvp`` n-vectors (``S``, ``Q``, ``H Q``, ``G`` and ``H G``, a third of the budget each).
 
     Returns
     -------
     TraceEstimate
         ``samples`` are the ``g`` residual quadratic forms; ``estimate = tr(Q^T H Q) + mean(samples)``.
+
+    Examples
+    --------
+    >>> import numpy as np, hessop
+    >>> from hessop.testing import matrix_with_spectrum, outlier_spectrum
+    >>> H = hessop.HessianOperator.from_matrix(matrix_with_spectrum(outlier_spectrum(200, seed=0), seed=1))
+    >>> r = hessop.hutchpp(H, 60, seed=0)   # tr(H) = 379.98
+    >>> round(r.estimate, 1), round(r.std_error, 1), r.n_hvp
+    (380.8, 0.8, 60)
     """
     op = as_operator(H)
-    n_hvp = check_int(n_hvp, "n_hvp", 4)
-    s = n_hvp // 3
-    g = n_hvp - 2 * s
+    max_hvp = check_budget(max_hvp, 4, "Hutch++ (a sketch, its exact part and residual samples)")
+    s = max_hvp // 3
+    g = max_hvp - 2 * s
     if s >= op.n:
-        raise ValueError(f"n_hvp = {n_hvp} is too large for n = {op.n}: Hutch++ needs n_hvp // 3 < n. With that many "
+        raise ValueError(f"max_hvp = {max_hvp} is too large for n = {op.n}: Hutch++ needs max_hvp // 3 < n. With "
+                         "that many "
                          "products form the matrix and take its trace exactly.")
     if g < MIN_SE_SAMPLES:
-        warnings.warn(f"hutchpp with n_hvp = {n_hvp} has {g} residual samples: its standard error rests on {g - 1} "
+        warnings.warn(f"hutchpp with max_hvp = {max_hvp} has {g} residual samples: its standard error rests on "
+                      f"{g - 1} "
                       "degrees of freedom and its interval can be too short on spectra with outliers; give "
-                      "n_hvp >= 28, or use hessop.trace(H, rtol=...) for an interval one can rely on.", UserWarning,
+                      "max_hvp >= 28, or use hessop.trace(H, rtol=...) for an interval one can rely on.", UserWarning,
                       stacklevel=2)
     xp = op.xp
-    with Run(op, "hutchpp", seed, {"n_hvp": n_hvp}, checkpoint, progress, n_hvp) as run:
+    with Run(op, "hutchpp", seed, {"max_hvp": max_hvp}, checkpoint, progress, max_hvp) as run:
         rng, saved = run.rng(make_rng(seed)), run.saved  # resumed: the sketch, tr(Q^T H Q), the residual samples
         run.bar.update(run.spent)
         if "Q" in saved:

@@ -11,6 +11,7 @@ whose entries are saved under ``"<name>.<key>"``.
 from __future__ import annotations
 
 import dataclasses
+import numbers
 import os
 from typing import Any
 
@@ -18,6 +19,28 @@ import numpy as np
 
 from hessop._checkpoint import Checkpoint, restore_rng, rng_state
 from hessop._progress import Progress
+from hessop._validate import check_int
+
+MAX_HVP = 10_000
+"""Default budget of an estimator with a target (:func:`hessop.trace`, :func:`hessop.hutchinson`,
+:func:`hessop.diagonal`)."""
+
+
+def check_budget(max_hvp: object, least: int, what: str, default: int | None = None) -> int:
+    """The budget ``max_hvp`` (the most Hessian-vector products a call may spend) as an int.
+
+    ``None`` gives ``default``, or a ``ValueError`` asking for a budget or a target where there is none; under
+    ``least`` a ``ValueError`` says that ``what`` needs more.
+    """
+    if max_hvp is None:
+        if default is None:
+            raise ValueError("give a budget max_hvp= (the most Hessian-vector products to spend) or a target: rtol= "
+                             "(e.g. rtol=0.01) and/or atol=")
+        return default
+    if isinstance(max_hvp, numbers.Integral) and not isinstance(max_hvp, bool) and max_hvp < least:
+        raise ValueError(f"max_hvp = {max_hvp} is too small for {what}: that needs at least {least} Hessian-vector "
+                         f"products (max_hvp must be >= {least})")
+    return check_int(max_hvp, "max_hvp", least)
 
 
 class Run:

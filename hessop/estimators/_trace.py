@@ -10,10 +10,10 @@ import numpy as np
 from hessop._array import make_rng
 from hessop._probes import DEFAULT_BLOCK
 from hessop._validate import check_choice, check_int
-from hessop.estimators._adaptive import DEFAULT_MAX_RANK, MAX_HVP, _TraceKind, adaptive
+from hessop.estimators._adaptive import DEFAULT_MAX_RANK, _TraceKind, adaptive
 from hessop.estimators._estimates import TraceEstimate
 from hessop.estimators._exact import _exact_trace
-from hessop.estimators._run import Run
+from hessop.estimators._run import MAX_HVP, Run, check_budget
 from hessop.estimators._xtrace import xtrace
 from hessop.operator import as_operator
 
@@ -23,7 +23,7 @@ def trace(
     *,
     rtol: float | None = None,
     atol: float | None = None,
-    n_hvp: int | None = None,
+    max_hvp: int | None = None,
     method: str = "auto",
     seed: int | np.random.Generator | None = 0,
     block_size: int = DEFAULT_BLOCK,
@@ -86,11 +86,11 @@ def trace(
     H : HessianOperator or symmetric scipy LinearOperator / array
     rtol, atol : float, optional
         Target 95% half-width ``max(rtol * |estimate|, atol)``.  Give ``atol`` when the trace may be near zero.
-    n_hvp : int, optional
+    max_hvp : int, optional
         Budget: with a target, the most products to spend (default 10,000); without one, the products to spend.
     method : {"auto", "hutchinson", "hutch++", "xtrace"}
         ``"auto"`` (default) chooses as above; ``"hutchinson"`` and ``"hutch++"`` force one (Hutch++ still grows
-        its rank adaptively); ``"xtrace"`` runs :func:`xtrace` on the budget ``n_hvp`` (no target: its
+        its rank adaptively); ``"xtrace"`` runs :func:`xtrace` on the budget ``max_hvp`` (no target: its
         leave-one-out error estimate is not an interval to stop on).
     seed : int, numpy Generator or None
         Seed of the host-drawn probes; default 0.
@@ -111,22 +111,31 @@ def trace(
         ``estimate``, ``std_error``, ``interval()``, ``n_hvp``, ``method`` ("hutchinson" or "hutch++"), ``rank``
         (deflated directions), ``choice`` (why that method), ``stop_reason``, ``converged``, ``samples`` (the
         plain or residual samples behind the interval).
+
+    Examples
+    --------
+    >>> import numpy as np, hessop
+    >>> from hessop.testing import matrix_with_spectrum, outlier_spectrum
+    >>> H = hessop.HessianOperator.from_matrix(matrix_with_spectrum(outlier_spectrum(200, seed=0), seed=1))
+    >>> r = hessop.trace(H, rtol=0.01, seed=0)   # tr(H) = 379.98
+    >>> r.method, r.rank, round(r.estimate, 1), r.converged, r.n_hvp
+    ('hutch++', 16, 380.4, True, 96)
+    >>> r.choice
+    'deflating 16 directions cut the per-sample variance 941x'
     """
     op = as_operator(H)
     method = check_choice(method, "method", ("auto", "hutchinson", "hutch++", "xtrace"))
     targeted = rtol is not None or atol is not None
-    if not targeted and n_hvp is None:
-        raise ValueError("give a target (rtol=, e.g. rtol=0.01, and/or atol=) or a budget of products n_hvp=")
-    budget = MAX_HVP if n_hvp is None else check_int(n_hvp, "n_hvp", 1)
+    budget = check_budget(max_hvp, 1, "one sample", MAX_HVP if targeted else None)
     b = check_int(block_size, "block_size", 2)
     max_rank = min(check_int(max_rank, "max_rank", 1), op.n // 2)
     if method == "xtrace":
         if targeted:
-            raise ValueError("method='xtrace' takes a budget n_hvp only (its leave-one-out error estimate is not a "
+            raise ValueError("method='xtrace' takes a budget max_hvp only (its leave-one-out error estimate is not a "
                              "confidence interval to stop on); for a target use method='auto' or 'hutch++'")
         return xtrace(op, budget, seed=seed, progress=progress, checkpoint=checkpoint)
     if not targeted and budget >= op.n:
         return _exact_trace(op, b)
-    settings = {"rtol": rtol, "atol": atol, "n_hvp": budget, "method": method, "block_size": b, "max_rank": max_rank}
+    settings = {"rtol": rtol, "atol": atol, "max_hvp": budget, "method": method, "block_size": b, "max_rank": max_rank}
     with Run(op, "trace", seed, settings, checkpoint, progress, budget) as run:
         return adaptive(_TraceKind(op), run, make_rng(seed), method, rtol, atol, budget, b, max_rank)

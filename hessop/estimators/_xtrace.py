@@ -11,23 +11,22 @@ import scipy.linalg
 
 from hessop._array import check_finite, make_rng
 from hessop._probes import column_dots, probe_block
-from hessop._validate import check_int
 from hessop.estimators._deflation import _orthonormal_range
 from hessop.estimators._estimates import TraceEstimate
 from hessop.estimators._exact import _exact_trace
-from hessop.estimators._run import Run
+from hessop.estimators._run import Run, check_budget
 from hessop.estimators._stats import _bar_fields, _jackknife_se, _pair_inverse
 from hessop.operator import as_operator
 
 
-def xtrace(H: Any, n_hvp: int, *, seed: int | np.random.Generator | None = 0, progress: bool | None = None,
+def xtrace(H: Any, max_hvp: int, *, seed: int | np.random.Generator | None = 0, progress: bool | None = None,
            checkpoint: str | os.PathLike | None = None) -> TraceEstimate:
     """XTrace estimate of ``tr(H)`` (Epperly, Tropp, Webber, SIAM J. Matrix Anal. Appl. 45(1), 2024), with an
     error estimate.
 
     Maths
     -----
-    With ``m = n_hvp // 2`` Gaussian probes ``Omega = [w_1 .. w_m]`` and ``Y = H Omega = Q R``, each probe in turn
+    With ``m = max_hvp // 2`` Gaussian probes ``Omega = [w_1 .. w_m]`` and ``Y = H Omega = Q R``, each probe in turn
     is left out of the low-rank part and used as the (normalised) Hutchinson probe for the rest:
 
         t_i = tr(P_i H) + (n - m + 1) u_i^T H u_i / ||u_i||^2,   u_i = (I - P_i) w_i,
@@ -62,8 +61,9 @@ def xtrace(H: Any, n_hvp: int, *, seed: int | np.random.Generator | None = 0, pr
     Parameters
     ----------
     H : HessianOperator or symmetric scipy LinearOperator / array
-    n_hvp : int
-        Product budget, ``n_hvp >= 4``; an odd budget leaves one product unused.  With ``n_hvp >= n`` (so
+    max_hvp : int
+        The most Hessian-vector products to spend, ``max_hvp >= 4``; an odd budget leaves one product unused.
+        With ``max_hvp >= n`` (so
         ``2 m >= n - 1``) the trace is taken exactly from the ``n`` identity columns instead.
     seed : int, numpy Generator or None
         Seed of the host-drawn probes; default 0.
@@ -76,7 +76,7 @@ def xtrace(H: Any, n_hvp: int, *, seed: int | np.random.Generator | None = 0, pr
 
     Notes
     -----
-    Memory: about ``2 * n_hvp`` n-vectors (``Omega``, ``Y``, ``Q``, ``Z`` of ``n_hvp / 2`` columns each).
+    Memory: about ``2 * max_hvp`` n-vectors (``Omega``, ``Y``, ``Q``, ``Z`` of ``max_hvp / 2`` columns each).
 
     Returns
     -------
@@ -86,14 +86,23 @@ def xtrace(H: Any, n_hvp: int, *, seed: int | np.random.Generator | None = 0, pr
     If ``H Omega`` is numerically rank deficient (H has rank below ``m``), the sketch spans the range of H and
     ``tr(H) = tr(Q^T H Q)`` exactly: that value is returned with ``exact=True`` and a rounding bound
     ``n eps ||B||_F`` as ``std_error`` (no leave-one-out samples exist then).
+
+    Examples
+    --------
+    >>> import numpy as np, hessop
+    >>> from hessop.testing import matrix_with_spectrum, outlier_spectrum
+    >>> H = hessop.HessianOperator.from_matrix(matrix_with_spectrum(outlier_spectrum(200, seed=0), seed=1))
+    >>> r = hessop.xtrace(H, 60, seed=0)   # tr(H) = 379.98
+    >>> round(r.estimate, 1), round(float(r.std_error), 1), r.n_hvp
+    (379.8, 0.8, 60)
     """
     op = as_operator(H)
-    n_hvp = check_int(n_hvp, "n_hvp", 4)
-    m = n_hvp // 2
+    max_hvp = check_budget(max_hvp, 4, "XTrace (two probes and their sketch)")
+    m = max_hvp // 2
     n = op.n
-    if n_hvp >= n:
+    if max_hvp >= n:
         return _exact_trace(op)
-    with Run(op, "xtrace", seed, {"n_hvp": n_hvp}, checkpoint, progress, 2 * m) as run:
+    with Run(op, "xtrace", seed, {"max_hvp": max_hvp}, checkpoint, progress, 2 * m) as run:
         run.bar.update(run.spent)
         small = run.saved.get("small")  # resumed after both products: only host arithmetic is left
         if small is None:
