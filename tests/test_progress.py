@@ -65,7 +65,6 @@ def test_bar_fields_and_no_effect(name, capsys):
 def test_default_is_a_terminal_only(capsys, monkeypatch):
     hessop.hutchinson(operator(), max_hvp=8)  # captured stderr is not a terminal
     assert capsys.readouterr().err == ""
-    assert enabled(None) is False
 
     class Terminal(types.SimpleNamespace):
         def isatty(self):

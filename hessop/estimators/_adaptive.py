@@ -77,6 +77,10 @@ class _TraceKind:
     def offset(self, defl: _Deflation) -> float:
         return defl.exact
 
+    def bar_fields(self, half: float, estimate: float) -> dict[str, float]:
+        """The progress bar's view of the interval now."""
+        return {"estimate": estimate, "half95": half}
+
     def exact(self, block_size: int) -> TraceEstimate:
         return _exact_trace(self.op, block_size)
 
@@ -107,6 +111,9 @@ class _DiagonalKind(_TraceKind):
 
     def offset(self, defl: _Deflation) -> Any:
         return defl.exact_diagonal()
+
+    def bar_fields(self, half: float, rms: float) -> dict[str, float]:
+        return {"half95 (rms)": half}
 
     def exact(self, block_size: int) -> DiagonalEstimate:
         return _exact_diagonal_estimate(self.op, block_size)
@@ -236,7 +243,8 @@ class _Engine:
         half = scale = half_one = math.nan
         if enough:
             half, scale, half_one = samples.interval(self.offset)
-        run.bar.to(run.spent, {"method": loop.mode, "rank": self.defl.rank, "half95": half})
+        run.bar.to(run.spent, {"method": loop.mode, "rank": self.defl.rank,
+                               **(self.kind.bar_fields(half, scale) if enough else {})})
         if enough:
             if target is not None and (loop.planned or not two_stage) and half <= target(scale):
                 return f"target met: {'root-mean-square ' if self.kind.name == 'diagonal' else ''}95% half-width " \

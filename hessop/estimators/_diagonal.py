@@ -121,9 +121,8 @@ def diagonal(
 
     Examples
     --------
-    >>> import numpy as np, hessop
-    >>> from hessop.testing import matrix_with_spectrum, outlier_spectrum
-    >>> H = hessop.HessianOperator.from_matrix(matrix_with_spectrum(outlier_spectrum(200, seed=0), seed=1))
+    >>> import hessop, hessop.testing as ht
+    >>> H = ht.matrix_with_spectrum(ht.outlier_spectrum(200, seed=0), seed=1)  # 10 outliers, tr(H) = 379.98
     >>> d = hessop.diagonal(H, rtol=0.1, seed=0)
     >>> d.method, d.rank, d.n_hvp, d.converged
     ('diag++', 16, 96, True)

@@ -91,10 +91,9 @@ def hutchinson(
 
     Examples
     --------
-    >>> import numpy as np, hessop
-    >>> from hessop.testing import matrix_with_spectrum, outlier_spectrum
-    >>> H = hessop.HessianOperator.from_matrix(matrix_with_spectrum(outlier_spectrum(200, seed=0), seed=1))
-    >>> r = hessop.hutchinson(H, max_hvp=100, seed=0)   # tr(H) = 379.98
+    >>> import hessop, hessop.testing as ht
+    >>> H = ht.matrix_with_spectrum(ht.outlier_spectrum(200, seed=0), seed=1)  # 10 outliers, tr(H) = 379.98
+    >>> r = hessop.hutchinson(H, max_hvp=100, seed=0)
     >>> round(r.estimate, 1), round(r.std_error, 1), r.n_hvp
     (370.6, 16.3, 100)
     """

@@ -67,10 +67,9 @@ def hutchpp(H: Any, max_hvp: int, *, seed: int | np.random.Generator | None = 0,
 
     Examples
     --------
-    >>> import numpy as np, hessop
-    >>> from hessop.testing import matrix_with_spectrum, outlier_spectrum
-    >>> H = hessop.HessianOperator.from_matrix(matrix_with_spectrum(outlier_spectrum(200, seed=0), seed=1))
-    >>> r = hessop.hutchpp(H, 60, seed=0)   # tr(H) = 379.98
+    >>> import hessop, hessop.testing as ht
+    >>> H = ht.matrix_with_spectrum(ht.outlier_spectrum(200, seed=0), seed=1)  # 10 outliers, tr(H) = 379.98
+    >>> r = hessop.hutchpp(H, 60, seed=0)
     >>> round(r.estimate, 1), round(r.std_error, 1), r.n_hvp
     (380.8, 0.8, 60)
     """
@@ -89,7 +88,7 @@ def hutchpp(H: Any, max_hvp: int, *, seed: int | np.random.Generator | None = 0,
                       "max_hvp >= 28, or use hessop.trace(H, rtol=...) for an interval one can rely on.", UserWarning,
                       stacklevel=2)
     xp = op.xp
-    with Run(op, "hutchpp", seed, {"max_hvp": max_hvp}, checkpoint, progress, max_hvp) as run:
+    with Run(op, "hutch++", seed, {"max_hvp": max_hvp}, checkpoint, progress, max_hvp) as run:
         rng, saved = run.rng(make_rng(seed)), run.saved  # resumed: the sketch, tr(Q^T H Q), the residual samples
         run.bar.update(run.spent)
         if "Q" in saved:

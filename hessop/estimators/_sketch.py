@@ -96,11 +96,10 @@ def sketch(
 
     Examples
     --------
-    >>> import numpy as np, hessop
-    >>> from hessop.testing import matrix_with_spectrum, outlier_spectrum
-    >>> H = hessop.HessianOperator.from_matrix(matrix_with_spectrum(outlier_spectrum(200, seed=0), seed=1))
+    >>> import hessop, hessop.testing as ht
+    >>> H = ht.matrix_with_spectrum(ht.outlier_spectrum(200, seed=0), seed=1)  # 10 outliers, tr(H) = 379.98
     >>> s = hessop.sketch(H, 20, seed=0)   # top eigenvalues of H: 99.9, 72.5, 50.7
-    >>> s.size, s.n_hvp, np.round(s.eigenvalues[:3], 1).tolist()
+    >>> s.size, s.n_hvp, [round(float(x), 1) for x in s.eigenvalues[:3]]
     (20, 20, [123.9, 67.8, 44.3])
     """
     op = as_operator(H)

@@ -312,9 +312,8 @@ def slq(
 
     Examples
     --------
-    >>> import numpy as np, hessop
-    >>> from hessop.testing import matrix_with_spectrum, outlier_spectrum
-    >>> H = hessop.HessianOperator.from_matrix(matrix_with_spectrum(outlier_spectrum(200, seed=0), seed=1))
+    >>> import hessop, hessop.testing as ht
+    >>> H = ht.matrix_with_spectrum(ht.outlier_spectrum(200, seed=0), seed=1)  # 10 outliers, tr(H) = 379.98
     >>> d = hessop.slq(H, n_iter=30, max_hvp=150, seed=0)   # 5 draws of 30 steps
     >>> d.n_vectors, d.n_hvp, round(d.trace().estimate, 1)
     (5, 150, 415.3)

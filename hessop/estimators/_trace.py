@@ -114,10 +114,9 @@ def trace(
 
     Examples
     --------
-    >>> import numpy as np, hessop
-    >>> from hessop.testing import matrix_with_spectrum, outlier_spectrum
-    >>> H = hessop.HessianOperator.from_matrix(matrix_with_spectrum(outlier_spectrum(200, seed=0), seed=1))
-    >>> r = hessop.trace(H, rtol=0.01, seed=0)   # tr(H) = 379.98
+    >>> import hessop, hessop.testing as ht
+    >>> H = ht.matrix_with_spectrum(ht.outlier_spectrum(200, seed=0), seed=1)  # 10 outliers, tr(H) = 379.98
+    >>> r = hessop.trace(H, rtol=0.01, seed=0)
     >>> r.method, r.rank, round(r.estimate, 1), r.converged, r.n_hvp
     ('hutch++', 16, 380.4, True, 96)
     >>> r.choice
