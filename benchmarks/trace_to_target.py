@@ -16,8 +16,8 @@ PyTorch), over seeds:
 Reported per cell: median products, median relative error |estimate - tr| / |tr|, and the fraction of seeds whose
 95% interval covered the exact trace (PyHessian reports no interval: "-").  The network's statistics use its dense
 Hessian (computed once from n identity-column products through the PyTorch operator; ``--cache`` keeps it), which
-gives the same samples as the operator for the same seed (tests/test_trace.py); seconds per product are measured on
-the operator and multiply the median products.
+gives the same samples as the operator for the same seed (tests/estimators/test_trace.py); seconds per product are
+measured on the operator and multiply the median products.
 
     python benchmarks/trace_to_target.py [--seeds 20] [--n 1000] [--cache /tmp/readme_net_hessian.npy]
 """

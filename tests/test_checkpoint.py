@@ -125,6 +125,18 @@ def test_damaged_checkpoint_is_refused(saved):
             hessop.hutchinson(operator(), max_hvp=16, block_size=8, seed=3, checkpoint=saved)
 
 
+def test_checkpoint_of_another_format_is_refused(tmp_path, monkeypatch):
+    """A file written by another version of the state layout (FORMAT_VERSION) is refused, saying so."""
+    import hessop._checkpoint
+
+    path = tmp_path / "old.npz"
+    with monkeypatch.context() as m:
+        m.setattr(hessop._checkpoint, "FORMAT_VERSION", hessop._checkpoint.FORMAT_VERSION - 1)
+        hessop.hutchinson(operator(), max_hvp=16, block_size=8, seed=3, checkpoint=path)
+    with pytest.raises(ValueError, match="has format 1, written by another version of hessop"):
+        hessop.hutchinson(operator(), max_hvp=16, block_size=8, seed=3, checkpoint=path)
+
+
 def test_checkpoint_needs_an_integer_seed(tmp_path):
     with pytest.raises(ValueError, match="integer seed"):
         hessop.hutchinson(operator(), max_hvp=8, seed=None, checkpoint=tmp_path / "x.npz")

@@ -53,6 +53,7 @@ class _TraceKind:
 
     name, deflated, variance = "trace", "hutch++", "per-sample variance"
     sketch_share = 3
+    half_width = "95% half-width"
     """With ``method`` the deflated one, the first sketch takes at most this share of the budget."""
     result_type, native = TraceEstimate, ()
 
@@ -95,6 +96,7 @@ class _DiagonalKind(_TraceKind):
 
     name, deflated, variance = "diagonal", "diag++", "entries' mean variance"
     sketch_share = 1
+    half_width = "root-mean-square 95% half-width"
     result_type, native = DiagonalEstimate, ("diagonal", "std_error")
 
     def store(self) -> _Moments:
@@ -240,15 +242,11 @@ class _Engine:
             return "again"
         samples, enough = self.current()
         two_stage = target is not None and loop.mode == self.kind.deflated
-        half = scale = half_one = math.nan
-        if enough:
-            half, scale, half_one = samples.interval(self.offset)
+        half, scale, half_one = samples.interval(self.offset) if enough else (math.nan, math.nan, math.nan)
         run.bar.to(run.spent, {"method": loop.mode, "rank": self.defl.rank,
                                **(self.kind.bar_fields(half, scale) if enough else {})})
-        if enough:
-            if target is not None and (loop.planned or not two_stage) and half <= target(scale):
-                return f"target met: {'root-mean-square ' if self.kind.name == 'diagonal' else ''}95% half-width " \
-                       f"{half:.3g}"
+        if enough and target is not None and (loop.planned or not two_stage) and half <= target(scale):
+            return f"target met: {self.kind.half_width} {half:.3g}"
         left = self.budget - run.spent
         if left <= 0:
             return f"budget of {self.budget} products spent"
