@@ -340,7 +340,7 @@ def slq90(name: str, model, batch) -> dict:
         print(f"- SLQ on {name}: pyhessian {PEERS['pyhessian']}")
         return {}
     th, sd = _timed(lambda: hessop.slq(HessianOperator.from_torch(model, loss_fn, [batch]), n_iter=90,
-                                       n_vectors=1))
+                                       max_hvp=90))
     print(f"\nSLQ, 90 steps x 1 draw, {name}: hessop.slq (defaults) {th:.2f} s ({sd.n_hvp} HVPs, blocks {sd.blocks}, "
           f"memory {sd.memory} n-vectors)")
     def density():

@@ -73,7 +73,7 @@ def main() -> None:
             t0 = time.perf_counter()
             top = hessop.lanczos(H, 5, which="LA", solver_dtype=sd)
             bot = hessop.lanczos(H, 3, which="SA", solver_dtype=sd)
-            dens = hessop.slq(H, n_iter=60, n_vectors=5, solver_dtype=sd)
+            dens = hessop.slq(H, n_iter=60, max_hvp=300, solver_dtype=sd)
             times.append(time.perf_counter() - t0)
         for name, r, want in (("LA", top, lam[::-1][:5]), ("SA", bot, lam[:3])):
             err = np.abs(r.eigenvalues - want)

@@ -27,11 +27,11 @@ import hessop
 from hessop.testing import flat_spectrum, matrix_with_spectrum, outlier_spectrum
 
 METHODS = {
-    "hutchinson": lambda H, b, s: hessop.hutchinson(H, n_samples=b, seed=s).estimate,
+    "hutchinson": lambda H, b, s: hessop.hutchinson(H, max_hvp=b, seed=s).estimate,
     "hutch++": lambda H, b, s: hessop.hutchpp(H, b, seed=s).estimate,
     "xtrace": lambda H, b, s: hessop.xtrace(H, b, seed=s).estimate,
     "sketch": lambda H, b, s: hessop.sketch(H, b, seed=s).trace,
-    "slq": lambda H, b, s: hessop.slq(H, n_iter=10, n_vectors=b // 10, seed=s).trace().estimate,
+    "slq": lambda H, b, s: hessop.slq(H, n_iter=10, max_hvp=b, seed=s).trace().estimate,
 }
 
 

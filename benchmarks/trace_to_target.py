@@ -16,8 +16,8 @@ PyTorch), over seeds:
 Reported per cell: median products, median relative error |estimate - tr| / |tr|, and the fraction of seeds whose
 95% interval covered the exact trace (PyHessian reports no interval: "-").  The network's statistics use its dense
 Hessian (computed once from n identity-column products through the PyTorch operator; ``--cache`` keeps it), which
-gives the same samples as the operator for the same seed (tests/test_trace.py); seconds per product are measured on
-the operator and multiply the median products.
+gives the same samples as the operator for the same seed (tests/estimators/test_trace.py); seconds per product are
+measured on the operator and multiply the median products.
 
     python benchmarks/trace_to_target.py [--seeds 20] [--n 1000] [--cache /tmp/readme_net_hessian.npy]
 """
@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> None:
         model, x, y, H = readme_network()
         A = dense(H, args.cache)
         t0 = time.perf_counter()
-        hessop.trace(H, n_hvp=64, method="hutchinson")
+        hessop.trace(H, max_hvp=64, method="hutchinson")
         per_hvp = (time.perf_counter() - t0) / 64
         problems["network"] = (A, float(np.trace(A)), (model, x, y, per_hvp))
 
@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> None:
         for rtol in TARGETS:
             cells = run_cell(A, tr, rtol, args.seeds, args.hutch_seeds)
             if net is None:
-                samples = [hessop.hutchinson(A, n_samples=100, seed=s).samples for s in range(args.seeds)]
+                samples = [hessop.hutchinson(A, max_hvp=100, seed=s).samples for s in range(args.seeds)]
                 ph, ph_secs = [pyhessian_rule(x) for x in samples], None
             else:
                 ph = ph_net

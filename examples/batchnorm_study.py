@@ -64,15 +64,16 @@ def study(variant: str, options: dict, cfg: dict, x: torch.Tensor, y: torch.Tens
     tracker = None
     if variant == "BN + residual":
         tracker = hessop.Tracker(H, top_k=1, trace=True, density=True, tol=cfg["tol"],
-                                 trace_options={"n_hvp": cfg["trace_hvp"]},
-                                 density_options={"n_iter": cfg["slq_steps"], "n_vectors": cfg["slq_vectors"]})
+                                 trace_options={"max_hvp": cfg["trace_hvp"]},
+                                 density_options={"n_iter": cfg["slq_steps"],
+                                                  "max_hvp": cfg["slq_steps"] * cfg["slq_vectors"]})
     every = max(1, cfg["steps"] // cfg["checkpoints"])
     t0 = time.perf_counter()
     train_loss = train_tracked(model, x, y, cfg["steps"], tracker, every, seed)
     top = hessop.lanczos(H, k=2, tol=cfg["tol"])
-    trace = hessop.trace(H, n_hvp=cfg["trace_hvp"], seed=seed)
-    density = hessop.slq(H, n_iter=cfg["slq_steps"], n_vectors=cfg["slq_vectors"], seed=seed)
-    stages = hessop.by_block(H, STAGES, tol=cfg["tol"], trace_options={"n_hvp": cfg["trace_hvp"]})
+    trace = hessop.trace(H, max_hvp=cfg["trace_hvp"], seed=seed)
+    density = hessop.slq(H, n_iter=cfg["slq_steps"], max_hvp=cfg["slq_steps"] * cfg["slq_vectors"], seed=seed)
+    stages = hessop.by_block(H, STAGES, tol=cfg["tol"], trace_options={"max_hvp": cfg["trace_hvp"]})
     land = hessop.landscape(H, top, radius=cfg["radius"], n_points=cfg["grid"])
     return {"variant": variant, "n": H.n, "train_loss": train_loss, "top": top, "trace": trace,
             "density": density, "stages": stages, "landscape": land, "tracker": tracker,

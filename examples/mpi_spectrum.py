@@ -59,7 +59,7 @@ def main() -> None:
         print(f"time in Allreduce: {H.backend.allreduce_seconds:.3f} s over {H.backend.n_allreduce} calls "
               "(including waits for the slowest rank)")
     if hasattr(hessop, "hutchinson"):
-        tr = hessop.hutchinson(H, n_samples=50, seed=2)
+        tr = hessop.hutchinson(H, max_hvp=50, seed=2)
         if rank == 0:
             print(f"trace (Hutchinson, 50 probes)  {tr.estimate:.6g}")
 

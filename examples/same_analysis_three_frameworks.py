@@ -24,9 +24,9 @@ def analyse(H: HessianOperator) -> dict[str, float]:
     row = {f"lambda_{i + 1}": float(v) for i, v in enumerate(top.eigenvalues)}
     row["lambda_min"] = float(bottom.eigenvalues[0])
     if hasattr(hessop, "hutchinson"):
-        row["trace (Hutchinson, 50)"] = float(hessop.hutchinson(H, n_samples=50, seed=0).estimate)
+        row["trace (Hutchinson, 50)"] = float(hessop.hutchinson(H, max_hvp=50, seed=0).estimate)
     if hasattr(hessop, "slq"):
-        density = hessop.slq(H, n_iter=40, n_vectors=3, seed=0)
+        density = hessop.slq(H, n_iter=40, max_hvp=120, seed=0)
         row["largest SLQ node"] = float(max(np.max(nodes) for nodes in density.nodes))
     row["HVPs"] = float(top.n_hvp + bottom.n_hvp)
     return row

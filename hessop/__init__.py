@@ -14,12 +14,10 @@ from hessop.lanczos import lanczos
 from hessop.power import power_iteration
 
 # trace & diagonal
-from hessop.trace import TraceEstimate, hutchinson, hutchpp, trace, xtrace
-from hessop.diagonal import DiagonalEstimate, diagonal
+from hessop.estimators import DiagonalEstimate, TraceEstimate, diagonal, hutchinson, hutchpp, trace, xtrace
 
 # spectral density & sketch
-from hessop.density import SpectralDensity, slq
-from hessop.sketch import SketchResult, sketch
+from hessop.estimators import SketchResult, SpectralDensity, sketch, slq
 
 # analyses
 from hessop.blocks import BlockRow, BlockTable, by_block
@@ -46,4 +44,3 @@ __all__ = [
     "Landscape", "TrackRecord",
 ]
 __version__ = "0.1.0"
-# ``hessop.trace`` is the function imported above; the module stays importable with ``from hessop.trace import ...``

@@ -34,7 +34,9 @@ from hessop._progress import backend_layers, communicator
 
 __all__ = ["Checkpoint", "CheckpointMismatch", "FORMAT_VERSION", "atomic_write"]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""Version of the state layout; 2: the estimators' states saved by their run context (issue 20).  A file of another
+version is refused, saying so."""
 
 
 class CheckpointMismatch(ValueError):
@@ -124,6 +126,11 @@ class Checkpoint:
             raise ValueError(f"{damaged} (its checksum does not match its contents)")
         meta = json.loads(meta_text)
         saved = meta["fingerprint"]
+        if saved.get("format") != FORMAT_VERSION:
+            raise CheckpointMismatch(
+                f"the checkpoint file {self.path} has format {saved.get('format')!r}, written by another version of "
+                f"hessop; this version reads format {FORMAT_VERSION}. Delete the file to start over, or pass another "
+                "checkpoint path.")
         for key in dict.fromkeys([*self.fingerprint, *saved]):
             if saved.get(key) != self.fingerprint.get(key):
                 raise CheckpointMismatch(

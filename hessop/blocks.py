@@ -26,10 +26,9 @@ import numpy as np
 
 from hessop._default_trace import default_trace
 from hessop._progress import Progress
-from hessop.density import SpectralDensity, slq
+from hessop.estimators import SpectralDensity, TraceEstimate, slq
 from hessop.lanczos import lanczos
 from hessop.operator import HessianOperator
-from hessop.trace import TraceEstimate
 
 __all__ = ["BlockRow", "BlockTable", "by_block"]
 
@@ -267,7 +266,7 @@ def by_block(
     tol : float
         Lanczos tolerance on the residuals (relative to each eigenvalue); default 1e-6.
     trace_options : dict, optional
-        Passed to :func:`hessop.trace` (default ``n_hvp=64``: Hutchinson or adaptive Hutch++ with 64 products, or
+        Passed to :func:`hessop.trace` (default ``max_hvp=64``: Hutchinson or adaptive Hutch++ with 64 products, or
         the exact trace from ``n`` unit vectors for blocks of at most 64 parameters).
     density : bool
         Also run SLQ on every block (``density_options`` go to :func:`hessop.slq`; ``n_iter`` is capped at the

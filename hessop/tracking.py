@@ -28,7 +28,7 @@ from hessop._checkpoint import Checkpoint
 from hessop._default_trace import default_trace
 from hessop._progress import Progress
 from hessop._validate import check_int, check_tol
-from hessop.density import SpectralDensity, slq
+from hessop.estimators import SpectralDensity, slq
 from hessop.lanczos import lanczos
 from hessop.operator import HessianOperator
 
@@ -130,7 +130,7 @@ class Tracker:
     trace : bool
         Track the trace with its standard error by :func:`hessop.trace` with ``method="auto"`` (Hutchinson or
         adaptive Hutch++, chosen from the first products; the exact trace when the budget reaches n), within 64
-        products unless ``trace_options`` sets ``n_hvp``, ``rtol`` or ``atol``; default False.
+        products unless ``trace_options`` sets ``max_hvp``, ``rtol`` or ``atol``; default False.
     density : bool
         Track the spectral density (:func:`hessop.slq` with ``density_options``); default False.
     tol : float
@@ -140,8 +140,8 @@ class Tracker:
     path : str or Path, optional
         Append every record as one JSON line to this file.
     trace_options, density_options : dict, optional
-        Keyword arguments of :func:`hessop.trace` (e.g. ``{"n_hvp": 200}``, ``{"rtol": 0.01}``) and
-        :func:`hessop.slq` (e.g. ``{"n_iter": 80, "n_vectors": 5}``).
+        Keyword arguments of :func:`hessop.trace` (e.g. ``{"max_hvp": 200}``, ``{"rtol": 0.01}``) and
+        :func:`hessop.slq` (e.g. ``{"n_iter": 80, "max_hvp": 400}``: 5 draws of 80 steps).
     seed : int
         Seed of every random draw (the same at every step: the statistics then change only with the Hessian).
     progress : bool, optional

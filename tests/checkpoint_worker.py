@@ -17,7 +17,7 @@ from hessop.testing import matrix_with_spectrum, outlier_spectrum
 N = 120
 
 CALLS = {
-    "hutchinson": lambda H, ck: hessop.hutchinson(H, n_samples=48, block_size=8, seed=3, checkpoint=ck),
+    "hutchinson": lambda H, ck: hessop.hutchinson(H, max_hvp=48, block_size=8, seed=3, checkpoint=ck),
     "hutchinson_rtol": lambda H, ck: hessop.hutchinson(H, rtol=0.2, block_size=8, seed=3, checkpoint=ck),
     "hutchpp": lambda H, ck: hessop.hutchpp(H, 30, seed=3, checkpoint=ck),
     "xtrace": lambda H, ck: hessop.xtrace(H, 30, seed=3, checkpoint=ck),
@@ -26,7 +26,7 @@ CALLS = {
     "diagonal_exact": lambda H, ck: hessop.diagonal(H, rtol=0.003, block_size=8, seed=3, checkpoint=ck),
     "trace": lambda H, ck: hessop.trace(H, rtol=0.005, block_size=8, seed=3, checkpoint=ck),  # rank 8, then 40
     "trace_exact": lambda H, ck: hessop.trace(H, rtol=0.002, block_size=8, seed=3, checkpoint=ck),  # ends exact
-    "slq": lambda H, ck: hessop.slq(H, n_iter=12, n_vectors=6, block_size=2, seed=3, checkpoint=ck),
+    "slq": lambda H, ck: hessop.slq(H, n_iter=12, max_hvp=72, block_size=2, seed=3, checkpoint=ck),
     "tracker": lambda H, ck: track(H, ck),
 }
 
@@ -42,7 +42,7 @@ def track(H: hessop.HessianOperator, ck: object) -> list[hessop.TrackRecord]:
                                                     hvp_block=lambda V: c * H.matmat(V), check_symmetric=False)
 
     tracker = hessop.Tracker(at_step, top_k=2, bottom_k=1, trace=True, density=True, seed=3, checkpoint=ck,
-                             trace_options={"n_hvp": 24}, density_options={"n_iter": 8, "n_vectors": 2})
+                             trace_options={"max_hvp": 24}, density_options={"n_iter": 8, "max_hvp": 16})
     for step[0] in range(6):
         tracker.update(step[0])
     return tracker.records

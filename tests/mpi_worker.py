@@ -143,11 +143,11 @@ def solve(workdir: Path) -> None:
     # calling again returns the finished result on every rank, with no product (a rank reading a file that rank 0
     # has not written yet would take a product alone and hang the job)
     ck = workdir / f"hutchinson{size}.npz"
-    est = hessop.hutchinson(H, n_samples=10, seed=SEED_HUTCH, progress=True, checkpoint=ck)
-    again = hessop.hutchinson(H, n_samples=10, seed=SEED_HUTCH, checkpoint=ck)
+    est = hessop.hutchinson(H, max_hvp=10, seed=SEED_HUTCH, progress=True, checkpoint=ck)
+    again = hessop.hutchinson(H, max_hvp=10, seed=SEED_HUTCH, checkpoint=ck)
     assert again.estimate == est.estimate and again.n_hvp == est.n_hvp
     out["hutchinson"] = {"estimate": float(est.estimate), "n_hvp": int(est.n_hvp)}
-    d = hessop.slq(H, n_iter=20, n_vectors=2, seed=SEED_SLQ)
+    d = hessop.slq(H, n_iter=20, max_hvp=40, seed=SEED_SLQ)
     out["slq"] = {"nodes": [np.asarray(a).tolist() for a in d.nodes],
                   "weights": [np.asarray(a).tolist() for a in d.weights]}
     out["n_hvp_total"] = H.n_hvp

@@ -21,11 +21,11 @@ A = matrix_with_spectrum(np.linspace(-1.0, 3.0, N))
 SOLVERS = {
     "lanczos": lambda H, **kw: hessop.lanczos(H, 2, **kw),
     "power_iteration": lambda H, **kw: hessop.power_iteration(H, 1, max_iter=5, **kw),
-    "hutchinson": lambda H, **kw: hessop.hutchinson(H, n_samples=3, **kw),
+    "hutchinson": lambda H, **kw: hessop.hutchinson(H, max_hvp=3, **kw),
     "hutchpp": lambda H, **kw: hessop.hutchpp(H, 6, **kw),
     "xtrace": lambda H, **kw: hessop.xtrace(H, 6, **kw),
     "diagonal": lambda H, **kw: hessop.diagonal(H, 3, **kw),
-    "slq": lambda H, **kw: hessop.slq(H, n_iter=5, n_vectors=1, **kw),
+    "slq": lambda H, **kw: hessop.slq(H, n_iter=5, max_hvp=5, **kw),
     "sketch": lambda H, **kw: hessop.sketch(H, 5, **kw),
 }
 

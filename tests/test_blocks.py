@@ -37,7 +37,7 @@ def check_rows(table, names, offsets, dense):
 def cnn_table(torch_problem):
     p = torch_problem
     H = hessop.HessianOperator.from_torch(p["model"], p["loss_fn"], (p["x"], p["y"]))
-    return H, hessop.by_block(H, k=2, tol=1e-8, trace_options={"n_hvp": 30})
+    return H, hessop.by_block(H, k=2, tol=1e-8, trace_options={"max_hvp": 30})
 
 
 def test_torch_blocks_match_dense_diagonal_blocks(torch_problem, cnn_table):

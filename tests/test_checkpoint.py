@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import math
+import os
 import signal
 import subprocess
 import sys
@@ -56,8 +57,9 @@ def assert_identical(a, b):
 
 
 def kill_midway(name: str, path: Path, kill_at: int) -> None:
+    env = {**os.environ, "PYTHONPATH": str(WORKER.parents[1])}  # the worker imports this checkout's hessop
     proc = subprocess.run([sys.executable, str(WORKER), name, str(path), str(kill_at)], capture_output=True,
-                          text=True, timeout=120)
+                          text=True, timeout=120, env=env)
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     assert path.exists()
 
@@ -87,27 +89,27 @@ def test_uninterrupted_run_with_checkpoint_is_unchanged(tmp_path, name):
 
 def test_progress_and_checkpoint_together(tmp_path):
     H = operator()
-    a = hessop.slq(H, n_iter=10, n_vectors=4, block_size=2, seed=1, checkpoint=tmp_path / "s.npz", progress=True)
-    assert_identical(a, hessop.slq(operator(), n_iter=10, n_vectors=4, block_size=2, seed=1))
+    a = hessop.slq(H, n_iter=10, max_hvp=40, block_size=2, seed=1, checkpoint=tmp_path / "s.npz", progress=True)
+    assert_identical(a, hessop.slq(operator(), n_iter=10, max_hvp=40, block_size=2, seed=1))
 
 
 @pytest.fixture
 def saved(tmp_path):
     path = tmp_path / "h.npz"
-    hessop.hutchinson(operator(), n_samples=16, block_size=8, seed=3, checkpoint=path)
+    hessop.hutchinson(operator(), max_hvp=16, block_size=8, seed=3, checkpoint=path)
     return path
 
 
 @pytest.mark.parametrize(("call", "field", "there", "here"), [
-    (lambda H, p: hessop.hutchinson(H, n_samples=16, block_size=8, seed=4, checkpoint=p), "seed", "3", "4"),
-    (lambda H, p: hessop.hutchinson(H, n_samples=16, block_size=4, seed=3, checkpoint=p), "block_size", "8", "4"),
-    (lambda H, p: hessop.hutchinson(H, n_samples=24, block_size=8, seed=3, checkpoint=p), "n_samples", "16", "24"),
-    (lambda H, p: hessop.hutchinson(H, n_samples=16, block_size=8, seed=3, distribution="gaussian", checkpoint=p),
+    (lambda H, p: hessop.hutchinson(H, max_hvp=16, block_size=8, seed=4, checkpoint=p), "seed", "3", "4"),
+    (lambda H, p: hessop.hutchinson(H, max_hvp=16, block_size=4, seed=3, checkpoint=p), "block_size", "8", "4"),
+    (lambda H, p: hessop.hutchinson(H, max_hvp=24, block_size=8, seed=3, checkpoint=p), "max_hvp", "16", "24"),
+    (lambda H, p: hessop.hutchinson(H, max_hvp=16, block_size=8, seed=3, distribution="gaussian", checkpoint=p),
      "distribution", "'rademacher'", "'gaussian'"),
     (lambda H, p: hessop.xtrace(H, 16, seed=3, checkpoint=p), "function", "'hutchinson'", "'xtrace'"),
-    (lambda H, p: hessop.hutchinson(operator(n=100), n_samples=16, block_size=8, seed=3, checkpoint=p), "n",
+    (lambda H, p: hessop.hutchinson(operator(n=100), max_hvp=16, block_size=8, seed=3, checkpoint=p), "n",
      "120", "100"),
-    (lambda H, p: hessop.hutchinson(operator(dtype=np.float32), n_samples=16, block_size=8, seed=3, checkpoint=p),
+    (lambda H, p: hessop.hutchinson(operator(dtype=np.float32), max_hvp=16, block_size=8, seed=3, checkpoint=p),
      "dtype", "'float64'", "'float32'"),
 ])
 def test_another_calls_checkpoint_names_the_field(saved, call, field, there, here):
@@ -120,12 +122,24 @@ def test_damaged_checkpoint_is_refused(saved):
     for damaged in (data[: len(data) // 2], b"garbage" * 100, data[:200] + bytes([data[200] ^ 0xFF]) + data[201:]):
         saved.write_bytes(damaged)
         with pytest.raises(ValueError, match="is damaged"):
-            hessop.hutchinson(operator(), n_samples=16, block_size=8, seed=3, checkpoint=saved)
+            hessop.hutchinson(operator(), max_hvp=16, block_size=8, seed=3, checkpoint=saved)
+
+
+def test_checkpoint_of_another_format_is_refused(tmp_path, monkeypatch):
+    """A file written by another version of the state layout (FORMAT_VERSION) is refused, saying so."""
+    import hessop._checkpoint
+
+    path = tmp_path / "old.npz"
+    with monkeypatch.context() as m:
+        m.setattr(hessop._checkpoint, "FORMAT_VERSION", hessop._checkpoint.FORMAT_VERSION - 1)
+        hessop.hutchinson(operator(), max_hvp=16, block_size=8, seed=3, checkpoint=path)
+    with pytest.raises(ValueError, match="has format 1, written by another version of hessop"):
+        hessop.hutchinson(operator(), max_hvp=16, block_size=8, seed=3, checkpoint=path)
 
 
 def test_checkpoint_needs_an_integer_seed(tmp_path):
     with pytest.raises(ValueError, match="integer seed"):
-        hessop.hutchinson(operator(), n_samples=8, seed=None, checkpoint=tmp_path / "x.npz")
+        hessop.hutchinson(operator(), max_hvp=8, seed=None, checkpoint=tmp_path / "x.npz")
 
 
 def test_no_temporary_files_left(tmp_path):

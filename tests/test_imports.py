@@ -26,9 +26,9 @@ A = matrix_with_spectrum(np.linspace(-1.0, 2.0, 60))
 H = hessop.HessianOperator.from_matrix(A)
 assert abs(hessop.lanczos(H, 1).eigenvalues[0] - 2.0) < 1e-10
 assert hessop.power_iteration(H, 1).n_hvp > 0
-r = hessop.hutchinson(H, n_samples=64)  # tr A = 30: within 5 standard errors, and the error is not zero
+r = hessop.hutchinson(H, max_hvp=64)  # tr A = 30: within 5 standard errors, and the error is not zero
 assert 0 < r.std_error and abs(r.estimate - 30.0) <= 5 * r.std_error
-assert hessop.slq(H, n_iter=10, n_vectors=2).n_hvp == 20
+assert hessop.slq(H, n_iter=10, max_hvp=20).n_hvp == 20
 try:
     hessop.HessianOperator.from_torch(None, None, None)
 except ImportError as e:

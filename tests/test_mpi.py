@@ -91,9 +91,9 @@ def _problem(tmp_path_factory):
     ref["power"] = {"eigenvalues": r.eigenvalues, "n_hvp": r.n_hvp}
     V = H.asarray(np.random.default_rng(SEED_BLOCK).standard_normal((H.n, 3)).astype(H.dtype))
     ref["block"] = H.to_numpy(H.hvp_block(V))
-    r = hessop.hutchinson(H, n_samples=10, seed=SEED_HUTCH)
+    r = hessop.hutchinson(H, max_hvp=10, seed=SEED_HUTCH)
     ref["hutchinson"] = {"estimate": float(r.estimate), "n_hvp": int(r.n_hvp)}
-    r = hessop.slq(H, n_iter=20, n_vectors=2, seed=SEED_SLQ)
+    r = hessop.slq(H, n_iter=20, max_hvp=40, seed=SEED_SLQ)
     ref["slq"] = {"nodes": [np.asarray(a) for a in r.nodes], "weights": [np.asarray(a) for a in r.weights]}
     return workdir, ref
 

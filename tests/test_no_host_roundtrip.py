@@ -70,9 +70,9 @@ def run_solvers(H: HessianOperator, guard: HostGuard, native_type: type) -> None
     assert pw.n_iter > 4
     assert guard.moved_in == 1 + 2  # one start vector per pair
     # the randomised estimators with their progress bars drawn (probe blocks move in; nothing of length n comes out)
-    hessop.trace(H, n_hvp=64, block_size=8, progress=True)
+    hessop.trace(H, max_hvp=64, block_size=8, progress=True)
     hessop.diagonal(H, 16, block_size=8, progress=True)
-    hessop.slq(H, n_iter=8, n_vectors=2, progress=True)
+    hessop.slq(H, n_iter=8, max_hvp=16, progress=True)
     assert guard.blocked == []
 
 

@@ -213,7 +213,7 @@ def test_trace_estimators_unbiased_with_true_standard_errors(family, n, seed):
     A = matrix_with_spectrum(family_spectrum(family, n, seed) + 0.1, seed=seed)
     tr = float(np.trace(A))
     H = HessianOperator.from_matrix(A)
-    for name, run in [("hutchinson", lambda s: hessop.hutchinson(H, n_samples=12, seed=s)),
+    for name, run in [("hutchinson", lambda s: hessop.hutchinson(H, max_hvp=12, seed=s)),
                       ("hutchpp", lambda s: hessop.hutchpp(H, 12, seed=s)),
                       ("xtrace", lambda s: hessop.xtrace(H, 12, seed=s))]:
         with warnings.catch_warnings():

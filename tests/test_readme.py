@@ -23,7 +23,7 @@ SMALLER = {
     "x, y = digits()": "x, y = digits(120)",
     "steps=100": "steps=20",
     "rtol=0.01": "rtol=0.5",
-    "n_iter=90, n_vectors=10": "n_iter=15, n_vectors=2",
+    "n_iter=90, max_hvp=900": "n_iter=15, max_hvp=30",
     "sketch(H, 50)": "sketch(H, 12)",
     "n_points=21": "n_points=5",
     "every=50": "every=2",

@@ -36,7 +36,7 @@ def test_float64_solve_over_float32_products(float32_problem):
     assert np.all(np.abs(r.eigenvalues - truth[::-1][:3]) <= r.residuals)
     p = hessop.power_iteration(H, 1, solver_dtype=np.float64)
     assert p.eigenvectors.dtype == np.float64 and abs(p.eigenvalues[0] - truth[0]) <= p.residuals[0]
-    d = hessop.slq(H, n_iter=30, n_vectors=2, solver_dtype=np.float64)
+    d = hessop.slq(H, n_iter=30, max_hvp=60, solver_dtype=np.float64)
     assert d.n_hvp == 60 and abs(d.trace().estimate - truth.sum()) <= 5 * d.trace().std_error + 1e-3 * abs(truth).sum()
 
 

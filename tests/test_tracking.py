@@ -69,8 +69,8 @@ def test_torch_tracking_with_the_optimizer_hook(small_torch, tmp_path):
 def test_trace_density_records_and_plot(small_torch, tmp_path):
     model, x, y = small_torch
     H = hessop.HessianOperator.from_torch(model, torch.nn.CrossEntropyLoss(), (x, y))
-    t = Tracker(H, top_k=1, trace=True, density=True, density_options={"n_iter": 15, "n_vectors": 2},
-                trace_options={"n_hvp": 30}, path=tmp_path / "t.jsonl")
+    t = Tracker(H, top_k=1, trace=True, density=True, density_options={"n_iter": 15, "max_hvp": 30},
+                trace_options={"max_hvp": 30}, path=tmp_path / "t.jsonl")
     assert t.update(3) is not None and t.update(4) is not None
     t2 = Tracker(H, every=5, top_k=1)
     assert t2.update(3) is None and t2.records == []

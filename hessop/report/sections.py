@@ -14,12 +14,11 @@ import numpy as np
 
 from hessop._validate import check_int, check_real
 from hessop.blocks import by_block
-from hessop.density import slq
+from hessop.estimators import slq, trace
 from hessop.lanczos import lanczos
 from hessop.landscape import landscape
 from hessop.operator import HessianOperator
 from hessop.report._render import figure, kv_table, num, table, yes_no
-from hessop.trace import trace
 
 __all__ = ["SECTIONS", "DensitySection", "EigenvaluesSection", "LandscapeSection", "LayersSection", "Section",
            "SectionOutput", "TraceSection"]
@@ -177,8 +176,8 @@ class TraceSection(Section):
 
     key, title = "trace", "Trace"
 
-    def __init__(self, method: str, rtol: float, n_hvp: int) -> None:
-        self.method, self.rtol, self.n_hvp = method, rtol, n_hvp
+    def __init__(self, method: str, rtol: float, max_hvp: int) -> None:
+        self.method, self.rtol, self.max_hvp = method, rtol, max_hvp
 
     @staticmethod
     def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -203,18 +202,18 @@ class TraceSection(Section):
         t0 = time.perf_counter()
         with warnings.catch_warnings():  # not converging is reported in the page and the JSON instead
             warnings.simplefilter("ignore", RuntimeWarning)
-            est = trace(H, rtol=self.rtol, n_hvp=self.n_hvp, method=self.method, seed=seed,
+            est = trace(H, rtol=self.rtol, max_hvp=self.max_hvp, method=self.method, seed=seed,
                         checkpoint=self.checkpoint())
         seconds = time.perf_counter() - t0
         lo, hi = est.interval(0.95)
         data = {"requested_method": self.method, "method": est.method, "choice": est.choice, "rank": est.rank,
                 "estimate": est.estimate, "std_error": est.std_error, "interval_95": [lo, hi],
-                "rtol": self.rtol, "max_hvp": self.n_hvp, "n_samples": est.n_samples, "n_hvp": est.n_hvp,
+                "rtol": self.rtol, "max_hvp": self.max_hvp, "n_samples": est.n_samples, "n_hvp": est.n_hvp,
                 "converged": est.converged, "stop_reason": est.stop_reason, "seconds": seconds}
         rows = [[html.escape(est.method), num(est.estimate, 8), num(est.std_error, 3), f"[{num(lo)}, {num(hi)}]",
                  str(est.n_hvp), yes_no(est.converged)]]
         body = (f"<p>hessop.trace to a 95% interval half-width of at most {self.rtol:g} &times; |estimate| (at most "
-                f"{self.n_hvp} products). The interval is estimate &plusmn; t<sub>0.975</sub>&middot;standard error "
+                f"{self.max_hvp} products). The interval is estimate &plusmn; t<sub>0.975</sub>&middot;standard error "
                 "(Student t over the samples).</p>"
                 + table(["method", "estimate", "std. error", "95% interval", "HVPs", "converged"], rows)
                 + kv_table([("method chosen", html.escape(est.choice or self.method)),
@@ -249,7 +248,8 @@ class DensitySection(Section):
 
     def run(self, H: HessianOperator, seed: int, tol: float | None) -> SectionOutput:
         t0 = time.perf_counter()
-        d = slq(H, n_iter=min(self.steps, H.n), n_vectors=self.draws, seed=seed, checkpoint=self.checkpoint())
+        steps = min(self.steps, H.n)
+        d = slq(H, n_iter=steps, max_hvp=self.draws * steps, seed=seed, checkpoint=self.checkpoint())
         seconds = time.perf_counter() - t0
         tr = d.trace()
         lo, hi = d.support()

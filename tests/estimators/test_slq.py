@@ -48,7 +48,7 @@ def torch_op(torch_problem):
 @pytest.fixture(scope="module")
 def network_slq(torch_op):
     """One SLQ run of the recipe (10 draws x 90 steps = 900 network products, in blocks of 10)."""
-    return hessop.slq(torch_op, n_iter=90, n_vectors=10, seed=0)
+    return hessop.slq(torch_op, n_iter=90, max_hvp=900, seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -144,7 +144,7 @@ def test_breakdown_stops_the_draw_cleanly():
     stops there with the exact eigenvalues as nodes, no division by a zero beta."""
     levels = np.array([-1.0, 0.5, 2.0, 3.0, 7.0])
     A = np.diag(np.random.default_rng(0).permutation(np.repeat(levels, 40)))
-    sd = hessop.slq(A, n_iter=50, n_vectors=4, seed=1)
+    sd = hessop.slq(A, n_iter=50, max_hvp=200, seed=1)
     assert sd.steps == [5] * 4 and sd.n_hvp == 20
     for theta, w in zip(sd.nodes, sd.weights, strict=True):
         np.testing.assert_allclose(theta, levels, atol=1e-12)
@@ -162,7 +162,7 @@ def test_near_breakdown_adds_only_negligible_weight():
     """Rotated, the same spectrum is invariant only to rounding (clusters ~1e-14 wide): a draw may go on past
     step 5, but every node beyond the five levels carries a weight below 1e-20."""
     levels = np.array([-1.0, 0.5, 2.0, 3.0, 7.0])
-    sd = hessop.slq(matrix_with_spectrum(np.repeat(levels, 40), seed=0), n_iter=30, n_vectors=4, seed=1)
+    sd = hessop.slq(matrix_with_spectrum(np.repeat(levels, 40), seed=0), n_iter=30, max_hvp=120, seed=1)
     for theta, w in zip(sd.nodes, sd.weights, strict=True):
         near = np.min(np.abs(theta[:, None] - levels[None, :]), axis=1) <= 1e-8
         assert near.sum() >= 5 and w[~near].sum() < 1e-20
@@ -170,7 +170,7 @@ def test_near_breakdown_adds_only_negligible_weight():
 
 def test_full_length_run_recovers_every_eigenvalue():
     lam = outlier_spectrum(40, n_outliers=3, n_negative=1, seed=0)
-    sd = hessop.slq(matrix_with_spectrum(lam, seed=1), n_iter=40, n_vectors=2)
+    sd = hessop.slq(matrix_with_spectrum(lam, seed=1), n_iter=40, max_hvp=80)
     for theta in sd.nodes:
         np.testing.assert_allclose(theta, np.sort(lam), atol=1e-10)
 
@@ -178,8 +178,8 @@ def test_full_length_run_recovers_every_eigenvalue():
 def test_lockstep_blocks_do_not_change_the_draws():
     lam = outlier_spectrum(300, seed=0)
     A = matrix_with_spectrum(lam, seed=1)
-    a = hessop.slq(A, n_iter=20, n_vectors=5, seed=4)
-    b = hessop.slq(A, n_iter=20, n_vectors=5, seed=4, block_size=2)
+    a = hessop.slq(A, n_iter=20, max_hvp=100, seed=4)
+    b = hessop.slq(A, n_iter=20, max_hvp=100, seed=4, block_size=2)
     for x, y in zip(a.nodes + a.weights, b.nodes + b.weights, strict=True):
         np.testing.assert_allclose(x, y, rtol=1e-10, atol=1e-12)
 
@@ -199,7 +199,7 @@ def test_draws_advance_through_block_products():
     op = hessop.HessianOperator.from_function(single, 100, hvp_block=block)
     assert calls == [2] and op.n_hvp == 0  # the symmetry check at construction: one uncounted block of two
     calls.clear()
-    sd = hessop.slq(op, n_iter=12, n_vectors=7, block_size=4)
+    sd = hessop.slq(op, n_iter=12, max_hvp=84, block_size=4)
     assert calls == [4] * 12 + [3] * 12 and sd.n_hvp == 84 == op.n_hvp
 
 
@@ -256,7 +256,7 @@ def test_matplotlib_is_imported_only_to_plot():
 @pytest.mark.parametrize("kwargs, error, match", [
     ({"n_iter": 101}, ValueError, "n_iter = 101 exceeds n = 100"),
     ({"n_iter": 0}, ValueError, "n_iter must be >= 1"),
-    ({"n_vectors": 0}, ValueError, "n_vectors must be >= 1"),
+    ({"n_iter": 5, "max_hvp": 4}, ValueError, "max_hvp = 4 is too small for 1 draw"),
     ({"n_iter": 5.0}, TypeError, "n_iter must be an integer"),
     ({"distribution": "sobol"}, ValueError, "distribution must be one"),
 ])
@@ -266,7 +266,7 @@ def test_bad_arguments_raise(kwargs, error, match):
 
 
 def test_bad_density_arguments_raise():
-    sd = hessop.slq(np.diag(np.arange(1.0, 31.0)), n_iter=5, n_vectors=2)
+    sd = hessop.slq(np.diag(np.arange(1.0, 31.0)), n_iter=5, max_hvp=10)
     with pytest.raises(ValueError, match="variance must be a positive"):
         sd.density(variance=-1.0)
     with pytest.raises(ValueError, match="grid must be"):
@@ -291,19 +291,19 @@ def test_memory_budget_blocks_the_draws_and_reports_it():
     calls = []
     op = hessop.HessianOperator.from_function(lambda v: A @ v, 300, hvp_block=lambda V: calls.append(V.shape[1])
                                               or A @ V, check_symmetric=False)
-    sd = hessop.slq(op, n_iter=20, n_vectors=10, seed=4, memory=3 * 24 + 5)  # 3 draws of 20 + 4 vectors fit
+    sd = hessop.slq(op, n_iter=20, max_hvp=200, seed=4, memory=3 * 24 + 5)  # 3 draws of 20 + 4 vectors fit
     assert sd.blocks == (3, 3, 3, 1) and sd.memory == 3 * 24 <= 3 * 24 + 5
     assert set(calls) == {3, 1} and "blocks=(3, 3, 3, 1)" in repr(sd)
-    ref = hessop.slq(A, n_iter=20, n_vectors=10, seed=4, memory=10_000)
+    ref = hessop.slq(A, n_iter=20, max_hvp=200, seed=4, memory=10_000)
     assert ref.blocks == (10,) and ref.memory == 240
     for x, y in zip(sd.nodes + sd.weights, ref.nodes + ref.weights, strict=True):
         np.testing.assert_allclose(x, y, rtol=1e-10, atol=1e-12)
     # the default budget: 4 draws of the default 90 steps at a time
-    assert hessop.density.MEMORY // (90 + 4) == 4
+    assert hessop.slq(np.diag(np.arange(1.0, 101.0)), seed=0).blocks == (4, 4, 2)
     with pytest.raises(ValueError, match="holds no draw"):
         hessop.slq(A, n_iter=20, memory=23)
     with pytest.raises(ValueError, match="lower block_size to 2"):
-        hessop.slq(A, n_iter=20, n_vectors=5, block_size=3, memory=50)
+        hessop.slq(A, n_iter=20, max_hvp=100, block_size=3, memory=50)
 
 
 def test_slq_stops_on_the_trace_interval():
@@ -313,14 +313,14 @@ def test_slq_stops_on_the_trace_interval():
     A = matrix_with_spectrum(lam, seed=3)
     hits = 0
     for seed in range(20):
-        d = hessop.slq(A, n_iter=20, n_vectors=4, block_size=4, rtol=0.01, seed=seed)
+        d = hessop.slq(A, n_iter=20, block_size=4, rtol=0.01, seed=seed)  # a first round of 10 draws, then 4 at a time
         t = d.trace()
-        assert t.half_width() <= 0.01 * abs(t.estimate) and d.n_vectors % 4 == 0 and d.n_hvp == 20 * d.n_vectors
-        assert d.n_vectors > 4
+        assert t.half_width() <= 0.01 * abs(t.estimate) and (d.n_vectors - 10) % 4 == 0
+        assert d.n_hvp == 20 * d.n_vectors and d.n_vectors > 10
         lo, hi = t.interval()
         hits += lo <= lam.sum() <= hi
     assert hits >= 17
-    with pytest.warns(RuntimeWarning, match="slq did not reach rtol=0.0001 within max_vectors=6"):
-        hessop.slq(A, n_iter=5, n_vectors=2, rtol=1e-4, max_vectors=6)
-    logdet = hessop.slq(A + 4 * np.eye(300), n_iter=20, n_vectors=3, rtol=0.01, f=np.log)
+    with pytest.warns(RuntimeWarning, match="slq did not reach rtol=0.0001 within max_hvp=30"):
+        hessop.slq(A, n_iter=5, max_hvp=30, rtol=1e-4)
+    logdet = hessop.slq(A + 4 * np.eye(300), n_iter=20, rtol=0.01, f=np.log)
     assert logdet.trace(np.log).half_width() <= 0.01 * abs(logdet.trace(np.log).estimate)

@@ -104,10 +104,10 @@ def test_torch_operator_gives_the_dense_sketch(torch_problem):
 
 
 @pytest.mark.parametrize("size, error, match", [
-    (30, ValueError, "size = 30 must be below n = 30"),
+    (30, ValueError, r"max_hvp = 30 \(the sketch size\) must be below n = 30"),
     (45, ValueError, "must be below n"),
-    (0, ValueError, "size must be >= 1"),
-    (2.0, TypeError, "size must be an integer"),
+    (0, ValueError, "max_hvp = 0 is too small for a sketch of size 1"),
+    (2.0, TypeError, "max_hvp must be an integer"),
 ])
 def test_bad_size_raises(size, error, match):
     with pytest.raises(error, match=match):

@@ -11,6 +11,7 @@ import numpy as np
 from hessop._array import check_finite, make_rng
 from hessop._probes import DEFAULT_BLOCK, block_sizes, probe_block
 from hessop._validate import check_int
+from hessop.estimators._run import check_budget
 from hessop.operator import as_operator
 
 __all__ = ["SketchResult", "sketch"]
@@ -33,6 +34,13 @@ class SketchResult:
         Standard error of ``trace``: ``sqrt(d) * std(M_jj)`` (the ``d`` diagonal entries are independent).
     n_hvp : int
         Hessian-vector products used (= d).
+
+    Examples
+    --------
+    >>> import numpy as np, hessop
+    >>> s = hessop.sketch(np.diag(np.arange(1.0, 101.0)), 10, seed=0)
+    >>> s.matrix.shape, s.n_hvp, round(s.trace), round(s.trace_std_error)  # s^T D s sums to tr D exactly
+    ((10, 10), 10, 5050, 0)
     """
 
     matrix: np.ndarray = field(repr=False)
@@ -49,12 +57,12 @@ class SketchResult:
 
 def sketch(
     H: Any,
-    size: int,
+    max_hvp: int,
     *,
     seed: int | np.random.Generator | None = 0,
     block_size: int = DEFAULT_BLOCK,
 ) -> SketchResult:
-    """Rademacher sketch ``S^T H S`` with ``S`` of shape (n, size) and entries ``+-1/sqrt(size)``.
+    """Rademacher sketch ``S^T H S`` with ``S`` of shape (n, d), ``d = max_hvp``, and entries ``+-1/sqrt(d)``.
 
     Maths
     -----
@@ -69,8 +77,9 @@ def sketch(
     Parameters
     ----------
     H : HessianOperator or symmetric scipy LinearOperator / array
-    size : int
-        Sketch size ``d``, ``1 <= d < n``.
+    max_hvp : int
+        The Hessian-vector products to spend, one per column of ``S``: the sketch size ``d = max_hvp``,
+        ``1 <= d < n``.
     seed : int, numpy Generator or None
         Seed of the host-drawn sketch; default 0.
     block_size : int
@@ -78,18 +87,27 @@ def sketch(
 
     Notes
     -----
-    Memory: ``4 * size`` n-vectors (``S`` and ``H S``, each as blocks and concatenated).
+    Memory: ``4 * max_hvp`` n-vectors (``S`` and ``H S``, each as blocks and concatenated).
 
     Returns
     -------
     SketchResult
         ``matrix`` (d x d), ``eigenvalues`` (descending), ``trace``, ``trace_std_error``, ``n_hvp``.
+
+    Examples
+    --------
+    >>> import hessop, hessop.testing as ht
+    >>> H = ht.matrix_with_spectrum(ht.outlier_spectrum(200, seed=0), seed=1)  # 10 outliers, tr(H) = 379.98
+    >>> s = hessop.sketch(H, 20, seed=0)   # top eigenvalues of H: 99.9, 72.5, 50.7
+    >>> s.size, s.n_hvp, [round(float(x), 1) for x in s.eigenvalues[:3]]
+    (20, 20, [123.9, 67.8, 44.3])
     """
     op = as_operator(H)
-    d = check_int(size, "size", 1)
+    d = check_budget(max_hvp, 1, "a sketch of size 1")
     if d >= op.n:
-        raise ValueError(f"size = {d} must be below n = {op.n}: a sketch as large as H costs more than forming it. "
-                         "Use a size of 50-100 (or form the matrix for small problems).")
+        raise ValueError(f"max_hvp = {d} (the sketch size) must be below n = {op.n}: a sketch as large as H costs "
+                         "more than forming it. "
+                         "Use a sketch of 50-100 products (or form the matrix for small problems).")
     block_size = check_int(block_size, "block_size", 1)
     rng = make_rng(seed)
     xp = op.xp

@@ -26,13 +26,13 @@ from typing import Any
 import numpy as np
 
 from hessop._array import make_rng
-from hessop._checkpoint import Checkpoint, restore_rng, rng_state
 from hessop._probes import DISTRIBUTIONS, block_sizes, probe_block
-from hessop._progress import Progress
 from hessop._validate import check_choice, check_int
+from hessop.estimators._estimates import TraceEstimate
+from hessop.estimators._run import Run, check_budget
+from hessop.estimators._stats import _mean_se, _target_rule, _warn_not_converged
 from hessop.lanczos import Krylov
 from hessop.operator import as_operator
-from hessop.trace import TraceEstimate, _mean_se, _target_rule, _warn_not_converged
 
 __all__ = ["SpectralDensity", "slq"]
 
@@ -41,6 +41,10 @@ VARIANCE_SCALE = 1e-5
 MARGIN = 0.01
 KERNEL_CUTOFF = 9.0  # kernel evaluated within 9 standard deviations of a node: exp(-40.5) < 3e-18 of the peak
 NODE_CHUNK = 256  # nodes per (grid x nodes) block: bounds memory for rules with many nodes
+DRAWS = 10
+"""Default draws of :func:`slq` (and, with a target, its first round)."""
+MAX_DRAWS = 100
+"""Default cap on the draws of :func:`slq` with a target."""
 MEMORY = 400
 """Default memory budget of :func:`slq` in vectors of length n (4 draws of 90 steps at a time; 1.1 GB for a
 700k-parameter float32 model, 18 GB for 11M parameters)."""
@@ -72,6 +76,13 @@ class SpectralDensity:
         How the draws were run: the number of draws advanced together in each consecutive block.
     memory : int
         Peak memory of the run in vectors of length n (``max(blocks) * (n_iter + 4)``).
+
+    Examples
+    --------
+    >>> import numpy as np, hessop
+    >>> d = hessop.slq(np.diag(np.arange(1.0, 101.0)), n_iter=20, max_hvp=40, seed=0)  # tr = 5050
+    >>> len(d.nodes), d.n_iter, round(d.trace().estimate)
+    (2, 20, 5355)
     """
 
     nodes: list[np.ndarray] = field(repr=False)
@@ -221,7 +232,7 @@ def slq(
     H: Any,
     *,
     n_iter: int = 90,
-    n_vectors: int = 10,
+    max_hvp: int | None = None,
     seed: int | np.random.Generator | None = 0,
     block_size: int | None = None,
     distribution: str = "gaussian",
@@ -229,7 +240,6 @@ def slq(
     rtol: float | None = None,
     atol: float | None = None,
     f: Callable[[np.ndarray], np.ndarray] | None = None,
-    max_vectors: int = 100,
     solver_dtype: Any = None,
     progress: bool | None = None,
     checkpoint: str | os.PathLike | None = None,
@@ -239,12 +249,12 @@ def slq(
 
     Maths
     -----
-    ``n_vectors`` independent start vectors ``q = v / ||v||`` (``v`` Gaussian by default, as in the recipe; or
-    Rademacher), each followed by ``n_iter`` Lanczos steps with full reorthogonalisation (two block Gram-Schmidt
-    passes per step, :class:`hessop.lanczos.Krylov`: without it ghost copies of the outliers distort the density
-    within ~20 steps).  Each draw's projected matrix ``T = U diag(theta) U^T`` gives nodes ``theta`` and weights
-    ``U[0, :]**2``.  A draw whose ``beta_j`` vanishes (its Krylov space is invariant: the start vector meets only
-    ``j`` eigen-directions) stops there cleanly; its j-point rule is then exact.
+    Independent start vectors (draws, as many as the budget buys) ``q = v / ||v||`` (``v`` Gaussian by default, as
+    in the recipe; or Rademacher), each followed by ``n_iter`` Lanczos steps with full reorthogonalisation (two
+    block Gram-Schmidt passes per step, :class:`hessop.lanczos.Krylov`: without it ghost copies of the outliers
+    distort the density within ~20 steps).  Each draw's projected matrix ``T = U diag(theta) U^T`` gives nodes
+    ``theta`` and weights ``U[0, :]**2``.  A draw whose ``beta_j`` vanishes (its Krylov space is invariant: the
+    start vector meets only ``j`` eigen-directions) stops there cleanly; its j-point rule is then exact.
 
     The draws of a block advance in lockstep, so each Lanczos step is one block product ``H.hvp_block`` of
     ``block_size`` vectors (cheaper per vector than single products on framework backends).
@@ -255,22 +265,22 @@ def slq(
     n_iter : int
         Lanczos steps per draw, ``1 <= n_iter <= n``; default 90 (80-90 resolve the outliers of a network Hessian
         to high accuracy and the bulk at the recipe's kernel width).
-    n_vectors : int
-        Independent draws; default 10.
+    max_hvp : int, optional
+        The most Hessian-vector products to spend: a draw costs ``n_iter`` products, so it buys
+        ``max_hvp // n_iter`` draws.  Default: 10 draws (``10 * n_iter``), or with a target a cap of 100 draws.
     seed : int, numpy Generator or None
         Seed of the host-drawn start vectors; default 0.
     block_size : int, optional
-        Draws run together; default as many as ``memory`` allows (at most ``n_vectors``).
+        Draws run together; default as many as ``memory`` allows (at most the first round's draws).
     distribution : {"gaussian", "rademacher"}
         Distribution of the start vectors before normalisation; default Gaussian.
     rtol, atol : float, optional
-        Stopping rule on the number of draws: after the first ``n_vectors`` draws, further blocks of
-        ``block_size`` draws run until the 95% half-width of ``trace(f)`` is at most ``max(rtol * |estimate|,
-        atol)`` (as :func:`hessop.trace`), or ``max_vectors`` draws (then a ``RuntimeWarning``).
+        Stopping rule on the number of draws: after a first round of ``min(10, max_hvp // n_iter)`` draws, further
+        blocks of ``block_size`` draws run until the 95% half-width of ``trace(f)`` is at most
+        ``max(rtol * |estimate|, atol)`` (as :func:`hessop.trace`), or the budget is spent (then a
+        ``RuntimeWarning``).
     f : callable, optional
         The function whose trace the rule watches (default the identity; e.g. ``numpy.log`` for log det).
-    max_vectors : int
-        Most draws with a target; default 100.
     memory : int
         Budget in vectors of length n; default ``MEMORY`` = 400.  A block of b draws holds ``b * (n_iter + 4)``
         (b bases of ``n_iter + 1`` vectors, the probe, input and product blocks); ``ValueError`` if one draw
@@ -299,18 +309,28 @@ def slq(
     SpectralDensity
         Nodes and weights per draw, ``n``, ``n_hvp``, ``blocks`` (the blocking used) and ``memory`` (its peak in
         n-vectors); ``.density()``, ``.trace(f)``, ``.plot()``.
+
+    Examples
+    --------
+    >>> import hessop, hessop.testing as ht
+    >>> H = ht.matrix_with_spectrum(ht.outlier_spectrum(200, seed=0), seed=1)  # 10 outliers, tr(H) = 379.98
+    >>> d = hessop.slq(H, n_iter=30, max_hvp=150, seed=0)   # 5 draws of 30 steps
+    >>> d.n_vectors, d.n_hvp, round(d.trace().estimate, 1)
+    (5, 150, 415.3)
     """
     op = as_operator(H).with_solver_dtype(solver_dtype)
     n_iter = check_int(n_iter, "n_iter", 1)
     if n_iter > op.n:
         raise ValueError(f"n_iter = {n_iter} exceeds n = {op.n}: Lanczos spans the whole space in at most n steps; "
                          f"use n_iter <= {op.n}.")
-    n_vectors = check_int(n_vectors, "n_vectors", 1)
     targeted = rtol is not None or atol is not None
-    if targeted:
-        target = _target_rule(rtol, atol)
-        n_vectors = max(n_vectors, 2)
-        max_vectors = check_int(max_vectors, "max_vectors", n_vectors)
+    least = 2 if targeted else 1  # a target needs two draws for an interval
+    if max_hvp is None:
+        draws = MAX_DRAWS if targeted else DRAWS
+    else:
+        draws = check_budget(max_hvp, least * n_iter, f"{least} draw(s) of n_iter = {n_iter} Lanczos steps") // n_iter
+    n_vectors, max_vectors = (min(DRAWS, draws), draws) if targeted else (draws, draws)
+    target = _target_rule(rtol, atol) if targeted else None
     memory = check_int(memory, "memory", 1)
     per_draw = n_iter + 4
     if per_draw > memory:
@@ -323,25 +343,22 @@ def slq(
         raise ValueError(f"block_size = {block_size} draws of n_iter = {n_iter} steps need {block_size * per_draw} "
                          f"n-vectors, over memory = {memory}; lower block_size to {fit} or raise memory.")
     distribution = check_choice(distribution, "distribution", DISTRIBUTIONS)
-    rng = make_rng(seed)
     xp = op.xp
-    hvp0 = op.n_hvp
-
     nodes: list[np.ndarray] = []
     weights: list[np.ndarray] = []
     pending, blocks = list(block_sizes(n_vectors, block_size)), []
-    ck = Checkpoint(checkpoint, "slq", op, seed, {
-        "n_iter": n_iter, "n_vectors": n_vectors, "block_size": block_size, "distribution": distribution,
-        "rtol": rtol, "atol": atol, "f": None if f is None else getattr(f, "__name__", repr(f)),
-        "max_vectors": max_vectors if targeted else None,
-        "solver_dtype": None if solver_dtype is None else np.dtype(solver_dtype).name})
-    state = ck.load()
-    if state is not None:
+    settings = {"n_iter": n_iter, "n_vectors": n_vectors, "block_size": block_size, "distribution": distribution,
+                "rtol": rtol, "atol": atol, "f": None if f is None else getattr(f, "__name__", repr(f)),
+                "max_vectors": max_vectors if targeted else None,
+                "solver_dtype": None if solver_dtype is None else np.dtype(solver_dtype).name}
+    run = Run(op, "slq", seed, settings, checkpoint, progress, None, "draw")
+    rng, state = run.rng(make_rng(seed)), run.saved
+    if state:
         splits = np.cumsum(state["steps"])[:-1]
         nodes, weights = np.split(state["nodes"], splits), np.split(state["weights"], splits)
-        pending, blocks, rng = state["pending"], state["blocks"], restore_rng(state["rng"])
-        hvp0 -= state["n_hvp"]
-    bar = Progress(progress, op, "slq", len(nodes) + sum(pending), "draw")
+        pending, blocks = state["pending"], state["blocks"]
+    bar = run.bar
+    bar.grow(len(nodes) + sum(pending))
     bar.update(len(nodes))
     while pending:
         b = pending.pop(0)
@@ -365,12 +382,12 @@ def slq(
             if len(nodes) < max_vectors and est.half_width() > target(est.estimate):
                 pending.append(min(block_size, max_vectors - len(nodes)))
             elif est.half_width() > target(est.estimate):
-                _warn_not_converged("slq", rtol, atol, f"max_vectors={max_vectors}", est.estimate,
+                _warn_not_converged("slq", rtol, atol, f"max_hvp={max_vectors * n_iter}", est.estimate,
                                     est.half_width())
             bar.grow(len(nodes) + sum(pending))
-        ck.save(nodes=np.concatenate(nodes), weights=np.concatenate(weights), steps=[x.size for x in nodes],
-                pending=pending, blocks=blocks, rng=rng_state(rng), n_hvp=op.n_hvp - hvp0)
+        run.save(nodes=np.concatenate(nodes), weights=np.concatenate(weights), steps=[x.size for x in nodes],
+                 pending=pending, blocks=blocks, rng=rng)
         bar.update(b)
     bar.close()
-    return SpectralDensity(nodes=nodes, weights=weights, n=op.n, n_hvp=op.n_hvp - hvp0, n_iter=n_iter,
+    return SpectralDensity(nodes=nodes, weights=weights, n=op.n, n_hvp=run.spent, n_iter=n_iter,
                            blocks=tuple(blocks), memory=max(blocks) * per_draw)

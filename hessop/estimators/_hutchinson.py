@@ -1,0 +1,134 @@
+"""Hutchinson's estimate of ``tr(H)``, for a fixed budget or a target accuracy."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+from hessop._array import make_rng
+from hessop._probes import DEFAULT_BLOCK, DISTRIBUTIONS, block_sizes, column_dots, probe_block
+from hessop._validate import check_choice, check_int
+from hessop.estimators._estimates import TraceEstimate
+from hessop.estimators._run import MAX_HVP, Run, check_budget
+from hessop.estimators._stats import (
+    MIN_RTOL_SAMPLES,
+    _bar_fields,
+    _mean_se,
+    _Samples,
+    _t_quantile,
+    _target_rule,
+    _warn_not_converged,
+)
+from hessop.operator import as_operator
+
+
+def hutchinson(
+    H: Any,
+    *,
+    max_hvp: int | None = None,
+    rtol: float | None = None,
+    atol: float | None = None,
+    block_size: int = DEFAULT_BLOCK,
+    seed: int | np.random.Generator | None = 0,
+    distribution: str = "rademacher",
+    progress: bool | None = None,
+    checkpoint: str | os.PathLike | None = None,
+) -> TraceEstimate:
+    """Hutchinson's estimate of ``tr(H)``, with its standard error, for a fixed budget or a target accuracy.
+
+    Maths
+    -----
+    For probes with ``E[v v^T] = I``, ``E[v^T H v] = tr(H)`` (Hutchinson 1989; Avron & Toledo, J. ACM 58(2),
+    2011).  The estimate is the mean of ``N`` samples ``x_j = v_j^T H v_j`` and its standard error is
+    ``s / sqrt(N)`` with ``s`` the sample standard deviation.  Per-sample variance: ``2 (||H||_F^2 - sum_i H_ii^2)``
+    for Rademacher probes (entries +-1, the default, minimal among i.i.d. probes), ``2 ||H||_F^2`` for Gaussian.
+
+    Stopping rule with ``rtol`` and/or ``atol``: after each block (and from ``MIN_RTOL_SAMPLES = 32`` samples on),
+    stop when the 95% confidence half-width ``t_{0.975, N-1} s / sqrt(N)`` is at most
+    ``max(rtol * |estimate|, atol)``.  This bounds the
+    error with 95% confidence, unlike stopping when the running mean stops changing (which does not control the
+    error).  If ``max_hvp`` probes are spent first, the estimate is returned with ``converged=False`` and a
+    ``RuntimeWarning``.
+
+    Parameters
+    ----------
+    H : HessianOperator or symmetric scipy LinearOperator / array
+    max_hvp : int, optional
+        The most Hessian-vector products to spend (one per probe, >= 1): without a target, exactly that many probes
+        (then it is required); with one, the cap (default 10,000, at least 32).  :func:`hessop.trace` needs far
+        fewer products when a few eigenvalues dominate.
+    rtol : float, optional
+        Target relative half-width of the 95% confidence interval.
+    atol : float, optional
+        Target absolute half-width (use it when the trace may be near zero, where no relative target is reachable).
+    block_size : int
+        Probes per block product ``H.hvp_block``; default 16.  The result does not depend on it (probe ``j`` is the
+        same whatever the blocks), except that ``rtol`` is checked only between blocks.
+    seed : int, numpy Generator or None
+        Seed of the host-drawn probes; default 0.
+    distribution : {"rademacher", "gaussian"}
+        Probe entries: +-1 (default) or standard normal.
+    progress : bool, optional
+        Show a tqdm bar (samples, estimate, 95% half-width); default None: only when stderr is a terminal.
+    checkpoint : str or Path, optional
+        Resumable run: after every block the samples and the probe generator's state are saved to this file
+        (atomically); the same call with the same ``seed`` resumes from it and returns the result of an
+        uninterrupted run bit for bit, and once finished returns the saved result at once (no product).  Needs
+        an integer ``seed``; another call's file raises ``ValueError`` naming the field that differs.  Default
+        None.  See the user guide's "Long runs".
+
+    Notes
+    -----
+    Memory: ``3 * block_size`` n-vectors (one probe block, its product, temporaries).
+
+    Returns
+    -------
+    TraceEstimate
+        ``estimate``, ``std_error``, ``samples`` (the ``v^T H v``), ``n_hvp`` (= number of samples),
+        ``converged``, ``method``; ``.interval(level)`` gives a confidence interval.
+
+    Examples
+    --------
+    >>> import hessop, hessop.testing as ht
+    >>> H = ht.matrix_with_spectrum(ht.outlier_spectrum(200, seed=0), seed=1)  # 10 outliers, tr(H) = 379.98
+    >>> r = hessop.hutchinson(H, max_hvp=100, seed=0)
+    >>> round(r.estimate, 1), round(r.std_error, 1), r.n_hvp
+    (370.6, 16.3, 100)
+    """
+    op = as_operator(H)
+    targeted = rtol is not None or atol is not None
+    distribution = check_choice(distribution, "distribution", DISTRIBUTIONS)
+    block_size = check_int(block_size, "block_size", 1)
+    if targeted:
+        total = check_budget(max_hvp, MIN_RTOL_SAMPLES, "a target (never met on fewer samples)", MAX_HVP)
+    else:
+        total = check_budget(max_hvp, 1, "one sample")
+    target = _target_rule(rtol, atol) if targeted else None
+    settings = {"rtol": rtol, "atol": atol, "max_hvp": total, "block_size": block_size, "distribution": distribution}
+    samples = _Samples()
+    with Run(op, "hutchinson", seed, settings, checkpoint, progress, total, "sample") as run:
+        rng = run.rng(make_rng(seed))
+        run.restore(samples=samples)
+        converged = run.saved.get("converged", not targeted)
+        run.bar.update(samples.count)
+        for k in block_sizes(0 if targeted and converged else total - samples.count, block_size):
+            V = probe_block(op, rng, k, distribution)
+            samples.add(np.asarray(op.to_numpy(column_dots(op.xp, V, op.hvp_block(V))), dtype=np.float64).reshape(-1),
+                        "the quadratic form v^T H v")
+            if targeted and samples.count >= MIN_RTOL_SAMPLES:
+                half, estimate, _ = samples.interval()
+                converged = half <= target(estimate)
+            run.save(samples=samples, converged=converged, rng=rng)
+            run.bar.update(k, _bar_fields, samples.values)
+            if targeted and converged:
+                break
+    x = samples.values
+    mean, se = _mean_se(x)
+    if not converged:
+        _warn_not_converged("hutchinson", rtol, atol, f"max_hvp={total}", mean, _t_quantile(0.95, x.size - 1) * se)
+    return TraceEstimate(estimate=mean, std_error=se, samples=x, n_hvp=run.spent, converged=converged,
+                         method=f"hutchinson({distribution})",
+                         stop_reason=("target met" if converged else "max_hvp reached") if targeted
+                         else "fixed budget")

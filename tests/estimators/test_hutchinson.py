@@ -1,0 +1,135 @@
+"""Hutchinson's trace (hessop.hutchinson) against exact answers: prescribed spectra and the small network's
+dense Hessian (its 50-seed statistics run on the dense float64 Hessian; tests/estimators/test_trace.py shows the
+PyTorch operator gives the same samples for the same seed).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+
+import hessop
+from hessop.testing import matrix_with_spectrum, outlier_spectrum
+
+SEEDS = range(50)
+
+
+# ---------------------------------------------------------------------------------------------------- problems
+@pytest.fixture(scope="module")
+def outlier_small():
+    """n = 200: rtol=0.01 needs ~10^4 samples on this spectrum; a small n keeps 50 such runs cheap."""
+    lam = outlier_spectrum(200, seed=5)
+    return matrix_with_spectrum(lam, seed=6), float(lam.sum())
+
+
+def counting_operator(A: np.ndarray):
+    """Operator whose single-vector product refuses to run: every product must come through ``hvp_block``."""
+    calls = []
+
+    def single(v):
+        raise AssertionError("a single-vector product was used where a block product was expected")
+
+    def block(V):
+        calls.append(V.shape[1])
+        return A @ V
+
+    op = hessop.HessianOperator.from_function(single, A.shape[0], hvp_block=block)
+    assert calls == [2] and op.n_hvp == 0  # the symmetry check at construction: one uncounted block of two
+    calls.clear()
+    return op, calls
+
+
+# ---------------------------------------------------------------------------------------------------- Hutchinson
+@pytest.mark.parametrize("name, n_samples", [("flat", 100), ("outlier", 100), ("network", 50)])
+def test_hutchinson_within_two_standard_errors(request, name, n_samples):
+    A, tr = request.getfixturevalue(name)
+    hits = 0
+    for seed in SEEDS:
+        r = hessop.hutchinson(A, max_hvp=n_samples, seed=seed)
+        assert r.n_hvp == n_samples and r.samples.shape == (n_samples,) and r.converged
+        assert r.estimate == pytest.approx(np.mean(r.samples))
+        hits += abs(r.estimate - tr) <= 2 * r.std_error
+    assert hits >= 0.85 * len(SEEDS), f"{hits}/50 seeds within 2 standard errors"
+
+
+def test_hutchinson_gaussian_probes_within_two_standard_errors(flat):
+    A, tr = flat
+    results = [hessop.hutchinson(A, max_hvp=100, seed=s, distribution="gaussian") for s in SEEDS]
+    assert sum(abs(r.estimate - tr) <= 2 * r.std_error for r in results) >= 0.85 * len(SEEDS)
+    assert results[0].method == "hutchinson(gaussian)"
+    # Gaussian probes have variance 2 ||A||_F^2, Rademacher 2 (||A||_F^2 - sum A_ii^2): visibly larger here
+    assert np.var(results[0].samples) > 2 * np.var(hessop.hutchinson(A, max_hvp=100).samples)
+
+
+@pytest.mark.parametrize("name, rtol", [("flat", 0.01), ("outlier_small", 0.01), ("network", 0.1)])
+def test_rtol_stops_with_small_true_error(request, name, rtol):
+    """rtol stops when the 95% half-width is below rtol * |estimate|: the true error is then below 2 rtol in at
+    least 90% of seeds.  On the network rtol=0.1: its Rademacher variance 2(||H||_F^2 - sum H_ii^2) = 58.7 against
+    tr H = 14.0 needs ~11,500 samples per run at rtol=0.01 (more than max_hvp), too many for 50 runs here."""
+    A, tr = request.getfixturevalue(name)
+    good = 0
+    for seed in SEEDS:
+        r = hessop.hutchinson(A, rtol=rtol, max_hvp=20_000, block_size=64, seed=seed)
+        assert r.converged
+        lo, hi = r.interval(0.95)
+        assert (hi - lo) / 2 <= rtol * abs(r.estimate) * (1 + 1e-12)
+        good += abs(r.estimate - tr) < 2 * rtol * abs(tr)
+    assert good >= 0.9 * len(SEEDS), f"{good}/50 seeds with true error below {2 * rtol}"
+
+
+def test_rtol_reports_failure_to_converge(outlier):
+    A, _ = outlier
+    with pytest.warns(RuntimeWarning, match="did not reach rtol"):
+        r = hessop.hutchinson(A, rtol=1e-4, max_hvp=64)
+    assert not r.converged and r.n_hvp == 64 and r.n_samples == 64
+
+
+def test_rtol_needs_no_more_than_it_must():
+    """A diagonal matrix has zero Rademacher variance: rtol is met at the first check (32 samples, two blocks)."""
+    A = np.diag(np.linspace(1.0, 2.0, 50))
+    r = hessop.hutchinson(A, rtol=1e-6, block_size=16)
+    assert r.converged and r.n_hvp == 32 and r.std_error == 0.0
+    assert r.estimate == pytest.approx(np.trace(A), rel=1e-14)
+
+
+def test_block_size_does_not_change_probes(outlier):
+    A, _ = outlier
+    a = hessop.hutchinson(A, max_hvp=40, block_size=7, seed=3)
+    b = hessop.hutchinson(A, max_hvp=40, block_size=40, seed=3)
+    np.testing.assert_allclose(a.samples, b.samples, rtol=1e-12)
+    assert a.estimate == pytest.approx(b.estimate, rel=1e-12)
+
+
+def test_probes_go_through_block_products(outlier):
+    A, _ = outlier
+    op, calls = counting_operator(A)
+    r = hessop.hutchinson(op, max_hvp=40, block_size=16)
+    assert calls == [16, 16, 8] and r.n_hvp == 40 == op.n_hvp
+    calls.clear()
+    hessop.hutchpp(op, 30)
+    assert calls == [10, 10, 10]
+    calls.clear()
+    hessop.xtrace(op, 30)
+    assert calls == [15, 15]
+    calls.clear()
+    hessop.diagonal(op, 20, block_size=16)
+    assert calls == [16, 4]
+
+
+def test_interval_uses_student_t():
+    r = hessop.hutchinson(np.diag([1.0, -3.0, 2.0, 5.0]) + 0.1, max_hvp=5)
+    lo, hi = r.interval(0.95)
+    assert (hi - lo) / 2 == pytest.approx(2.776445105 * r.std_error, rel=1e-8)  # t_{0.975, 4}
+    single = hessop.hutchinson(np.eye(3) + 0.1, max_hvp=1)
+    assert math.isnan(single.std_error) and single.interval() == (-math.inf, math.inf)
+    assert "hutchinson" in repr(r) and "std_error" in repr(r)
+
+
+def test_no_warning_for_fixed_budget(outlier):
+    A, _ = outlier
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        hessop.hutchinson(A, max_hvp=3)
