@@ -95,7 +95,7 @@ def test_default_trace_budget_gives_the_exact_trace_of_a_small_operator():
     assert rec.trace == 15.0 and rec.trace_std_error <= 1e-12 and rec.n_hvp == 5
     big = hessop.HessianOperator.from_matrix(matrix_with_spectrum(np.linspace(1.0, 2.0, 100)))
     assert Tracker(big, top_k=0, trace=True).record(0).n_hvp == 64
-    rec = Tracker(big, top_k=0, trace=True, trace_options={"n_hvp": 30, "method": "hutchinson"}).record(0)
+    rec = Tracker(big, top_k=0, trace=True, trace_options={"max_hvp": 30, "method": "hutchinson"}).record(0)
     assert rec.n_hvp == 30 and rec.trace_std_error > 0
 
 

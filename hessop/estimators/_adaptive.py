@@ -19,16 +19,16 @@ import numpy as np
 from hessop._probes import column_dots, probe_block
 from hessop.estimators._deflation import _Deflation
 from hessop.estimators._estimates import DiagonalEstimate, TraceEstimate
-from hessop.estimators._exact import _exact_diagonal_estimate, _exact_trace
+from hessop.estimators._exact import exact_diagonal_estimate, exact_trace
 from hessop.estimators._run import Run
 from hessop.estimators._stats import (
     MIN_RTOL_SAMPLES,
-    _mean_se,
     _Moments,
     _Samples,
     _samples_needed,
-    _target_rule,
-    _warn_not_converged,
+    mean_se,
+    target_rule,
+    warn_not_converged,
 )
 
 TRY_DEFLATION_BLOCKS = 8
@@ -83,11 +83,11 @@ class _TraceKind:
         return {"estimate": estimate, "half95": half}
 
     def exact(self, block_size: int) -> TraceEstimate:
-        return _exact_trace(self.op, block_size)
+        return exact_trace(self.op, block_size)
 
     def result(self, samples: _Samples, offset: float, **fields: Any) -> TraceEstimate:
         x = samples.values
-        mean, se = _mean_se(x) if x.size else (float("nan"), float("nan"))
+        mean, se = mean_se(x) if x.size else (float("nan"), float("nan"))
         return TraceEstimate(estimate=offset + mean, std_error=se, samples=x, **fields)
 
 
@@ -118,7 +118,7 @@ class _DiagonalKind(_TraceKind):
         return {"half95 (rms)": half}
 
     def exact(self, block_size: int) -> DiagonalEstimate:
-        return _exact_diagonal_estimate(self.op, block_size)
+        return exact_diagonal_estimate(self.op, block_size)
 
     def result(self, samples: _Moments, offset: Any, **fields: Any) -> DiagonalEstimate:
         return DiagonalEstimate(diagonal=offset + samples.mean, std_error=samples.std_error(), per_parameter=None,
@@ -297,7 +297,7 @@ class _Engine:
         converged = stop.startswith("target met")
         if self.target is not None and not converged:
             half, scale, _ = samples.interval(self.offset) if samples.count > 1 else (math.inf, math.nan, 0)
-            _warn_not_converged(self.kind.name, rtol, atol, f"max_hvp={self.budget}", scale, half, stacklevel=5)
+            warn_not_converged(self.kind.name, rtol, atol, f"max_hvp={self.budget}", scale, half, stacklevel=5)
         return self.kind.result(samples, self.offset, n_hvp=self.run.spent, converged=converged or self.target is None,
                                 method=mode, stop_reason=stop, choice=loop.choice,
                                 rank=self.defl.rank if mode == self.kind.deflated else 0)
@@ -307,7 +307,7 @@ def adaptive(kind: _TraceKind, run: Run, rng: np.random.Generator, method: str, 
              atol: float | None, budget: int, block_size: int, max_rank: int) -> Any:
     """Run the engine (see the module docstring) to the target ``max(rtol * |estimate|, atol)`` (none when both are
     None: the budget is then spent) within ``budget`` products; checkpointed and shown through ``run``."""
-    target = _target_rule(rtol, atol) if rtol is not None or atol is not None else None
+    target = target_rule(rtol, atol) if rtol is not None or atol is not None else None
     engine = _Engine(kind, run, rng, method, target, budget, block_size, max_rank)
     done = run.finished(kind.result_type, kind.native)
     if done is not None:  # finished with the exact trace or diagonal

@@ -7,11 +7,11 @@ from typing import Any
 
 import numpy as np
 
-from hessop._array import check_finite
 from hessop._probes import column_dots
+from hessop._validate import check_finite
 
 
-def _orthonormal_range(xp: Any, Y: Any) -> tuple[Any, Any]:
+def orthonormal_range(xp: Any, Y: Any) -> tuple[Any, Any]:
     """Reduced QR ``Y = Q R`` on the backend (Householder: ``Q`` orthonormal to working precision)."""
     return xp.linalg.qr(Y)
 
@@ -43,9 +43,9 @@ class _Deflation:
         if self.Q is not None:
             for _ in range(2):  # two block Gram-Schmidt passes: the new columns orthogonal to Q to working precision
                 Y = Y - self.Q @ (self.Q.T @ Y)
-        Qn, _ = _orthonormal_range(xp, Y)
+        Qn, _ = orthonormal_range(xp, Y)
         if self.Q is not None:
-            Qn, _ = _orthonormal_range(xp, Qn - self.Q @ (self.Q.T @ Qn))
+            Qn, _ = orthonormal_range(xp, Qn - self.Q @ (self.Q.T @ Qn))
         Zn = self.op.hvp_block(Qn)
         self.Q = Qn if self.Q is None else xp.concat([self.Q, Qn], axis=1)
         self.Z = Zn if self.Z is None else xp.concat([self.Z, Zn], axis=1)

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from hessop.estimators._stats import _t_quantile
+from hessop.estimators._stats import t_quantile
 
 __all__ = ["DiagonalEstimate", "TraceEstimate"]
 
@@ -84,7 +84,7 @@ class TraceEstimate:
             return (self.estimate - self.std_error, self.estimate + self.std_error)
         if self.n_samples < 2 or not math.isfinite(self.std_error):
             return (float("-inf"), float("inf"))
-        half = _t_quantile(level, self.n_samples - 1) * self.std_error
+        half = t_quantile(level, self.n_samples - 1) * self.std_error
         return (self.estimate - half, self.estimate + half)
 
     def half_width(self, level: float = 0.95) -> float:

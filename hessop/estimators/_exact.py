@@ -9,15 +9,15 @@ import numpy as np
 
 from hessop._probes import DEFAULT_BLOCK, column_dots
 from hessop.estimators._estimates import DiagonalEstimate, TraceEstimate
-from hessop.estimators._stats import _check_samples
+from hessop.estimators._stats import check_samples
 
 
-def _exact_trace(op: Any, block_size: int = DEFAULT_BLOCK) -> TraceEstimate:
+def exact_trace(op: Any, block_size: int = DEFAULT_BLOCK) -> TraceEstimate:
     """``tr(H) = sum_i e_i^T H e_i`` from the ``n`` identity columns, in blocks; ``std_error`` is the rounding bound
     ``n eps sum_i |H_ii|``."""
     hvp0 = op.n_hvp
     diag = _exact_diagonal(op, block_size)
-    _check_samples(diag, "a diagonal entry e_i^T H e_i", 0)
+    check_samples(diag, "a diagonal entry e_i^T H e_i", 0)
     eps = float(np.finfo(op.dtype).eps)
     return TraceEstimate(estimate=float(np.sum(diag)), std_error=op.n * eps * float(np.sum(np.abs(diag))),
                          samples=diag, n_hvp=op.n_hvp - hvp0, converged=True, method="exact",
@@ -34,12 +34,12 @@ def _exact_diagonal(op: Any, block_size: int = DEFAULT_BLOCK) -> np.ndarray:
     return diag
 
 
-def _exact_diagonal_estimate(op: Any, block_size: int = DEFAULT_BLOCK) -> DiagonalEstimate:
+def exact_diagonal_estimate(op: Any, block_size: int = DEFAULT_BLOCK) -> DiagonalEstimate:
     """``diag(H)`` from the ``n`` identity columns as a :class:`DiagonalEstimate` (native arrays); ``std_error`` is
     the rounding bound ``n eps |H_ii|``."""
     hvp0 = op.n_hvp
     diag = _exact_diagonal(op, block_size)
-    _check_samples(diag, "a diagonal entry e_i^T H e_i", 0)
+    check_samples(diag, "a diagonal entry e_i^T H e_i", 0)
     se = op.n * float(np.finfo(op.dtype).eps) * np.abs(diag)
     return DiagonalEstimate(diagonal=op.cast(diag), std_error=op.cast(se), per_parameter=None,
                             n_hvp=op.n_hvp - hvp0, n_samples=op.n, method="exact",

@@ -14,12 +14,12 @@ from hessop.estimators._estimates import TraceEstimate
 from hessop.estimators._run import MAX_HVP, Run, check_budget
 from hessop.estimators._stats import (
     MIN_RTOL_SAMPLES,
-    _bar_fields,
-    _mean_se,
     _Samples,
-    _t_quantile,
-    _target_rule,
-    _warn_not_converged,
+    bar_fields,
+    mean_se,
+    t_quantile,
+    target_rule,
+    warn_not_converged,
 )
 from hessop.operator import as_operator
 
@@ -105,7 +105,7 @@ def hutchinson(
         total = check_budget(max_hvp, MIN_RTOL_SAMPLES, "a target (never met on fewer samples)", MAX_HVP)
     else:
         total = check_budget(max_hvp, 1, "one sample")
-    target = _target_rule(rtol, atol) if targeted else None
+    target = target_rule(rtol, atol) if targeted else None
     settings = {"rtol": rtol, "atol": atol, "max_hvp": total, "block_size": block_size, "distribution": distribution}
     samples = _Samples()
     with Run(op, "hutchinson", seed, settings, checkpoint, progress, total, "sample") as run:
@@ -121,13 +121,13 @@ def hutchinson(
                 half, estimate, _ = samples.interval()
                 converged = half <= target(estimate)
             run.save(samples=samples, converged=converged, rng=rng)
-            run.bar.update(k, _bar_fields, samples.values)
+            run.bar.update(k, bar_fields, samples.values)
             if targeted and converged:
                 break
     x = samples.values
-    mean, se = _mean_se(x)
+    mean, se = mean_se(x)
     if not converged:
-        _warn_not_converged("hutchinson", rtol, atol, f"max_hvp={total}", mean, _t_quantile(0.95, x.size - 1) * se)
+        warn_not_converged("hutchinson", rtol, atol, f"max_hvp={total}", mean, t_quantile(0.95, x.size - 1) * se)
     return TraceEstimate(estimate=mean, std_error=se, samples=x, n_hvp=run.spent, converged=converged,
                          method=f"hutchinson({distribution})",
                          stop_reason=("target met" if converged else "max_hvp reached") if targeted

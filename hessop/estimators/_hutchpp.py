@@ -8,12 +8,13 @@ from typing import Any
 
 import numpy as np
 
-from hessop._array import check_finite, make_rng
+from hessop._array import make_rng
 from hessop._probes import column_dots, probe_block
-from hessop.estimators._deflation import _orthonormal_range
+from hessop._validate import check_finite
+from hessop.estimators._deflation import orthonormal_range
 from hessop.estimators._estimates import TraceEstimate
 from hessop.estimators._run import Run, check_budget
-from hessop.estimators._stats import _bar_fields, _check_samples, _mean_se
+from hessop.estimators._stats import bar_fields, check_samples, mean_se
 from hessop.operator import as_operator
 
 MIN_SE_SAMPLES = 10
@@ -94,7 +95,7 @@ def hutchpp(H: Any, max_hvp: int, *, seed: int | np.random.Generator | None = 0,
         if "Q" in saved:
             Q = op.cast(saved["Q"])
         else:
-            Q, _ = _orthonormal_range(xp, op.hvp_block(probe_block(op, rng, s)))
+            Q, _ = orthonormal_range(xp, op.hvp_block(probe_block(op, rng, s)))
             run.save(Q=Q, rng=rng)
             run.bar.update(s)
         if "exact" in saved:
@@ -109,9 +110,9 @@ def hutchpp(H: Any, max_hvp: int, *, seed: int | np.random.Generator | None = 0,
             G = probe_block(op, rng, g)
             G = G - Q @ (Q.T @ G)
             resid = np.asarray(op.to_numpy(column_dots(xp, G, op.hvp_block(G))), dtype=np.float64).reshape(-1)
-            _check_samples(resid, "the residual quadratic form", 0)
+            check_samples(resid, "the residual quadratic form", 0)
             run.save(Q=Q, exact=exact, resid=resid, rng=rng)
-            run.bar.update(g, _bar_fields, resid, exact)
-    mean, se = _mean_se(resid)
+            run.bar.update(g, bar_fields, resid, exact)
+    mean, se = mean_se(resid)
     return TraceEstimate(estimate=exact + mean, std_error=se, samples=resid, n_hvp=run.spent, converged=True,
                          method="hutch++")

@@ -8,9 +8,9 @@ from typing import Any
 
 import numpy as np
 
-from hessop._array import check_finite, make_rng
+from hessop._array import make_rng
 from hessop._probes import DEFAULT_BLOCK, block_sizes, probe_block
-from hessop._validate import check_int
+from hessop._validate import check_finite, check_int
 from hessop.estimators._run import check_budget
 from hessop.operator import as_operator
 

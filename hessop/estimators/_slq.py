@@ -30,7 +30,7 @@ from hessop._probes import DISTRIBUTIONS, block_sizes, probe_block
 from hessop._validate import check_choice, check_int
 from hessop.estimators._estimates import TraceEstimate
 from hessop.estimators._run import Run, check_budget
-from hessop.estimators._stats import _mean_se, _target_rule, _warn_not_converged
+from hessop.estimators._stats import mean_se, target_rule, warn_not_converged
 from hessop.lanczos import Krylov
 from hessop.operator import as_operator
 
@@ -187,7 +187,7 @@ class SpectralDensity:
                     "needs a positive definite H (log det of an indefinite Hessian is undefined)."
                 )
             values[d] = self.n * float(np.dot(w, fx))
-        mean, se = _mean_se(values)
+        mean, se = mean_se(values)
         name = "identity" if f is None else getattr(f, "__name__", "f")
         return TraceEstimate(estimate=mean, std_error=se, samples=values, n_hvp=self.n_hvp, converged=True,
                              method=f"slq(f={name})")
@@ -330,7 +330,7 @@ def slq(
     else:
         draws = check_budget(max_hvp, least * n_iter, f"{least} draw(s) of n_iter = {n_iter} Lanczos steps") // n_iter
     n_vectors, max_vectors = (min(DRAWS, draws), draws) if targeted else (draws, draws)
-    target = _target_rule(rtol, atol) if targeted else None
+    target = target_rule(rtol, atol) if targeted else None
     memory = check_int(memory, "memory", 1)
     per_draw = n_iter + 4
     if per_draw > memory:
@@ -382,7 +382,7 @@ def slq(
             if len(nodes) < max_vectors and est.half_width() > target(est.estimate):
                 pending.append(min(block_size, max_vectors - len(nodes)))
             elif est.half_width() > target(est.estimate):
-                _warn_not_converged("slq", rtol, atol, f"max_hvp={max_vectors * n_iter}", est.estimate,
+                warn_not_converged("slq", rtol, atol, f"max_hvp={max_vectors * n_iter}", est.estimate,
                                     est.half_width())
             bar.grow(len(nodes) + sum(pending))
         run.save(nodes=np.concatenate(nodes), weights=np.concatenate(weights), steps=[x.size for x in nodes],

@@ -9,8 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from hessop._array import check_finite
-from hessop._validate import check_tol
+from hessop._validate import check_finite, check_tol
 
 MIN_RTOL_SAMPLES = 32
 """A target is never declared met on fewer samples.  Stopping when the sample standard deviation happens to be small
@@ -18,14 +17,14 @@ biases a sequential interval; with fewer samples (10 was tried) the 95% interval
 200 seeds on a flat spectrum and the reported standard error was 0.79x the spread of the estimates."""
 
 
-def _t_quantile(level: float, dof: int) -> float:
+def t_quantile(level: float, dof: int) -> float:
     """Two-sided Student-t quantile: ``t`` with ``P(|T_dof| <= t) = level``."""
     from scipy.special import stdtrit
 
     return float(stdtrit(dof, 0.5 + level / 2))
 
 
-def _mean_se(x: np.ndarray) -> tuple[float, float]:
+def mean_se(x: np.ndarray) -> tuple[float, float]:
     """Sample mean and its standard error ``std(x, ddof=1) / sqrt(len(x))`` (NaN for a single sample)."""
     mean = float(np.mean(x))
     if x.size < 2:
@@ -33,31 +32,31 @@ def _mean_se(x: np.ndarray) -> tuple[float, float]:
     return mean, float(np.std(x, ddof=1) / math.sqrt(x.size))
 
 
-def _bar_fields(samples: np.ndarray, offset: float = 0.0, **extra: Any) -> dict[str, Any]:
+def bar_fields(samples: np.ndarray, offset: float = 0.0, **extra: Any) -> dict[str, Any]:
     """A progress bar's postfix: ``extra``, the running estimate and its 95% half-width (from host samples)."""
     fields = dict(extra)
     if samples.size:
         fields["estimate"] = offset + float(np.mean(samples))
     if samples.size > 1:
-        _, se = _mean_se(samples)
-        fields["half95"] = _t_quantile(0.95, samples.size - 1) * se
+        _, se = mean_se(samples)
+        fields["half95"] = t_quantile(0.95, samples.size - 1) * se
     return fields
 
 
-def _check_samples(values: np.ndarray, what: str, start: int) -> None:
+def check_samples(values: np.ndarray, what: str, start: int) -> None:
     bad = np.flatnonzero(~np.isfinite(values))
     if bad.size:
         check_finite(float(values[bad[0]]), what, start + int(bad[0]) + 1)
 
 
-def _target_rule(rtol: float | None, atol: float | None) -> Any:
+def target_rule(rtol: float | None, atol: float | None) -> Any:
     """The half-width a target asks for, as a function of the estimate: ``max(rtol * |estimate|, atol)``."""
     r = 0.0 if rtol is None else check_tol(rtol, "rtol")
     a = 0.0 if atol is None else check_tol(atol, "atol")
     return lambda estimate: max(r * abs(estimate), a)
 
 
-def _warn_not_converged(who: str, rtol: float | None, atol: float | None, limit: str, estimate: float,
+def warn_not_converged(who: str, rtol: float | None, atol: float | None, limit: str, estimate: float,
                         half: float, stacklevel: int = 3) -> None:
     """Say why a target was missed: near-zero traces need ``atol``; otherwise more products or a better method."""
     asked = ", ".join(f"{k}={v}" for k, v in (("rtol", rtol), ("atol", atol)) if v is not None)
@@ -70,7 +69,7 @@ def _warn_not_converged(who: str, rtol: float | None, atol: float | None, limit:
     warnings.warn(f"{who} did not reach {asked} within {limit}: {advice}", RuntimeWarning, stacklevel=stacklevel)
 
 
-def _pair_inverse(S: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def pair_inverse(S: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The entries of ``G_ij^{-1}`` for every pair of columns ``i != j`` of ``S`` (unit columns), where
     ``G_ij = [s_i s_j]^T [s_i s_j] = [[1, g], [g, 1]]``, ``g = s_i^T s_j``: three m x m arrays (the (1,1), (1,2) and
     (2,2) entries; zero on the diagonal ``i = j``).
@@ -86,7 +85,7 @@ def _pair_inverse(S: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return off / det, -g * off / det, off / det
 
 
-def _jackknife_se(loo: Any, axis: int = 0) -> Any:
+def jackknife_se(loo: Any, axis: int = 0) -> Any:
     """Jackknife standard error ``sqrt((m - 1) / m * sum_j (T_(j) - mean_j T_(j))^2)`` from the estimates
     ``T_(j)`` on the m - 1 probes left after dropping probe j (along ``axis``; numpy or backend arrays).
 
@@ -122,7 +121,7 @@ class _Samples:
     def add(self, x: np.ndarray, what: str | None = None) -> None:
         """Append the samples ``x``; with ``what``, first check they are finite (naming the first bad one)."""
         if what is not None:
-            _check_samples(x, what, self.count)
+            check_samples(x, what, self.count)
         self.parts.append(x)
 
     def copy(self) -> _Samples:
@@ -137,8 +136,8 @@ class _Samples:
     def interval(self, offset: Any = 0.0) -> tuple[float, float, float]:
         """The 95% half-width of the mean, the estimate ``offset + mean`` and the 95% half-width of one sample."""
         x = self.values
-        mean, se = _mean_se(x)
-        t = _t_quantile(0.95, x.size - 1)
+        mean, se = mean_se(x)
+        t = t_quantile(0.95, x.size - 1)
         return t * se, offset + mean, t * se * math.sqrt(x.size)
 
     def state(self) -> dict[str, Any]:
@@ -195,7 +194,7 @@ class _Moments:
         """Root mean squares over the entries: the 95% half-width of the mean, the estimate ``offset + mean`` and
         the 95% half-width of one sample."""
         var, rms = self.summary(offset)
-        t = _t_quantile(0.95, self.count - 1)
+        t = t_quantile(0.95, self.count - 1)
         return t * math.sqrt(var / self.count), rms, t * math.sqrt(var)
 
     def state(self) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from hessop._probes import DEFAULT_BLOCK
 from hessop._validate import check_choice, check_int
 from hessop.estimators._adaptive import DEFAULT_MAX_RANK, _TraceKind, adaptive
 from hessop.estimators._estimates import TraceEstimate
-from hessop.estimators._exact import _exact_trace
+from hessop.estimators._exact import exact_trace
 from hessop.estimators._run import MAX_HVP, Run, check_budget
 from hessop.estimators._xtrace import xtrace
 from hessop.operator import as_operator
@@ -134,7 +134,7 @@ def trace(
                              "confidence interval to stop on); for a target use method='auto' or 'hutch++'")
         return xtrace(op, budget, seed=seed, progress=progress, checkpoint=checkpoint)
     if not targeted and budget >= op.n:
-        return _exact_trace(op, b)
+        return exact_trace(op, b)
     settings = {"rtol": rtol, "atol": atol, "max_hvp": budget, "method": method, "block_size": b, "max_rank": max_rank}
     with Run(op, "trace", seed, settings, checkpoint, progress, budget) as run:
         return adaptive(_TraceKind(op), run, make_rng(seed), method, rtol, atol, budget, b, max_rank)

@@ -7,14 +7,15 @@ from typing import Any
 import numpy as np
 import scipy.linalg
 
-from hessop._array import check_finite, make_rng
+from hessop._array import make_rng
 from hessop._probes import probe_block
-from hessop.estimators._deflation import _orthonormal_range
+from hessop._validate import check_finite
+from hessop.estimators._deflation import orthonormal_range
 from hessop.estimators._estimates import DiagonalEstimate
-from hessop.estimators._stats import _jackknife_se, _pair_inverse
+from hessop.estimators._stats import jackknife_se, pair_inverse
 
 
-def _xdiag(op: Any, n_hvp: int, seed: Any) -> DiagonalEstimate:
+def xdiag(op: Any, n_hvp: int, seed: Any) -> DiagonalEstimate:
     """XDiag (Epperly, Tropp, Webber 2024, section 2.4): the diagonal analogue of :func:`xtrace`.
 
     With ``m = n_hvp // 2`` Rademacher probes ``Omega``, ``Y = H Omega = Q R`` and ``Z = H Q``, each probe in turn
@@ -32,7 +33,7 @@ def _xdiag(op: Any, n_hvp: int, seed: Any) -> DiagonalEstimate:
 
     Standard error: each entry's jackknife (as in :func:`xtrace`) over the XDiag estimates on the m - 1 probes left
     after dropping each probe j.  Leaving out probes i and j replaces ``s_i`` above by the pair ``[s_i s_j]`` and
-    its 2 x 2 Gram inverse (:func:`_pair_inverse`); summed over i, every term is an n x m block times an m x m
+    its 2 x 2 Gram inverse (:func:`pair_inverse`); summed over i, every term is an n x m block times an m x m
     matrix, so all m leave-one-probe-out diagonals cost O(n m^2) flops (as the QR) and no product.  The spread of
     the ``d_i`` over ``sqrt(m)`` (the paper's estimate, used before) was optimistic, 0.75-0.83x the true error; the
     jackknife was 1.42-1.50x it over 100 seeds at 100 products (2.3x at 20 on the outlier matrix), and its 95%
@@ -47,7 +48,7 @@ def _xdiag(op: Any, n_hvp: int, seed: Any) -> DiagonalEstimate:
     hvp0 = op.n_hvp
     Om = probe_block(op, rng, m)
     Y = op.hvp_block(Om)
-    Q, R = _orthonormal_range(xp, Y)
+    Q, R = orthonormal_range(xp, Y)
     Z = op.hvp_block(Q)
     small = np.asarray(op.to_numpy(xp.concat([R, Z.T @ Om], axis=0)), dtype=np.float64)
     if not np.all(np.isfinite(small)):
@@ -68,13 +69,13 @@ def _xdiag(op: Any, n_hvp: int, seed: Any) -> DiagonalEstimate:
         QZ = QS * ZS
         diag = xp.mean(exact[:, None] - QZ + F + Om * QS * op.cast(c)[None, :], axis=1)
         # the jackknife: column j is XDiag on the m - 1 probes left after dropping probe j (pairs as in xtrace)
-        g00, g01, g11 = _pair_inverse(S)
+        g00, g01, g11 = pair_inverse(S)
         c_ji = S.T @ T
         K0, K1, g00, g01 = (op.cast(a) for a in (g00 * c[:, None] + g01 * c_ji.T, g01 * c[:, None] + g11 * c_ji.T,
                                                  g00, g01))
         loo = exact[:, None] + (xp.sum(F, axis=1)[:, None] - F - QZ @ g00 - ZS * (QS @ g01) - QS * (ZS @ g01)
                                 - QZ * op.cast(g11.sum(axis=0))[None, :] + (Om * QS) @ K0 + QS * (Om @ K1)) / (m - 1)
-        se = _jackknife_se(loo, axis=1)
+        se = jackknife_se(loo, axis=1)
         count = m
     check_finite(float(op.to_numpy(xp.sum(diag))), "the XDiag estimate", 1)
     unflatten = getattr(op.backend, "unflatten", None)

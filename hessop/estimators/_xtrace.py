@@ -9,13 +9,14 @@ from typing import Any
 import numpy as np
 import scipy.linalg
 
-from hessop._array import check_finite, make_rng
+from hessop._array import make_rng
 from hessop._probes import column_dots, probe_block
-from hessop.estimators._deflation import _orthonormal_range
+from hessop._validate import check_finite
+from hessop.estimators._deflation import orthonormal_range
 from hessop.estimators._estimates import TraceEstimate
-from hessop.estimators._exact import _exact_trace
+from hessop.estimators._exact import exact_trace
 from hessop.estimators._run import Run, check_budget
-from hessop.estimators._stats import _bar_fields, _jackknife_se, _pair_inverse
+from hessop.estimators._stats import bar_fields, jackknife_se, pair_inverse
 from hessop.operator import as_operator
 
 
@@ -48,9 +49,9 @@ def xtrace(H: Any, max_hvp: int, *, seed: int | np.random.Generator | None = 0, 
     so beyond the 2m products only m x m matrices are handled on the host.  Every product serves both as a sketch
     and as a probe, which is why XTrace beats Hutch++ at equal budget on spectra with outliers.
 
-    Standard error: the jackknife (see :func:`_jackknife_se`) over the m XTrace estimates ``T_(j)`` on the m - 1
+    Standard error: the jackknife (see :func:`jackknife_se`) over the m XTrace estimates ``T_(j)`` on the m - 1
     probes left after dropping probe j, each from the same m x m matrices: leaving out probes i and j projects onto
-    ``range(Y)`` less the span of ``Q s_i`` and ``Q s_j`` (see :func:`_pair_inverse`), so the m(m-1) pairs cost
+    ``range(Y)`` less the span of ``Q s_i`` and ``Q s_j`` (see :func:`pair_inverse`), so the m(m-1) pairs cost
     O(m^3) host work and no product.  The paper's estimate ``std(t) / sqrt(m)`` ignores that the ``t_i`` share
     their sketch and is optimistic: over 300 seeds it was 0.74-0.94x the true error on the tests' outlier matrix
     and 0.77x on a flat one at 200 products (its 95% intervals covered 84-89%).  The jackknife was 1.0-1.5x the
@@ -100,14 +101,14 @@ def xtrace(H: Any, max_hvp: int, *, seed: int | np.random.Generator | None = 0, 
     m = max_hvp // 2
     n = op.n
     if max_hvp >= n:
-        return _exact_trace(op)
+        return exact_trace(op)
     with Run(op, "xtrace", seed, {"max_hvp": max_hvp}, checkpoint, progress, 2 * m) as run:
         run.bar.update(run.spent)
         small = run.saved.get("small")  # resumed after both products: only host arithmetic is left
         if small is None:
             small = _sketch(op, run, make_rng(seed), m)
         result = _estimate(small, m, n, op.dtype)
-        run.bar.update(0, _bar_fields, result.samples)
+        run.bar.update(0, bar_fields, result.samples)
     return dataclasses.replace(result, n_hvp=run.spent)
 
 
@@ -122,7 +123,7 @@ def _sketch(op: Any, run: Run, rng: np.random.Generator, m: int) -> np.ndarray:
         Y = op.hvp_block(Om)
         run.save(Om=Om, Y=Y)
         run.bar.update(m)
-    Q, R = _orthonormal_range(xp, Y)
+    Q, R = orthonormal_range(xp, Y)
     Z = op.hvp_block(Q)
     dots = xp.stack([column_dots(xp, Om, Y), column_dots(xp, Om, Om)], axis=0)
     small = np.asarray(op.to_numpy(xp.concat([R, Q.T @ Z, Q.T @ Om, dots], axis=0)), dtype=np.float64)
@@ -151,8 +152,8 @@ def _estimate(small: np.ndarray, m: int, n: int, dtype: Any) -> TraceEstimate:
     quad = d - 2 * np.sum(A * R, axis=0) + np.sum(A * (B @ A), axis=0)
     unorm2 = norm2 - np.sum(W * W, axis=0) + c**2
     t = low_rank + (n - m + 1) * quad / unorm2
-    # the jackknife: XTrace on the m - 1 probes left after dropping probe j, for every j (see _pair_inverse)
-    g00, g01, g11 = _pair_inverse(S)
+    # the jackknife: XTrace on the m - 1 probes left after dropping probe j, for every j (see pair_inverse)
+    g00, g01, g11 = pair_inverse(S)
     c_ji = S.T @ W  # [j, i] = s_j^T W e_i
     sbw = S.T @ (B @ W)
     bss = S.T @ (B @ S)
@@ -167,5 +168,5 @@ def _estimate(small: np.ndarray, m: int, n: int, dtype: Any) -> TraceEstimate:
     np.fill_diagonal(u2_ij, 1.0)  # i = j is no pair (and ||(I - Q Q^T) w_i|| may be 0 there, for H = c I)
     t_ij = low_ij + (n - m + 2) * (d[:, None] - 2 * a_r + a_b_a) / u2_ij
     np.fill_diagonal(t_ij, 0.0)
-    return TraceEstimate(estimate=float(np.mean(t)), std_error=_jackknife_se(t_ij.sum(axis=0) / (m - 1)), samples=t,
+    return TraceEstimate(estimate=float(np.mean(t)), std_error=jackknife_se(t_ij.sum(axis=0) / (m - 1)), samples=t,
                          n_hvp=0, converged=True, method="xtrace")
