@@ -26,7 +26,7 @@ def test_kept_graphs_stay_within_the_budget_and_are_rebuilt_when_the_model_chang
     assert H.backend.cache_bytes == 0  # the determinism check keeps nothing
     assert rel(H @ v, p["hessian"] @ v) < 1e-12
     full = H.backend.cache_bytes
-    assert 0 < full <= H.backend.cache_memory and len(H.backend._cache) == len(data)
+    assert 0 < full <= H.backend.cache_memory and len(H.backend.graphs.graphs) == len(data)
     assert rel(H @ v, p["hessian"] @ v) < 1e-12 and H.backend.cache_bytes == full  # reused, not grown
     # an optimizer-like in-place step, then a replaced parameter tensor, then eval -> train: rebuilt each time
     with torch.no_grad():
@@ -41,16 +41,16 @@ def test_kept_graphs_stay_within_the_budget_and_are_rebuilt_when_the_model_chang
     with pytest.warns(UserWarning, match="train mode"):
         fresh = HessianOperator.from_torch(model, p["loss_fn"], data, hvp_method="double_backward", cache_memory=0)
     assert rel(H @ v, fresh @ v) < 1e-12
-    kept = dict(H.backend._cache)  # restoring the running statistics after a product does not count as a change
-    assert rel(H @ v, fresh @ v) < 1e-12 and all(H.backend._cache[i] is g for i, g in kept.items())
+    kept = dict(H.backend.graphs.graphs)  # restoring the running statistics after a product does not count as a change
+    assert rel(H @ v, fresh @ v) < 1e-12 and all(H.backend.graphs.graphs[i] is g for i, g in kept.items())
     assert all(torch.equal(a, b) for a, b in zip(running, model.buffers(), strict=True))
     model.eval()
     # a budget that holds some batches' graphs but not all: never exceeded, same products
     part = HessianOperator.from_torch(model, p["loss_fn"], data, cache_memory=full // 2, check_deterministic=False)
     assert rel(part @ v, H @ v) < 1e-12
-    assert 0 < part.backend.cache_bytes <= full // 2 and 0 < len(part.backend._cache) < len(data)
+    assert 0 < part.backend.cache_bytes <= full // 2 and 0 < len(part.backend.graphs.graphs) < len(data)
     for budget in (0, 1):  # 0 disables; 1 byte holds nothing
         small = HessianOperator.from_torch(model, p["loss_fn"], data, cache_memory=budget, check_deterministic=False)
-        assert rel(small @ v, H @ v) < 1e-12 and small.backend.cache_bytes == 0 and not small.backend._cache
+        assert rel(small @ v, H @ v) < 1e-12 and small.backend.cache_bytes == 0 and not small.backend.graphs.graphs
     H.backend.clear_cache()
-    assert H.backend.cache_bytes == 0 and not H.backend._cache
+    assert H.backend.cache_bytes == 0 and not H.backend.graphs.graphs
