@@ -12,9 +12,7 @@ from typing import Any
 import numpy as np
 from array_api_compat import array_namespace, is_jax_array
 
-# check_cast and check_finite: re-exported for the modules still importing them from here (remove once they import
-# them from hessop._validate)
-from hessop._validate import check_cast, check_finite, check_seed  # noqa: F401
+from hessop._validate import check_seed
 
 __all__ = ["array_namespace", "make_rng", "set_column"]
 

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from hessop._progress import backend_layers, communicator
+from hessop._progress import communicator
 
 __all__ = ["Checkpoint", "CheckpointMismatch", "FORMAT_VERSION", "atomic_write"]
 
@@ -179,10 +179,8 @@ def atomic_write(path: Path, write: Any) -> None:
 
 def parameter_digest(op: Any) -> str | None:
     """SHA-256 of the model parameters behind ``op`` (None when its backend exposes none)."""
-    from hessop.backends.mpi import _parameter_digest
-
-    layers = backend_layers(op)
-    return None if not layers else _parameter_digest(getattr(layers[-1], "local", layers[-1]))
+    layout = op.backend.layout
+    return None if layout is None else layout.parameter_digest()
 
 
 def _plain(value: Any) -> Any:

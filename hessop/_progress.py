@@ -16,24 +16,10 @@ from typing import Any
 __all__ = ["Progress"]
 
 
-def backend_layers(op: Any) -> list[Any]:
-    """The backends behind an operator, outermost first: through ``solver_dtype``'s WidenedBackend (``inner``) to
-    the backend that computes the products (an MPI backend, or the framework's)."""
-    layers, backend = [], getattr(op, "backend", None)
-    while backend is not None:
-        layers.append(backend)
-        inner = getattr(backend, "inner", None)
-        backend = getattr(inner, "backend", inner)
-    return layers
-
-
 def communicator(op: Any) -> Any:
-    """The MPI communicator an operator's products are reduced over, or None."""
-    for backend in backend_layers(op):
-        comm = backend.__dict__.get("comm") if hasattr(backend, "__dict__") else None
-        if comm is not None:
-            return comm
-    return None
+    """The MPI communicator an operator's products are reduced over (:attr:`hessop.backends.base.Backend.comm`,
+    through any ``solver_dtype`` face), or None."""
+    return None if op is None else op.backend.comm
 
 
 def _rank(op: Any) -> int:

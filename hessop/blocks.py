@@ -26,6 +26,7 @@ import numpy as np
 
 from hessop._default_trace import default_trace
 from hessop._progress import Progress
+from hessop.backends.widened import half_precision_face
 from hessop.estimators import SpectralDensity, TraceEstimate, slq
 from hessop.lanczos import lanczos
 from hessop.operator import HessianOperator
@@ -308,22 +309,14 @@ def by_block(
     Blocks of at most 64 parameters get their exact trace (``trace.method == "exact"``); a dict names groups of
     several prefixes, e.g. ``{"stage 1": ["layer1", "bn1"], "head": ["fc"]}``.
     """
-    from hessop.mpi import MPIBackend
-
     if not isinstance(H, HessianOperator):
         raise TypeError(f"by_block needs a HessianOperator from from_torch or from_jax, got {type(H).__name__}")
-    if isinstance(H.backend, MPIBackend):
-        raise ValueError("by_block does not support MPI-reduced operators yet: build the block operators on every "
-                         "rank with from_torch(..., params=names, comm=comm) and call lanczos / the trace on each.")
-    backend = H.backend
-    if not hasattr(backend, "restrict"):
-        raise TypeError(f"by_block splits operators built from a model's parameters (from_torch, from_jax); the "
-                        f"{backend.name!r} backend has no parameter names. Split the matrix yourself.")
+    backend = H.model_backend("by_block")
     rows = []
     resolved = _resolve_groups(groups, list(backend.names), backend.modules())
     bar = Progress(progress, H, "by_block", len(resolved), "group")
     for name, params in resolved:
-        block = HessianOperator(backend.restrict(params))
+        block = HessianOperator(half_precision_face(backend.restrict(params), warn=False))
         kk = min(k, block.n - 1)
         if kk >= 1:
             eig = lanczos(block, k=kk, tol=tol, seed=seed)

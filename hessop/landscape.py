@@ -160,7 +160,7 @@ class Landscape:
 def _filter_normalised(op: HessianOperator, rng: np.random.Generator, k: int) -> np.ndarray:
     """``k`` random directions (host, (n, k)) with every filter scaled to the norm of theta's filter and every
     one-dimensional parameter zeroed (Li et al. 2018)."""
-    b = op.backend
+    b = op.model_backend("filter-normalised directions")
     theta = np.asarray(op.to_numpy(b.parameters_flat()), dtype=np.float64)
     out = rng.standard_normal((op.n, k))
     for i, shape in enumerate(b.shapes):
@@ -181,17 +181,10 @@ def _filter_normalised(op: HessianOperator, rng: np.random.Generator, k: int) ->
 
 
 def _check_loss_operator(H: Any) -> HessianOperator:
-    from hessop.mpi import MPIBackend
-
     if not isinstance(H, HessianOperator):
         raise TypeError(f"landscape needs a HessianOperator built from a loss (from_torch, from_jax), got "
                         f"{type(H).__name__}")
-    if isinstance(H.backend, MPIBackend):
-        raise ValueError("landscape does not support MPI-reduced operators yet (the loss would be this rank's "
-                         "shard only): build the landscape from a local operator over the data to plot.")
-    if not hasattr(H.backend, "loss_at"):
-        raise TypeError(f"landscape needs the loss at a point, which the {H.backend.name!r} backend does not have: "
-                        "build the operator with HessianOperator.from_torch or from_jax.")
+    H.model_backend("landscape")  # the loss at a point: raises for an operator without a model, or MPI-reduced
     return H
 
 
@@ -303,7 +296,7 @@ def landscape(
     steps = np.linspace(-radius, radius, n_points)
     steps[n_points // 2] = 0.0
     d1 = D[:, 0]
-    loss = op.backend.loss_at
+    loss = op.model_backend("landscape").loss_at
     if D.shape[1] == 1:
         losses = np.array([loss(a * d1) for a in steps])
         betas = None

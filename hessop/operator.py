@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
-from array_api_compat import array_namespace, device
 from scipy.sparse.linalg import LinearOperator
 
-from hessop._array import check_cast
-from hessop._validate import check_native, check_symmetric_product
-from hessop.backends.base import Backend
+from hessop._validate import check_cast, check_native, check_symmetric_product
+from hessop.backends.base import Backend, ModelBackend
 from hessop.backends.mpi import DEFAULT_COMM_TIMEOUT, MPIBackend, install_abort_hook
 from hessop.backends.numpy import FunctionBackend, MatrixBackend
+from hessop.backends.widened import WidenedBackend, half_precision_face
 
 __all__ = ["HessianOperator", "as_operator"]
 
@@ -40,6 +38,14 @@ class HessianOperator(LinearOperator):
 
     Build one with :meth:`from_torch`, :meth:`from_jax`, :meth:`from_cupy`, :meth:`from_matrix` or
     :meth:`from_function`.
+
+    Examples
+    --------
+    >>> H = HessianOperator.from_matrix(np.diag([3.0, 1.0, 2.0]))
+    >>> H.shape, H.n_hvp
+    ((3, 3), 0)
+    >>> H @ np.ones(3), H.n_hvp
+    (array([3., 1., 2.]), 1)
     """
 
     def __init__(self, backend: Backend) -> None:
@@ -58,6 +64,12 @@ class HessianOperator(LinearOperator):
 
         float32 and float64 keep their dtype; integer matrices become float64.  Raises ``ValueError`` for a
         non-square or non-symmetric matrix (tolerance ``sqrt(eps) * max|A|``).
+
+        Examples
+        --------
+        >>> H = HessianOperator.from_matrix(np.array([[2, 1], [1, 2]]))
+        >>> H.dtype, H @ np.array([1.0, -1.0])
+        (dtype('float64'), array([ 1., -1.]))
         """
         return cls(MatrixBackend(A))
 
@@ -79,35 +91,96 @@ class HessianOperator(LinearOperator):
         ``u . (H w)`` must equal ``w . (H u)`` to ``sqrt(eps)`` relative, else ``ValueError`` (see
         :func:`hessop._validate.check_symmetric_product`: it catches an antisymmetric part above about
         ``sqrt(n eps)`` of ``||H||_F``, not every tiny one).
+
+        Examples
+        --------
+        >>> H = HessianOperator.from_function(lambda v: 2.0 * v, 3)  # H = 2 I
+        >>> H @ np.arange(3.0)
+        array([0., 2., 4.])
         """
         return _symmetric(cls(FunctionBackend(hvp, n, dtype, hvp_block)), check_symmetric)
 
     @classmethod
-    def from_torch(cls, model: Any, loss_fn: Callable, data: Any, *, comm: Any = None,
-                   comm_timeout: float | None = DEFAULT_COMM_TIMEOUT, check_symmetric: bool = False,
-                   **kwargs: Any) -> HessianOperator:
+    def from_torch(
+        cls,
+        model: Any,
+        loss_fn: Callable,
+        data: Any,
+        *,
+        params: Any = None,
+        reduction: str = "mean",
+        loss_form: str = "outputs",
+        check_deterministic: bool = True,
+        batch_size: Callable[[Any], int] | None = None,
+        hvp_method: str = "auto",
+        cache_memory: int | None = None,
+        comm: Any = None,
+        comm_timeout: float | None = DEFAULT_COMM_TIMEOUT,
+        check_symmetric: bool = False,
+    ) -> HessianOperator:
         """Hessian of a PyTorch model's loss over a data set; see :class:`hessop.backends.torch.TorchBackend`.
 
-        ``HessianOperator.from_torch(model, loss_fn, data, *, params=None, reduction="mean",
-        loss_form="outputs", check_deterministic=True, batch_size=None, hvp_method="auto", cache_memory=None,
-        comm=None, comm_timeout=300, check_symmetric=False)``
+        Parameters
+        ----------
+        model : torch.nn.Module
+            Its train/eval mode, ``.grad`` and buffers are left as they are.
+        loss_fn : callable
+            ``loss_fn(model(inputs), targets) -> scalar`` (``loss_form="outputs"``, e.g.
+            ``torch.nn.CrossEntropyLoss()``) or ``loss_fn(model, batch) -> scalar`` (``loss_form="model"``).
+        data :
+            One batch, or a re-iterable of batches (a list, a ``DataLoader``; not a one-shot generator).  Batches
+            are moved to the parameters' device inside the product loop.
+        params :
+            ``None`` (every parameter with ``requires_grad``), a submodule, or a list of parameter names (a
+            submodule's name selects its parameters) or tensors: the operator is then that diagonal block of H.
+        reduction : {"mean", "sum"}
+            What ``loss_fn`` does over a batch: ``"mean"`` gives the Hessian of the mean loss over all samples
+            (batches may differ in size), ``"sum"`` the sum of the batches' Hessians.
+        loss_form : {"outputs", "model"}
+            How ``loss_fn`` is called (above).
+        check_deterministic : bool
+            At construction, compare two loss passes and two products of one vector and refuse a random ``H v``
+            (dropout, augmentation); default True.
+        batch_size : callable, optional
+            ``batch_size(batch) -> int`` for the weights when ``loss_form="model"`` (default: the first dimension
+            of the batch's first tensor).
+        hvp_method : {"auto", "forward_over_reverse", "double_backward"}
+            ``"auto"`` (double backward; on a GPU, blocks forward-over-reverse with a fallback),
+            ``"forward_over_reverse"`` (``torch.func.jvp`` of ``grad``, ``vmap`` over blocks) or
+            ``"double_backward"``.
+        cache_memory : int, optional
+            Bytes allowed for keeping each batch's gradient graph between products (data given as a list or tuple
+            of batches); default None: 1 GiB or a quarter of the free memory, whichever is less; 0 keeps nothing.
+        comm : mpi4py.MPI.Intracomm, optional
+            ``data`` is then this rank's shard only and the operator is the Hessian over the union of all ranks'
+            data: see :func:`hessop.mpi.reduce_operator` (a collective call; an uncaught exception on any rank
+            then aborts the MPI job, see :func:`hessop.mpi.install_abort_hook`; to keep your own
+            ``sys.excepthook`` build the local operator and call ``reduce_operator(H, comm,
+            abort_on_error=False)``).
+        comm_timeout : float or None
+            Seconds (default 300) a collective may wait: a rank that stops answering makes the others abort the
+            job naming it (see :mod:`hessop.mpi`).
+        check_symmetric : bool
+            Add the randomised symmetry test of :meth:`from_function` (two products at construction).  Off by
+            default: the Hessian of a scalar loss is symmetric by construction, up to rounding.
 
-        ``hvp_method``: ``"auto"`` (double backward; on a GPU, blocks forward-over-reverse with a fallback),
-        ``"forward_over_reverse"`` (``torch.func.jvp`` of ``grad``, ``vmap`` over blocks) or ``"double_backward"``.
-        ``cache_memory``: bytes allowed for keeping each batch's gradient graph between products (data given as a
-        list or tuple of batches; default None: 1 GiB or a quarter of the free memory, whichever is less; 0 keeps
-        nothing).
-        Batches are moved to the parameters' device inside the product loop.
+        Returns
+        -------
+        HessianOperator
+            Over the model's dtype (float32 vectors for a float16 / bfloat16 model, whose products are computed in
+            its own dtype, with a warning stating their accuracy).
 
-        ``check_symmetric=True`` adds the randomised symmetry test of :meth:`from_function` (two products at
-        construction).  Off by default: the Hessian of a scalar loss is symmetric by construction, up to rounding.
-
-        With ``comm`` (an mpi4py communicator) ``data`` is this rank's shard only and the operator is the Hessian
-        over the union of all ranks' data: see :func:`hessop.mpi.reduce_operator` (a collective call; an uncaught
-        exception on any rank then aborts the MPI job, see :func:`hessop.mpi.install_abort_hook`; to keep your own
-        ``sys.excepthook`` build the local operator and call ``reduce_operator(H, comm, abort_on_error=False)``).
-        ``comm_timeout`` (seconds, default 300) bounds the wait in each collective: a rank that stops answering
-        makes the others abort the job naming it (see :mod:`hessop.mpi`).
+        Examples
+        --------
+        >>> import torch
+        >>> _ = torch.manual_seed(0)
+        >>> model = torch.nn.Linear(3, 1).double()
+        >>> x, y = torch.randn(8, 3, dtype=torch.float64), torch.randn(8, 1, dtype=torch.float64)
+        >>> H = HessianOperator.from_torch(model, torch.nn.MSELoss(), (x, y))
+        >>> H.shape, H.backend.names
+        ((4, 4), ['weight', 'bias'])
+        >>> float((H @ np.r_[0.0, 0.0, 0.0, 1.0])[3])  # d2/db2 of mean (w.x + b - y)^2
+        2.0
         """
         try:
             from hessop.backends.torch import TorchBackend
@@ -116,9 +189,14 @@ class HessianOperator(LinearOperator):
                 raise
             raise ImportError("HessianOperator.from_torch needs PyTorch: pip install torch (see pytorch.org for the "
                               "wheel matching your CUDA).") from e
-        return _build(lambda: _symmetric(cls(_half_precision_face(TorchBackend(model, loss_fn, data, **kwargs))),
-                                           check_symmetric), comm,
-                      comm_timeout)
+
+        def make() -> HessianOperator:
+            backend = TorchBackend(model, loss_fn, data, params=params, reduction=reduction, loss_form=loss_form,
+                                   check_deterministic=check_deterministic, batch_size=batch_size,
+                                   hvp_method=hvp_method, cache_memory=cache_memory)
+            return _symmetric(cls(half_precision_face(backend)), check_symmetric)
+
+        return _build(make, comm, comm_timeout)
 
     @classmethod
     def from_jax(
@@ -142,6 +220,17 @@ class HessianOperator(LinearOperator):
         over the union of all ranks' data, reduced with one Allreduce per product (see :mod:`hessop.mpi`);
         ``comm_timeout`` bounds the wait in each collective, as in :meth:`from_torch`.  ``check_symmetric=True``
         adds the randomised symmetry test of :meth:`from_function` (off by default, as in :meth:`from_torch`).
+
+        Examples
+        --------
+        >>> import jax.numpy as jnp
+        >>> def loss(p, batch):
+        ...     x, y = batch
+        ...     return jnp.mean((x @ p["w"] - y) ** 2)
+        >>> x = jnp.array([[1.0, 0.0], [0.0, 2.0]])
+        >>> H = HessianOperator.from_jax(loss, {"w": jnp.zeros(2)}, (x, jnp.zeros(2)))
+        >>> H.to_numpy(H.hvp(H.asarray(np.array([1.0, 1.0], dtype=np.float32))))  # H = x^T x (2 / 2 samples)
+        array([1., 4.], dtype=float32)
         """
         try:
             from hessop.backends.jax import JaxBackend
@@ -179,6 +268,15 @@ class HessianOperator(LinearOperator):
         the GPU; only their small projected matrices and scalars come to the host.  Host (NumPy / SciPy) matrices
         are refused: use :meth:`from_matrix` for them.  ``check_symmetric`` (default True) applies the randomised
         symmetry test of :meth:`from_function` to a callable (a matrix is checked exactly).
+
+        Examples
+        --------
+        Needs CuPy and a CUDA GPU (skipped where there is none):
+
+        >>> import cupy  # doctest: +SKIP
+        >>> H = HessianOperator.from_cupy(cupy.diag(cupy.arange(1.0, 4.0)))  # doctest: +SKIP
+        >>> H @ np.ones(3)  # doctest: +SKIP
+        array([1., 2., 3.])
         """
         try:
             from hessop.backends.cupy import cupy_backend
@@ -199,11 +297,26 @@ class HessianOperator(LinearOperator):
 
     @property
     def n_hvp(self) -> int:
-        """Hessian-vector products computed through this operator so far (a block of k counts k)."""
+        """Hessian-vector products computed through this operator so far (a block of k counts k).
+
+        Examples
+        --------
+        >>> H = HessianOperator.from_matrix(np.eye(3))
+        >>> _ = H @ np.ones((3, 2))
+        >>> H.n_hvp
+        2
+        """
         return self._n_hvp
 
     def hvp(self, v: Any) -> Any:
-        """``H v`` for a native flat vector of shape (n,), returned on the backend's device."""
+        """``H v`` for a native flat vector of shape (n,), returned on the backend's device.
+
+        Examples
+        --------
+        >>> H = HessianOperator.from_matrix(np.diag([1.0, 2.0]))
+        >>> H.hvp(H.asarray(np.ones(2))), H.n_hvp
+        (array([1., 2.]), 1)
+        """
         check_native(v, self._ref, "the vector given to hvp")
         if tuple(v.shape) != (self.n,):
             raise ValueError(f"hvp expects a vector of shape ({self.n},), got {tuple(v.shape)}")
@@ -211,7 +324,15 @@ class HessianOperator(LinearOperator):
         return self.backend.hvp(v)
 
     def hvp_block(self, V: Any) -> Any:
-        """``H V`` for a native block of shape (n, k): k products, batched where the backend can."""
+        """``H V`` for a native block of shape (n, k): k products, batched where the backend can.
+
+        Examples
+        --------
+        >>> H = HessianOperator.from_matrix(np.diag([1.0, 2.0]))
+        >>> H.hvp_block(H.asarray(np.eye(2))), H.n_hvp  # a block of 2 counts 2
+        (array([[1., 0.],
+               [0., 2.]]), 2)
+        """
         check_native(V, self._ref, "the block given to hvp_block")
         if len(V.shape) != 2 or V.shape[0] != self.n:
             raise ValueError(f"hvp_block expects a block of shape ({self.n}, k), got {tuple(V.shape)}")
@@ -221,18 +342,77 @@ class HessianOperator(LinearOperator):
     @property
     def product_eps(self) -> float:
         """Unit roundoff of the products (the model's dtype; float16's for a half-precision model even though its
-        vectors are float32).  It sets the accuracy floor of every residual a solver reports."""
+        vectors are float32).  It sets the accuracy floor of every residual a solver reports.
+
+        Examples
+        --------
+        >>> HessianOperator.from_matrix(np.eye(2, dtype=np.float32)).product_eps == float(np.finfo(np.float32).eps)
+        True
+        """
         return float(self.backend.product_eps)
+
+    def model_backend(self, purpose: str) -> ModelBackend:
+        """The model backend behind this operator (through a half-precision or ``solver_dtype`` face), for an
+        analysis that needs the model's parameters, loss and data (the loss at a point, block operators).
+
+        Parameters
+        ----------
+        purpose : str
+            What needs it, for the error message (e.g. ``"landscape"``).
+
+        Raises
+        ------
+        TypeError
+            The operator was not built from a model (``from_matrix``, ``from_function``, ``from_cupy``).
+        ValueError
+            The operator is MPI-reduced: each rank holds a shard of the data only.
+
+        Examples
+        --------
+        >>> H = HessianOperator.from_matrix(np.eye(2))
+        >>> H.model_backend("landscape")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        TypeError: landscape needs an operator built from a model ...; this one was built from numpy (dense matrix).
+        """
+        backend = self.backend.model_backend
+        if backend is not None:
+            return backend
+        if self.backend.comm is not None:
+            raise ValueError(f"{purpose} does not support MPI-reduced operators yet (it would see this rank's shard "
+                             "of the data only): build it from a local operator over the data to analyse (for "
+                             "blocks: from_torch(..., params=names, comm=comm) on every rank).")
+        raise TypeError(f"{purpose} needs an operator built from a model (HessianOperator.from_torch or from_jax), "
+                        f"which has parameter names, a loss and data; this one was built from "
+                        f"{self.backend.describe()}.")
 
     def asarray(self, x: np.ndarray) -> Any:
         """A host array moved into the backend's array type, dtype and device.  A float array wider than the
-        operator's dtype raises ``TypeError`` (no silent down-cast; see :func:`hessop._array.check_cast`)."""
+        operator's dtype raises ``TypeError`` (no silent down-cast; see :func:`hessop._array.check_cast`).
+
+        Examples
+        --------
+        >>> H = HessianOperator.from_matrix(np.eye(2, dtype=np.float32))
+        >>> H.asarray(np.ones(2, dtype=np.float32)).dtype
+        dtype('float32')
+        >>> H.asarray(np.ones(2))  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        TypeError: ...
+        """
         check_cast(np.asarray(x).dtype, self.dtype, f"the array given to a {self.dtype} operator")
         return self.backend.asarray(x)
 
     def cast(self, x: np.ndarray) -> Any:
         """A host array hessop made itself (a float64 random draw, a small float64 matrix) rounded on purpose to
-        the operator's dtype on its device.  User data goes through :meth:`asarray`, which refuses down-casts."""
+        the operator's dtype on its device.  User data goes through :meth:`asarray`, which refuses down-casts.
+
+        Examples
+        --------
+        >>> H = HessianOperator.from_matrix(np.eye(2, dtype=np.float32))
+        >>> H.cast(np.array([0.1, 0.2])).dtype
+        dtype('float32')
+        """
         return self.backend.asarray(x)
 
     def with_solver_dtype(self, dtype: Any) -> HessianOperator:
@@ -240,7 +420,15 @@ class HessianOperator(LinearOperator):
         held in ``dtype`` while each product is still taken in the operator's own dtype (the vector is cast down,
         multiplied and the product cast back, all on the backend's device: no host copy).  Products are counted
         here and on ``self``.  ``dtype=None`` or the operator's dtype returns ``self``; a narrower dtype raises
-        ``TypeError`` (no silent down-cast), as does half precision (solvers need float32 or wider)."""
+        ``TypeError`` (no silent down-cast), as does half precision (solvers need float32 or wider).
+
+        Examples
+        --------
+        >>> H = HessianOperator.from_matrix(np.diag([1.0, 2.0]).astype(np.float32))
+        >>> W = H.with_solver_dtype(np.float64)
+        >>> W.dtype, W @ np.ones(2), H.n_hvp  # counted on H too
+        (dtype('float64'), array([1., 2.]), 1)
+        """
         if dtype is None:
             return self
         dtype = np.dtype(dtype)
@@ -250,7 +438,14 @@ class HessianOperator(LinearOperator):
         return self if dtype == self.dtype else HessianOperator(WidenedBackend(self, dtype))
 
     def to_numpy(self, x: Any) -> np.ndarray:
-        """A native array copied to the host as NumPy."""
+        """A native array copied to the host as NumPy.
+
+        Examples
+        --------
+        >>> H = HessianOperator.from_matrix(np.eye(2))
+        >>> H.to_numpy(H.hvp(H.asarray(np.ones(2))))
+        array([1., 1.])
+        """
         return self.backend.to_numpy(x)
 
     # ------------------------------------------------------------------ SciPy face
@@ -284,75 +479,6 @@ class HessianOperator(LinearOperator):
         return f"<{self.n}x{self.n} HessianOperator, dtype={self.dtype}, backend={self.backend.describe()}>"
 
 
-class WidenedBackend(Backend):
-    """Vectors held in a wider floating ``dtype`` than the products of ``inner`` (a backend or an operator).
-
-    ``H v`` casts ``v`` to ``inner``'s native dtype on the device, takes ``inner``'s product and casts it back, so
-    a solver in float64 (``solver_dtype=float64``) runs over a float32 model, and a float16 / bfloat16 torch model
-    is seen through float32 vectors.  ``product_eps`` stays ``inner``'s: the products are no more accurate than
-    its dtype.
-    """
-
-    def __init__(self, inner: Any, dtype: Any) -> None:
-        self.inner, self.n, self.dtype = inner, int(inner.n), np.dtype(dtype)
-        probe = inner.cast(np.zeros(1)) if isinstance(inner, HessianOperator) else inner.asarray(np.zeros(1))
-        self._xp, self._narrow, self._device = array_namespace(probe), probe.dtype, device(probe)
-        self._wide = getattr(self._xp, self.dtype.name)
-        self.name = inner.backend.name if isinstance(inner, HessianOperator) else inner.name
-
-    @property
-    def product_eps(self) -> float:
-        return float(self.inner.product_eps)
-
-    def hvp(self, v: Any) -> Any:
-        return self._xp.astype(self.inner.hvp(self._xp.astype(v, self._narrow)), self._wide)
-
-    def hvp_block(self, V: Any) -> Any:
-        return self._xp.astype(self.inner.hvp_block(self._xp.astype(V, self._narrow)), self._wide)
-
-    def asarray(self, x: np.ndarray) -> Any:
-        out = self._xp.asarray(np.asarray(x, dtype=self.dtype), device=self._device)
-        if out.dtype != self._wide:  # JAX without jax_enable_x64 silently gives float32
-            raise TypeError(f"the backend cannot hold {self.dtype} arrays (for JAX: jax.config.update("
-                            "'jax_enable_x64', True) before creating arrays).")
-        return out
-
-    def to_numpy(self, x: Any) -> np.ndarray:
-        return self.inner.to_numpy(x)
-
-    @property
-    def namespace(self) -> Any:
-        return self._xp
-
-    def describe(self) -> str:
-        inner = self.inner.backend if isinstance(self.inner, HessianOperator) else self.inner
-        return f"{inner.describe()}, vectors in {self.dtype.name}, products in {self._narrow}"
-
-
-HALF_PRODUCT_ACCURACY = 10
-"""A half-precision product ``H v`` is accurate to about this many units of its dtype's eps, relative to
-``||H v||`` (measured on the test CNN in float16: 4.2 eps at most over 8 random vectors;
-tests/test_solver_dtype.py checks it)."""
-
-
-def _half_precision_face(backend: Any) -> Any:
-    """A float16 / bfloat16 torch model seen through float32 vectors (solvers need float32 or wider), with a
-    warning that states how accurate its products are; any other backend unchanged."""
-    if not getattr(backend, "half_precision", False):
-        return backend
-    eps = backend.product_eps
-    warnings.warn(
-        f"the model is {str(backend.torch_dtype).removeprefix('torch.')}: each Hessian-vector product is "
-        f"computed in it and is accurate to about {HALF_PRODUCT_ACCURACY} eps = {HALF_PRODUCT_ACCURACY * eps:.0e} "
-        "relative to ||H v||, so eigenvalues, traces and densities carry errors of that order times ||H|| (the "
-        "reported residuals include it). The solvers run in float32 (vectors cast on the device); pass "
-        "solver_dtype=numpy.float64 for a float64 solve, or use a float32 model for accurate products.",
-        UserWarning,
-        stacklevel=4,
-    )
-    return WidenedBackend(backend, np.float32)
-
-
 def _symmetric(op: HessianOperator, check: bool) -> HessianOperator:
     """``op``, after the randomised symmetry test of :func:`hessop._validate.check_symmetric_product` if
     ``check``: one block product of two seeded Gaussian vectors through the backend (not counted in ``n_hvp``)."""
@@ -379,7 +505,16 @@ def _build(make: Callable[[], HessianOperator], comm: Any, comm_timeout: float |
 def as_operator(H: Any) -> HessianOperator:
     """Accept a HessianOperator, a square SciPy ``LinearOperator`` (its symmetry checked by the randomised test of
     :meth:`HessianOperator.from_function`: two extra products), a NumPy array or a SciPy sparse matrix, and return a
-    HessianOperator."""
+    HessianOperator.
+
+    Examples
+    --------
+    >>> from scipy.sparse.linalg import aslinearoperator
+    >>> as_operator(np.eye(2)).shape
+    (2, 2)
+    >>> as_operator(aslinearoperator(np.diag([1.0, 2.0]))) @ np.ones(2)
+    array([1., 2.])
+    """
     if isinstance(H, HessianOperator):
         return H
     if isinstance(H, np.ndarray) or sp.issparse(H):

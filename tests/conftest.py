@@ -94,6 +94,7 @@ def _torch_hvp_method(monkeypatch):
         from hessop.backends.torch import TorchBackend
 
         monkeypatch.setitem(TorchBackend.__init__.__kwdefaults__, "hvp_method", method)
+        monkeypatch.setitem(hessop.HessianOperator.from_torch.__kwdefaults__, "hvp_method", method)
 
 
 # ------------------------------------------------ prescribed spectra and the network's Hessian (trace, diagonal)

@@ -1,7 +1,7 @@
 """Bad input gets one clear message: the exception type and the words that name the problem and the fix.
 
 Backend-free cases (solver arguments, seeds, matrices, vectors given to ``hvp``, non-symmetric products).  The
-PyTorch cases live in tests/backends/test_torch.py, the MPI ones in tests/test_mpi.py; docs/reliability.md lists
+PyTorch cases live in tests/backends/torch/, the MPI ones in tests/test_mpi.py; docs/reliability.md lists
 them all.
 """
 

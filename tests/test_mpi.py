@@ -112,10 +112,26 @@ def run_ranks(problem, n: int) -> list[dict]:
 def check_identical_on_every_rank(results: list[dict]) -> None:
     first = results[0]
     for res in results[1:]:
-        for key in ("lanczos", "power", "hutchinson", "slq", "summed", "jax", "jax_model", "float32", "n_hvp_total",
-                    "n_allreduce", "n_product_calls", "n_samples"):
+        for key in ("lanczos", "power", "hutchinson", "slq", "summed", "jax", "jax_model", "float32", "half",
+                    "n_hvp_total", "n_allreduce", "n_product_calls", "n_samples"):
             assert res.get(key) == first.get(key), f"rank {res['rank']} differs from rank 0 in {key}"
         assert np.array_equal(res["block"], first["block"])
+
+
+def check_half_precision(half: dict) -> None:
+    """A float16 model reduced over the ranks reports float16's rounding unit and residual floor (9.8e-4), as the
+    single-process operator does, not float32's (1.2e-7) of the vectors it exchanges."""
+    import warnings
+
+    from hessop.results import residual_floor
+
+    model, x, y = _worker.half_model()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        H = hessop.HessianOperator.from_torch(model, torch.nn.CrossEntropyLoss(), (x, y))
+    assert H.product_eps == torch.finfo(torch.float16).eps
+    assert half == {"product_eps": H.product_eps, "floor": residual_floor(H, 1.0), "dtype": "float32",
+                    "product_dtype": "float16", "half_precision": True}
 
 
 def check_matches_single_process(results: list[dict], ref: dict) -> None:
@@ -125,6 +141,7 @@ def check_matches_single_process(results: list[dict], ref: dict) -> None:
     # ... but not what sees the rank's shard only (the loss, block operators, the model with its local batches)
     assert res["shard_only"] == {"loss_at": False, "restrict": False, "model": False}
     assert "this rank's shard of the data only" in res["shard_only_message"]
+    check_half_precision(res["half"])
     assert sum(r["local_samples"] for r in results) == N_DATA
     assert len({r["local_samples"] for r in results}) == len(results)  # the shards really are unequal
     for method in ("lanczos", "power"):

@@ -109,3 +109,18 @@ def test_native_face_checks_shapes(small):
         H.hvp(np.ones(49))
     with pytest.raises(ValueError, match="shape"):
         H.hvp_block(np.ones((49, 2)))
+
+
+def test_model_backend_names_the_problem_and_the_fix(tiny_torch_problem):
+    _, H = tiny_torch_problem
+    assert H.model_backend("landscape") is H.backend
+    assert H.with_solver_dtype(np.float64).model_backend("landscape") is H.backend  # through the solver_dtype face
+    M = HessianOperator.from_matrix(np.eye(3))
+    with pytest.raises(TypeError, match=r"landscape needs an operator built from a model \(HessianOperator"
+                                        r".from_torch or from_jax\), which has parameter names, .*; this one was "
+                                        r"built from numpy \(dense"):
+        M.model_backend("landscape")
+    assert M.backend.model_backend is None and M.backend.layout is None
+    M.backend.comm = object()  # as an MPI-reduced operator declares it
+    with pytest.raises(ValueError, match="by_block does not support MPI-reduced operators yet .* this rank's shard"):
+        M.model_backend("by_block")

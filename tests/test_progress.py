@@ -86,10 +86,9 @@ def test_default_is_a_terminal_only(capsys, monkeypatch):
 
 def test_only_rank_0_draws_under_mpi():
     def op(rank, widened=False):
-        backend = types.SimpleNamespace(comm=types.SimpleNamespace(Get_rank=lambda: rank))
-        if widened:  # solver_dtype: a WidenedBackend around the reduced operator
-            backend = types.SimpleNamespace(inner=types.SimpleNamespace(backend=backend))
-        return types.SimpleNamespace(backend=backend)
+        H = hessop.HessianOperator.from_matrix(np.eye(3, dtype=np.float32))
+        H.backend.comm = types.SimpleNamespace(Get_rank=lambda: rank)  # as an MPIBackend declares it
+        return H.with_solver_dtype(np.float64) if widened else H  # solver_dtype: the communicator seen through
 
     assert enabled(True, op(0)) and enabled(True, op(0, widened=True))
     assert not enabled(True, op(1)) and not enabled(True, op(2, widened=True))

@@ -71,8 +71,8 @@ def test_half_precision_model_products_as_the_warning_says(torch_problem):
     """A float16 / bfloat16 copy of the test CNN: the operator warns with the product accuracy (10 eps relative)
     and the products meet it against float64 products of the same (rounded) parameters and data."""
     torch = pytest.importorskip("torch")
+    from hessop.backends.widened import HALF_PRODUCT_ACCURACY
     from hessop.models.digits import SmallResNet
-    from hessop.operator import HALF_PRODUCT_ACCURACY
 
     x, y, loss_fn = torch_problem["x"], torch_problem["y"], torch_problem["loss_fn"]
     for dt in (torch.float16, torch.bfloat16):

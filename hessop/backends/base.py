@@ -1,8 +1,11 @@
-"""The interface a backend implements: Hessian-vector products on native arrays, plus host transfers."""
+"""The interfaces a backend implements: Hessian-vector products on native arrays, plus host transfers
+(:class:`Backend`); the loss over batches of data (:class:`DataBackend`); and, for a model's parameters, what the
+analyses need beyond products (:class:`ParameterLayout`, :class:`ModelBackend`)."""
 
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -25,6 +28,11 @@ class Backend(abc.ABC):
     n: int
     dtype: np.dtype
     name: str
+    comm: Any = None
+    """The MPI communicator the products are summed over (:class:`hessop.backends.mpi.MPIBackend`), else None."""
+    half_precision: bool = False
+    """True when the products are computed in float16 / bfloat16 (the operator then shows float32 vectors:
+    :func:`hessop.backends.widened.half_precision_face`)."""
 
     @abc.abstractmethod
     def hvp(self, v: Any) -> Any:
@@ -53,6 +61,24 @@ class Backend(abc.ABC):
     def namespace(self) -> Any:
         """The array-API namespace of this backend's arrays."""
         return array_namespace(self.asarray(np.zeros(1, dtype=self.dtype)))
+
+    @property
+    def product_dtype(self) -> str:
+        """Name of the dtype the products are computed in (``dtype``'s, unless the backend says otherwise)."""
+        return self.dtype.name
+
+    @property
+    def layout(self) -> ParameterLayout | None:
+        """How this backend's vectors split into a model's parameters (shared by every MPI rank), or None for an
+        operator without parameters (``from_matrix``, ``from_function``, ``from_cupy``)."""
+        return None
+
+    @property
+    def model_backend(self) -> ModelBackend | None:
+        """The model backend whose loss and data this backend's products are of, when the whole loss is here: None
+        for an operator without a model, and for an MPI-reduced one (each rank holds a shard of the data only).
+        :meth:`hessop.HessianOperator.model_backend` raises a clear error in place of None."""
+        return None
 
     def describe(self) -> str:
         """One line for ``repr``."""
@@ -158,3 +184,113 @@ class DataView:
 
     def __iter__(self) -> Any:
         return iter(self.data)
+
+
+class ParameterLayout(abc.ABC):
+    """How a flat vector splits into a model's parameters, the same on every MPI rank.
+
+    Attributes
+    ----------
+    names : list of str
+        The selected parameters (PyTorch) or pytree leaves (JAX), in the order of the flat vector.
+    shapes : list of tuple of int
+    sizes : list of int
+    offsets : list of int
+        Parameter ``i`` is ``v[offsets[i]:offsets[i + 1]]``.
+    filter_axis : int
+        Axis of a weight that indexes its filters (for filter-normalised directions).
+    """
+
+    names: list[str]
+    shapes: list[tuple[int, ...]]
+    sizes: list[int]
+    offsets: list[int]
+    filter_axis: int
+
+    @abc.abstractmethod
+    def unflatten(self, v: Any) -> Any:
+        """Split a flat vector (native or NumPy) into the parameters' shapes (a dict of tensors, a pytree)."""
+
+    @abc.abstractmethod
+    def parameters_flat(self) -> Any:
+        """The parameters' current values as one flat native vector (the point ``theta``)."""
+
+    @abc.abstractmethod
+    def modules(self) -> list[str]:
+        """For each parameter, the name of the module (PyTorch) or pytree node (JAX) holding it."""
+
+    @abc.abstractmethod
+    def parameter_digest(self) -> str | None:
+        """SHA-256 of the parameters' values (checked equal on every MPI rank and stored in checkpoints), or None
+        where the backend does not fingerprint them."""
+
+
+class ModelBackend(DataBackend, ParameterLayout):
+    """A backend for the Hessian of a model's loss over data: products, plus the loss at a point and the
+    backends of diagonal blocks.  Implemented by :class:`hessop.backends.torch.TorchBackend` and
+    :class:`hessop.backends.jax.JaxBackend`."""
+
+    @property
+    def layout(self) -> ParameterLayout:
+        return self
+
+    @property
+    def model_backend(self) -> ModelBackend:
+        return self
+
+    @abc.abstractmethod
+    def loss_at(self, delta: Any) -> float:
+        """The loss over the data at ``theta + delta`` (a native flat vector); the parameters are restored."""
+
+    @abc.abstractmethod
+    def restrict(self, names: list[str]) -> ModelBackend:
+        """A backend for the diagonal block of the parameters ``names`` (a non-empty subset of :attr:`names`)."""
+
+
+class LayoutDelegate:
+    """The :class:`ParameterLayout` members of a backend that wraps another (an MPI reduction, a wider dtype),
+    each delegated explicitly to :attr:`Backend.layout`.  Without one (the wrapped backend has no parameters) they
+    raise ``AttributeError``, so that the wrapper has no more attributes than the backend it wraps."""
+
+    layout: ParameterLayout | None
+
+    def _layout(self) -> ParameterLayout:
+        if self.layout is None:
+            raise AttributeError("this operator has no model parameters (it was not built with from_torch / "
+                                 "from_jax)")
+        return self.layout
+
+    @property
+    def names(self) -> list[str]:
+        """:attr:`ParameterLayout.names` of the wrapped backend."""
+        return self._layout().names
+
+    @property
+    def shapes(self) -> list[tuple[int, ...]]:
+        """:attr:`ParameterLayout.shapes` of the wrapped backend."""
+        return self._layout().shapes
+
+    @property
+    def sizes(self) -> list[int]:
+        """:attr:`ParameterLayout.sizes` of the wrapped backend."""
+        return self._layout().sizes
+
+    @property
+    def offsets(self) -> list[int]:
+        """:attr:`ParameterLayout.offsets` of the wrapped backend."""
+        return self._layout().offsets
+
+    @property
+    def unflatten(self) -> Callable[[Any], Any]:
+        """:meth:`ParameterLayout.unflatten` of the wrapped backend."""
+        return self._layout().unflatten
+
+    @property
+    def parameters_flat(self) -> Callable[[], Any]:
+        """:meth:`ParameterLayout.parameters_flat` of the wrapped backend."""
+        return self._layout().parameters_flat
+
+    @property
+    def modules(self) -> Callable[[], list[str]]:
+        """:meth:`ParameterLayout.modules` of the wrapped backend."""
+        return self._layout().modules

@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from hessop.backends.base import DataBackend, DataView
+from hessop.backends.base import DataView, ModelBackend
 
 __all__ = ["JaxBackend", "x64_enabled"]
 
@@ -169,7 +169,7 @@ def _hvp_block_acc_jit(acc: jax.Array, theta: jax.Array, batch: Any, V: jax.Arra
     return acc + (w * _hvp_cols(theta, batch, V, fn, layout)).astype(acc.dtype)
 
 
-class JaxBackend(DataBackend):
+class JaxBackend(ModelBackend):
     """Hessian of ``loss_fn(params, batch)`` over ``data`` with respect to every leaf of ``params``.
 
     Parameters
@@ -387,6 +387,11 @@ class JaxBackend(DataBackend):
         for a leaf at the root)."""
         paths = [p for p, _ in jax.tree_util.tree_flatten_with_path(self.unflatten(self.theta))[0]]
         return [jax.tree_util.keystr(p[:-1]) for p in paths]
+
+    def parameter_digest(self) -> None:
+        """None: JAX parameters are not fingerprinted (an immutable pytree the caller holds; MPI ranks and
+        checkpoints check the dimension and dtype only)."""
+        return None
 
     def loss_at(self, delta: jax.Array) -> float:
         """The loss over the data (the reduction of the products: ``sum_b w_b L_b``) at ``theta + delta``.  The

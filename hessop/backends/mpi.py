@@ -8,7 +8,6 @@ abort hook installed, never at import.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import pickle
 import sys
 import time
@@ -18,7 +17,7 @@ from typing import Any
 import numpy as np
 from array_api_compat import is_cupy_array, is_numpy_array, is_torch_array
 
-from hessop.backends.base import Backend
+from hessop.backends.base import Backend, LayoutDelegate, ParameterLayout
 
 __all__ = ["DEFAULT_COMM_TIMEOUT", "MPIBackend", "install_abort_hook"]
 
@@ -52,6 +51,13 @@ def install_abort_hook() -> None:
     every line prefixed with ``[hessop rank r/P]`` (rank in ``MPI.COMM_WORLD``), flushes, and calls
     ``MPI.COMM_WORLD.Abort(1)``.  :func:`hessop.mpi.reduce_operator` and ``comm=`` constructors call it unless
     ``abort_on_error=False``.  The same protection without hessop: run the script as ``python -m mpi4py script.py``.
+
+    Examples
+    --------
+    At the top of an MPI script (skipped in the doctests: it imports mpi4py, which initialises MPI, and replaces
+    this process's ``sys.excepthook``):
+
+    >>> install_abort_hook()  # doctest: +SKIP
     """
     if _HOOK["installed"]:
         return
@@ -86,20 +92,16 @@ def _abort(world: Any, message: str) -> None:
         world.Abort(1)
 
 
-FORWARDED = frozenset({
-    "names", "shapes", "sizes", "offsets", "unflatten", "flatten", "parameters_flat", "modules", "device",
-    "torch_dtype", "jax_dtype", "treedef", "half_precision", "product_eps", "hvp_method", "namespace",
-})
-"""Attributes of the local backend that an :class:`MPIBackend` forwards: they describe the parameters (identical on
-every rank, which the construction checks), not the rank's data."""
-
-
-class MPIBackend(Backend):
+class MPIBackend(LayoutDelegate, Backend):
     """A rank's local backend whose products are summed over a communicator: ``H v = sum_r w_r H_r v``.
 
     Built by :func:`hessop.mpi.reduce_operator` and the constructors' ``comm=``.  ``n``, ``dtype``, ``name``, the
-    namespace and host transfers are the local backend's; other attributes (``unflatten``, ``names``, ``device``,
-    ...) are looked up on it too.
+    namespace, host transfers and the precision of the products (``product_eps``, ``product_dtype``,
+    ``half_precision``) are the local backend's, and so is the parameter layout (:attr:`layout`, and ``names``,
+    ``unflatten`` ... through :class:`~hessop.backends.base.LayoutDelegate`): they are the same on every rank,
+    which the construction checks.  What depends on the rank's shard of the data (the loss at a point, block
+    backends) is not offered: :attr:`model_backend` is None, so that no analysis gets one rank's loss in place of
+    the global one (``H.backend.local`` is the rank's own backend).
 
     Attributes
     ----------
@@ -170,7 +172,7 @@ class MPIBackend(Backend):
             raise ValueError("the local operator declares reduction='mean' but has no n_samples attribute: hessop "
                              "cannot weight it by its share of the data.")
         # one collective at construction: dimension, dtype, reduction and sample count of every rank
-        digest = _parameter_digest(local) if check_parameters else None
+        digest = local.layout.parameter_digest() if check_parameters and local.layout is not None else None
         self.n_allreduce = 0
         info = self._allgather((int(self.n), self.dtype.str, reduction, None if local_n is None else int(local_n),
                                 digest))
@@ -203,17 +205,22 @@ class MPIBackend(Backend):
             self.weight = 1.0
         self.allreduce_seconds = 0.0
 
-    def __getattr__(self, item: str) -> Any:
-        # only called when normal lookup fails: forward what describes the parameters, which every rank holds
-        # identically; what depends on the rank's shard of the data (loss_at, restrict, ...) is not forwarded, so
-        # that no caller gets one rank's loss or block operator in place of the global one
-        if item.startswith("__") or item == "local" or "local" not in self.__dict__:
-            raise AttributeError(item)
-        if item not in FORWARDED:
-            raise AttributeError(f"{item!r} of the local backend is not available on an MPI-reduced operator (it "
-                                 "would see this rank's shard of the data only); use H.backend.local to reach the "
-                                 "rank's own operator")
-        return getattr(self.__dict__["local"], item)
+    # ------------------------------------------------------------------ the local backend's facts
+    @property
+    def product_eps(self) -> float:
+        return float(self.local.product_eps)
+
+    @property
+    def product_dtype(self) -> str:
+        return self.local.product_dtype
+
+    @property
+    def half_precision(self) -> bool:
+        return self.local.half_precision
+
+    @property
+    def layout(self) -> ParameterLayout | None:
+        return self.local.layout
 
     # ------------------------------------------------------------------ products
     def hvp(self, v: Any) -> Any:
@@ -325,21 +332,6 @@ class MPIBackend(Backend):
         share = f", share {self.local_n_samples}/{self.n_samples}" if self.reduction == "mean" else ", summed"
         return (f"mpi(rank {self.comm.Get_rank()}/{self.comm.Get_size()}{share}"
                 f"{', cuda-aware' if self.cuda_aware else ''}) over {self.local.describe()}")
-
-
-def _parameter_digest(local: Backend) -> str | None:
-    """SHA-256 of the local backend's parameters (``params``: a list of arrays, as TorchBackend has), or None when
-    the backend exposes none."""
-    params = getattr(local, "params", None)
-    if not isinstance(params, (list, tuple)) or not params:
-        return None
-    h = hashlib.sha256()
-    try:
-        for p in params:
-            h.update(np.ascontiguousarray(local.to_numpy(p)).tobytes())
-    except (TypeError, AttributeError, ValueError, RuntimeError):
-        return None
-    return h.hexdigest()
 
 
 def _synchronize(buf: Any) -> None:

@@ -19,7 +19,7 @@ from hessop._array import make_rng
 from hessop._probes import DEFAULT_BLOCK, block_sizes
 from hessop._validate import check_choice, check_int
 from hessop.estimators._adaptive import DEFAULT_MAX_RANK, _DiagonalKind, adaptive
-from hessop.estimators._estimates import DiagonalEstimate
+from hessop.estimators._estimates import DiagonalEstimate, per_parameter
 from hessop.estimators._run import MAX_HVP, Run, check_budget
 from hessop.estimators._stats import MIN_RTOL_SAMPLES, _Moments
 from hessop.estimators._xdiag import xdiag
@@ -160,8 +160,7 @@ def diagonal(
         result = _fixed(op, check_budget(max_hvp, 1, "one sample"), block_size, seed, progress, checkpoint)
         if method == "hutchinson":
             result = dataclasses.replace(result, choice="method='hutchinson' asked for")
-    unflatten = getattr(op.backend, "unflatten", None)
-    return dataclasses.replace(result, per_parameter=unflatten(result.diagonal) if callable(unflatten) else None)
+    return dataclasses.replace(result, per_parameter=per_parameter(op, result.diagonal))
 
 
 def _fixed(op: Any, n_samples: int, block_size: int, seed: Any, progress: bool | None,

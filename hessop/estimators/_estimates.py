@@ -147,3 +147,10 @@ class DiagonalEstimate:
     choice: str = ""
     stop_reason: str = ""
     rank: int = 0
+
+
+def per_parameter(op: Any, diagonal: Any) -> Any:
+    """``diagonal`` split by parameter (``op.backend.layout.unflatten``) for an operator built from a model, else
+    None."""
+    layout = op.backend.layout
+    return None if layout is None else layout.unflatten(diagonal)

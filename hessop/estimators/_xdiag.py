@@ -11,7 +11,7 @@ from hessop._array import make_rng
 from hessop._probes import probe_block
 from hessop._validate import check_finite
 from hessop.estimators._deflation import orthonormal_range
-from hessop.estimators._estimates import DiagonalEstimate
+from hessop.estimators._estimates import DiagonalEstimate, per_parameter
 from hessop.estimators._stats import jackknife_se, pair_inverse
 
 
@@ -78,6 +78,5 @@ def xdiag(op: Any, n_hvp: int, seed: Any) -> DiagonalEstimate:
         se = jackknife_se(loo, axis=1)
         count = m
     check_finite(float(op.to_numpy(xp.sum(diag))), "the XDiag estimate", 1)
-    unflatten = getattr(op.backend, "unflatten", None)
-    return DiagonalEstimate(diagonal=diag, std_error=se, per_parameter=unflatten(diag) if callable(unflatten) else None,
+    return DiagonalEstimate(diagonal=diag, std_error=se, per_parameter=per_parameter(op, diag),
                             n_hvp=op.n_hvp - hvp0, n_samples=count, method="xdiag")

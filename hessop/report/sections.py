@@ -267,18 +267,15 @@ class DensitySection(Section):
         return SectionOutput(data, body, {"density": fig})
 
 
-def _unavailable(H: HessianOperator, need: str, what: str) -> SectionOutput | None:
-    """A section output saying that ``what`` needs the backend method ``need`` (a model's parameters and loss),
-    or None when the operator has it."""
-    from hessop.mpi import MPIBackend
-
-    if isinstance(H.backend, MPIBackend):
-        why = "the operator is MPI-reduced (the section would see this rank's shard only)"
-    elif not hasattr(H.backend, need):
-        why = f"the {H.backend.name!r} backend has no model parameters and loss (from_torch or from_jax has)"
-    else:
-        return None
-    return SectionOutput({"available": False, "reason": why}, f"<p>Not available: {html.escape(why)}.</p>")
+def _unavailable(H: HessianOperator, what: str) -> SectionOutput | None:
+    """A section output saying why ``what`` (which needs a model's parameters, loss and data) is not available for
+    ``H`` (the reason of :meth:`HessianOperator.model_backend`), or None when it is."""
+    try:
+        H.model_backend(what)
+    except (TypeError, ValueError) as e:
+        why = str(e)
+        return SectionOutput({"available": False, "reason": why}, f"<p>Not available: {html.escape(why)}</p>")
+    return None
 
 
 class LayersSection(Section):
@@ -304,7 +301,7 @@ class LayersSection(Section):
         return cls(check_int(args.layers_k, "--layers-k", 1))
 
     def run(self, H: HessianOperator, seed: int, tol: float | None) -> SectionOutput:
-        missing = _unavailable(H, "restrict", "a per-layer table")
+        missing = _unavailable(H, "a per-layer table")
         if missing is not None:
             return missing
         t0 = time.perf_counter()
@@ -355,7 +352,7 @@ class LandscapeSection(Section):
         return cls(args.landscape, check_real(args.landscape_radius, "--landscape-radius", 0), points)
 
     def run(self, H: HessianOperator, seed: int, tol: float | None) -> SectionOutput:
-        missing = _unavailable(H, "loss_at", "a loss landscape")
+        missing = _unavailable(H, "a loss landscape")
         if missing is not None:
             return missing
         t0 = time.perf_counter()

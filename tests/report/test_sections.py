@@ -106,5 +106,5 @@ def test_layers_and_landscape_need_a_model(tmp_path, matrix_spec):
     rep = json.loads((out / "report.json").read_text())
     for key in ("layers", "landscape"):
         assert rep["sections"][key]["available"] is False
-        assert "no model parameters and loss" in rep["sections"][key]["reason"]
+        assert "needs an operator built from a model" in rep["sections"][key]["reason"]
     assert rep["figures"] == ["convergence.png"]

@@ -1,4 +1,5 @@
-"""Doctest collection of hessop's own modules (``python3 -m pytest`` runs the ``>>>`` examples in hessop/).
+"""pytest configuration of the repository root: doctest collection of hessop's own modules (``python3 -m pytest``
+runs the ``>>>`` examples in hessop/).
 
 A module whose optional dependency is absent (CuPy on a machine without a GPU; PyTorch, JAX or scikit-learn in a
 minimal install) is reported as skipped, with the missing package as the reason, instead of failing collection.
@@ -24,11 +25,11 @@ OPTIONAL = {
     "hessop.blocks": ("torch",),
 }
 
-_ROOT = Path(__file__).resolve().parent
+_ROOT = Path(__file__).resolve().parent  # the repository root
 
 
 def _module_name(path: Path) -> str:
-    parts = path.resolve().relative_to(_ROOT.parent).with_suffix("").parts
+    parts = path.resolve().relative_to(_ROOT).with_suffix("").parts
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
