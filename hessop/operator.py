@@ -388,7 +388,7 @@ class HessianOperator(LinearOperator):
 
     def asarray(self, x: np.ndarray) -> Any:
         """A host array moved into the backend's array type, dtype and device.  A float array wider than the
-        operator's dtype raises ``TypeError`` (no silent down-cast; see :func:`hessop._array.check_cast`).
+        operator's dtype raises ``TypeError`` (no silent down-cast; see :func:`hessop._validate.check_cast`).
 
         Examples
         --------
