@@ -12,6 +12,7 @@ import importlib.util
 from pathlib import Path
 
 import pytest
+from _pytest.doctest import DoctestModule
 
 # module (a dotted prefix: a package covers its submodules) -> the packages its import or its examples need
 OPTIONAL = {
@@ -26,6 +27,7 @@ OPTIONAL = {
 }
 
 _ROOT = Path(__file__).resolve().parent  # the repository root
+_PACKAGE = _ROOT / "hessop"
 
 
 def _module_name(path: Path) -> str:
@@ -52,8 +54,12 @@ class _Unavailable(pytest.File):
 @pytest.hookimpl(wrapper=True)
 def pytest_collect_file(file_path: Path, parent: pytest.Collector):
     collected = yield
-    if file_path.suffix != ".py" or file_path.name == "conftest.py":
+    if file_path.suffix != ".py":
         return collected
+    if _PACKAGE not in file_path.resolve().parents:
+        # tests/, benchmarks/, examples/: their test functions only (importing them as doctest modules would clash
+        # on the several conftest.py of tests/)
+        return [c for c in collected if not isinstance(c, DoctestModule)]
     missing = _missing(_module_name(file_path))
     if not missing:
         return collected
