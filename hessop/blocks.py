@@ -60,12 +60,9 @@ class BlockRow:
     The rows of :func:`by_block` on a linear model with the mean squared error (weight block ``diag(4, 1, 0)``,
     bias block ``[2]``):
 
-    >>> import torch
     >>> import hessop
-    >>> model = torch.nn.Linear(3, 1).double()
-    >>> _ = [torch.nn.init.zeros_(p) for p in model.parameters()]
-    >>> x = torch.tensor([[2.0, 0.0, 0.0], [0.0, 1.0, 0.0]], dtype=torch.float64)
-    >>> H = hessop.HessianOperator.from_torch(model, torch.nn.MSELoss(), (x, torch.zeros(2, 1, dtype=torch.float64)))
+    >>> from hessop.testing import linear_least_squares
+    >>> H = linear_least_squares()
     >>> row = hessop.by_block(H, ["weight", "bias"])["weight"]
     >>> row.name, row.params, row.n
     ('weight', ('weight',), 3)
@@ -105,12 +102,9 @@ class BlockTable:
     A table indexes by position or by group name and iterates over its rows (a linear model with the mean squared
     error: weight block ``diag(4, 1, 0)``, bias block ``[2]``):
 
-    >>> import torch
     >>> import hessop
-    >>> model = torch.nn.Linear(3, 1).double()
-    >>> _ = [torch.nn.init.zeros_(p) for p in model.parameters()]
-    >>> x = torch.tensor([[2.0, 0.0, 0.0], [0.0, 1.0, 0.0]], dtype=torch.float64)
-    >>> H = hessop.HessianOperator.from_torch(model, torch.nn.MSELoss(), (x, torch.zeros(2, 1, dtype=torch.float64)))
+    >>> from hessop.testing import linear_least_squares
+    >>> H = linear_least_squares()
     >>> table = hessop.by_block(H, ["weight", "bias"])
     >>> len(table), [row.name for row in table]
     (2, ['weight', 'bias'])
@@ -289,12 +283,9 @@ def by_block(
     The mean squared error of a linear model ``w . x + b`` on two samples: the weight block of the Hessian is
     ``diag(4, 1, 0)`` and the bias block is ``[2]``.
 
-    >>> import torch
     >>> import hessop
-    >>> model = torch.nn.Linear(3, 1).double()
-    >>> _ = [torch.nn.init.zeros_(p) for p in model.parameters()]
-    >>> x = torch.tensor([[2.0, 0.0, 0.0], [0.0, 1.0, 0.0]], dtype=torch.float64)
-    >>> H = hessop.HessianOperator.from_torch(model, torch.nn.MSELoss(), (x, torch.zeros(2, 1, dtype=torch.float64)))
+    >>> from hessop.testing import linear_least_squares
+    >>> H = linear_least_squares()
     >>> list(H.backend.names)
     ['weight', 'bias']
 

@@ -72,12 +72,9 @@ class Landscape:
     ``0.5 * 4 * a**2``, and ``curvature()`` recovers its second derivative from the points.
 
     >>> import numpy as np
-    >>> import torch
     >>> import hessop
-    >>> model = torch.nn.Linear(3, 1, bias=False).double()
-    >>> _ = torch.nn.init.zeros_(model.weight)
-    >>> x = torch.tensor([[2.0, 0.0, 0.0], [0.0, 1.0, 0.0]], dtype=torch.float64)
-    >>> H = hessop.HessianOperator.from_torch(model, torch.nn.MSELoss(), (x, torch.zeros(2, 1, dtype=torch.float64)))
+    >>> from hessop.testing import linear_least_squares
+    >>> H = linear_least_squares(bias=False)
     >>> line = hessop.landscape(H, np.array([1.0, 0.0, 0.0]), radius=0.5, n_points=3)
     >>> line.is_grid, line.kind, line.n_hvp
     (False, 'given', 1)
@@ -227,12 +224,9 @@ def landscape(
     The mean squared error of a linear model, ``L(w) = ((2 w_1)^2 + w_2^2) / 2``, has the Hessian ``diag(4, 1, 0)``.
     By default the landscape is a grid along the top two eigenvectors, found by Lanczos:
 
-    >>> import torch
     >>> import hessop
-    >>> model = torch.nn.Linear(3, 1, bias=False).double()
-    >>> _ = torch.nn.init.zeros_(model.weight)
-    >>> x = torch.tensor([[2.0, 0.0, 0.0], [0.0, 1.0, 0.0]], dtype=torch.float64)
-    >>> H = hessop.HessianOperator.from_torch(model, torch.nn.MSELoss(), (x, torch.zeros(2, 1, dtype=torch.float64)))
+    >>> from hessop.testing import linear_least_squares
+    >>> H = linear_least_squares(bias=False)
     >>> land = hessop.landscape(H, n_points=5)
     >>> land.is_grid, land.kind, land.losses.shape
     (True, 'eigenvectors', (5, 5))
