@@ -60,6 +60,6 @@ def test_operator_and_mpi_import_in_either_order():
         assert out.returncode == 0 and out.stdout.strip() == "ok", (first, out.stderr)
     src = (root / "hessop" / "backends" / "mpi.py").read_text()
     imports = [line for line in src.splitlines() if line.startswith(("from hessop", "import hessop"))]
-    assert imports == ["from hessop.backends.base import Backend, LayoutDelegate, ParameterLayout"], imports
+    assert imports == ["from hessop.backends.base import Backend, WrapperFacts"], imports
     assert "hessop.mpi" not in "".join(
         line for line in (root / "hessop" / "operator.py").read_text().splitlines() if "import" in line)

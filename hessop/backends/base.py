@@ -294,3 +294,30 @@ class LayoutDelegate:
     def modules(self) -> Callable[[], list[str]]:
         """:meth:`ParameterLayout.modules` of the wrapped backend."""
         return self._layout().modules
+
+
+class WrapperFacts(LayoutDelegate):
+    """The facts of a backend that wraps another (an MPI reduction, a wider dtype): its products' precision and
+    its parameter layout are those of :attr:`wrapped`, the one attribute a wrapper declares."""
+
+    wrapped: Backend
+
+    @property
+    def product_eps(self) -> float:
+        """:attr:`Backend.product_eps` of the wrapped backend."""
+        return float(self.wrapped.product_eps)
+
+    @property
+    def product_dtype(self) -> str:
+        """:attr:`Backend.product_dtype` of the wrapped backend."""
+        return self.wrapped.product_dtype
+
+    @property
+    def half_precision(self) -> bool:
+        """:attr:`Backend.half_precision` of the wrapped backend."""
+        return self.wrapped.half_precision
+
+    @property
+    def layout(self) -> ParameterLayout | None:
+        """:attr:`Backend.layout` of the wrapped backend."""
+        return self.wrapped.layout

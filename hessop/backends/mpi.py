@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from array_api_compat import is_cupy_array, is_numpy_array, is_torch_array
 
-from hessop.backends.base import Backend, LayoutDelegate, ParameterLayout
+from hessop.backends.base import Backend, WrapperFacts
 
 __all__ = ["DEFAULT_COMM_TIMEOUT", "MPIBackend", "install_abort_hook"]
 
@@ -92,13 +92,13 @@ def _abort(world: Any, message: str) -> None:
         world.Abort(1)
 
 
-class MPIBackend(LayoutDelegate, Backend):
+class MPIBackend(WrapperFacts, Backend):
     """A rank's local backend whose products are summed over a communicator: ``H v = sum_r w_r H_r v``.
 
     Built by :func:`hessop.mpi.reduce_operator` and the constructors' ``comm=``.  ``n``, ``dtype``, ``name``, the
     namespace, host transfers and the precision of the products (``product_eps``, ``product_dtype``,
     ``half_precision``) are the local backend's, and so is the parameter layout (:attr:`layout`, and ``names``,
-    ``unflatten`` ... through :class:`~hessop.backends.base.LayoutDelegate`): they are the same on every rank,
+    ``unflatten`` ... through :class:`~hessop.backends.base.WrapperFacts`): they are the same on every rank,
     which the construction checks.  What depends on the rank's shard of the data (the loss at a point, block
     backends) is not offered: :attr:`model_backend` is None, so that no analysis gets one rank's loss in place of
     the global one (``H.backend.local`` is the rank's own backend).
@@ -207,20 +207,9 @@ class MPIBackend(LayoutDelegate, Backend):
 
     # ------------------------------------------------------------------ the local backend's facts
     @property
-    def product_eps(self) -> float:
-        return float(self.local.product_eps)
-
-    @property
-    def product_dtype(self) -> str:
-        return self.local.product_dtype
-
-    @property
-    def half_precision(self) -> bool:
-        return self.local.half_precision
-
-    @property
-    def layout(self) -> ParameterLayout | None:
-        return self.local.layout
+    def wrapped(self) -> Backend:
+        """The local backend, whose precision and layout are this one's (:class:`WrapperFacts`)."""
+        return self.local
 
     # ------------------------------------------------------------------ products
     def hvp(self, v: Any) -> Any:

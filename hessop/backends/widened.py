@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 from array_api_compat import array_namespace, device
 
-from hessop.backends.base import Backend, LayoutDelegate, ModelBackend, ParameterLayout
+from hessop.backends.base import Backend, ModelBackend, WrapperFacts
 
 __all__ = ["HALF_PRODUCT_ACCURACY", "WidenedBackend", "half_precision_face"]
 
@@ -21,14 +21,14 @@ HALF_PRODUCT_ACCURACY = 10
 tests/test_solver_dtype.py checks it)."""
 
 
-class WidenedBackend(LayoutDelegate, Backend):
+class WidenedBackend(WrapperFacts, Backend):
     """Vectors held in a wider floating ``dtype`` than the products of ``inner`` (a backend or an operator).
 
     ``H v`` casts ``v`` to ``inner``'s native dtype on the device, takes ``inner``'s product and casts it back, so
     a solver in float64 (``solver_dtype=float64``) runs over a float32 model, and a float16 / bfloat16 torch model
     is seen through float32 vectors.  ``product_eps``, ``product_dtype`` and ``half_precision`` stay ``inner``'s:
-    the products are no more accurate than its dtype.  The parameter layout, the model backend and the
-    communicator are the wrapped backend's.
+    the products are no more accurate than its dtype (:class:`~hessop.backends.base.WrapperFacts`).  The parameter
+    layout, the model backend and the communicator are the wrapped backend's.
 
     Examples
     --------
@@ -49,24 +49,8 @@ class WidenedBackend(LayoutDelegate, Backend):
         self.name = self.wrapped.name
 
     @property
-    def product_eps(self) -> float:
-        return float(self.inner.product_eps)
-
-    @property
-    def product_dtype(self) -> str:
-        return self.wrapped.product_dtype
-
-    @property
-    def half_precision(self) -> bool:
-        return self.wrapped.half_precision
-
-    @property
     def comm(self) -> Any:
         return self.wrapped.comm
-
-    @property
-    def layout(self) -> ParameterLayout | None:
-        return self.wrapped.layout
 
     @property
     def model_backend(self) -> ModelBackend | None:
