@@ -53,6 +53,19 @@ class Krylov:
     whole fixed-shape ``Q`` (a zero column adds an exact 0 to ``Q^T w`` and nothing to ``Q h``).  Every step then
     has the same array shapes, which backends that compile per shape (JAX, and any jit) reuse instead of compiling
     new kernels at every step; the cost is at most twice the (cheap, O(n m)) reorthogonalisation flops.
+
+    Examples
+    --------
+    Three steps on a 3 x 3 matrix span the whole space, so the Ritz values are its eigenvalues:
+
+    >>> import numpy as np
+    >>> from hessop import HessianOperator
+    >>> H = HessianOperator.from_matrix(np.diag([3.0, 2.0, 1.0]))
+    >>> K = Krylov(H, H.asarray(np.ones(3)), 3)
+    >>> _ = [K.step() for _ in range(3)]
+    >>> theta, S = K.ritz()
+    >>> K.j, theta.round(6).tolist()
+    (3, [1.0, 2.0, 3.0])
     """
 
     def __init__(self, op: HessianOperator, v0: Any, m: int) -> None:
@@ -162,7 +175,18 @@ def _order(theta: np.ndarray, which: str) -> np.ndarray:
 def start_vector(op: HessianOperator, v0: Any, rng: np.random.Generator) -> Any:
     """The start vector as a native array: ``v0`` if given (NumPy or native; a dtype wider than the solver's raises
     ``TypeError``, a narrower one is converted exactly), else a standard normal draw made on the host from ``rng``
-    (so one seed gives one vector on every backend) and moved to the device once."""
+    (so one seed gives one vector on every backend) and moved to the device once.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from hessop import HessianOperator
+    >>> H = HessianOperator.from_matrix(np.eye(3))
+    >>> start_vector(H, np.ones(3), None).tolist()
+    [1.0, 1.0, 1.0]
+    >>> start_vector(H, None, np.random.default_rng(0)).round(3).tolist()
+    [0.126, -0.132, 0.64]
+    """
     if v0 is None:
         return op.cast(rng.standard_normal(op.n))
     check_shape(v0, (op.n,), "v0")

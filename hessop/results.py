@@ -23,6 +23,14 @@ def residual_floor(op: Any, anorm: float) -> float:
     ``||H v - lambda v||`` is 1e12 times larger; a residual computed from products carries the same rounding.
     Every reported residual is the computed one (from products, or the Ritz estimate) plus this floor, and no
     pair is reported converged unless the floor alone meets its tolerance.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from hessop import HessianOperator
+    >>> H = HessianOperator.from_matrix(np.eye(4, dtype=np.float32))
+    >>> residual_floor(H, 2.0) == 2 * float(np.finfo(np.float32).eps) * 2.0
+    True
     """
     return math.sqrt(op.n) * op.product_eps * anorm
 
@@ -30,7 +38,21 @@ def residual_floor(op: Any, anorm: float) -> float:
 def resolve_tol(tol: float | None, default: float, op: Any) -> float:
     """The tolerance a solver uses: ``default`` raised to ``10 sqrt(n) eps`` when ``tol`` is None; a given ``tol``
     below ``sqrt(n) eps`` (relative to ``||H||``, see :func:`residual_floor`) draws a warning with the reachable
-    value (such a run returns ``converged=False``: the floor cannot meet it)."""
+    value (such a run returns ``converged=False``: the floor cannot meet it).
+
+    Examples
+    --------
+    >>> import warnings
+    >>> import numpy as np
+    >>> from hessop import HessianOperator
+    >>> H = HessianOperator.from_matrix(np.eye(4, dtype=np.float32))
+    >>> resolve_tol(None, 1e-8, H) == 10 * 2 * float(np.finfo(np.float32).eps), resolve_tol(1e-3, 1e-8, H)
+    (True, 0.001)
+    >>> with warnings.catch_warnings(record=True) as caught:
+    ...     warnings.simplefilter("always")
+    ...     resolve_tol(1e-9, 1e-8, H), len(caught)
+    (1e-09, 1)
+    """
     reachable = math.sqrt(op.n) * op.product_eps
     if tol is None:
         return max(default, 10 * reachable)
@@ -51,7 +73,15 @@ def residual_threshold(tol: float, default_tol: bool, theta: np.ndarray, anorm: 
     """The residual a pair must reach to count as converged: ``tol * max(|theta|, eps**(2/3) ||H||)`` (ARPACK's
     rule) and, with the default tolerance (``tol=None``), never less than ``10 * floor``: a pair whose residual is
     within ten times what the precision allows has converged as far as it can, so small eigenvalues of float32
-    models converge under the defaults.  An explicit ``tol`` is taken as given."""
+    models converge under the defaults.  An explicit ``tol`` is taken as given.
+
+    Examples
+    --------
+    >>> residual_threshold(1e-3, False, [2.0, 0.0], 2.0, 0.01, 1e-5).tolist()
+    [0.002, 2e-08]
+    >>> residual_threshold(1e-3, True, [2.0, 0.0], 2.0, 0.01, 1e-5).tolist()
+    [0.1, 0.1]
+    """
     thr = tol * np.maximum(np.abs(np.asarray(theta, dtype=np.float64)), eps23 * anorm)
     return np.maximum(thr, 10 * floor) if default_tol else thr
 

@@ -77,7 +77,20 @@ class SmallResNet(nn.Module):
 def minibatch_step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
                    gen: torch.Generator, batch: int = 64) -> float:
     """One optimizer step on the cross-entropy of ``batch`` samples drawn from ``(x, y)`` with ``gen``, in train
-    mode; returns the mini-batch loss."""
+    mode; returns the mini-batch loss.
+
+    Examples
+    --------
+    >>> import torch
+    >>> _ = torch.manual_seed(0)
+    >>> model = torch.nn.Linear(4, 3)
+    >>> x, y = torch.randn(16, 4), torch.randint(0, 3, (16,))
+    >>> opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    >>> gen = torch.Generator().manual_seed(0)
+    >>> losses = [minibatch_step(model, opt, x, y, gen, batch=8) for _ in range(2)]
+    >>> model.training, len(losses), all(loss > 0 for loss in losses)
+    (True, 2, True)
+    """
     model.train()
     idx = torch.randint(0, len(x), (batch,), generator=gen)
     loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
@@ -88,7 +101,17 @@ def minibatch_step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor
 
 
 def end_training(model: nn.Module) -> None:
-    """Eval mode and no ``.grad`` left behind: the state in which the demo and the examples take Hessians."""
+    """Eval mode and no ``.grad`` left behind: the state in which the demo and the examples take Hessians.
+
+    Examples
+    --------
+    >>> import torch
+    >>> model = torch.nn.Linear(2, 1)
+    >>> model(torch.ones(1, 2)).sum().backward()
+    >>> end_training(model)
+    >>> model.training, [p.grad for p in model.parameters()]
+    (False, [None, None])
+    """
     model.eval()
     for p in model.parameters():
         p.grad = None

@@ -28,7 +28,14 @@ __all__ = ["SECTIONS", "DensitySection", "EigenvaluesSection", "LandscapeSection
 class SectionOutput:
     """What a section adds to the report: JSON-ready ``data``, an HTML fragment and matplotlib figures
     (``{file stem: Figure}``, saved as ``DIR/<stem>.png`` and embedded in the page), and whether every estimate
-    in it met its stopping rule."""
+    in it met its stopping rule.
+
+    Examples
+    --------
+    >>> from hessop.report import SectionOutput
+    >>> SectionOutput({"lambda_max": 2.0}, "<p>2</p>")
+    SectionOutput(data={'lambda_max': 2.0}, html='<p>2</p>', figures={}, converged=True)
+    """
 
     data: dict[str, Any]
     html: str
@@ -99,7 +106,19 @@ class Section:
 
 class EigenvaluesSection(Section):
     """Top-k and bottom-k eigenpairs by :func:`hessop.lanczos` (``which="LA"`` and ``"SA"``), with residuals and
-    the per-step Ritz values and residuals drawn as a convergence figure."""
+    the per-step Ritz values and residuals drawn as a convergence figure.
+
+    Examples
+    --------
+    Every section is configured by its flags (:meth:`Section.from_args`), here their defaults:
+
+    >>> import argparse
+    >>> parser = argparse.ArgumentParser()
+    >>> EigenvaluesSection.add_arguments(parser)
+    >>> section = EigenvaluesSection.from_args(parser.parse_args([]))
+    >>> section.key, section.title, section.settings()
+    ('eigenvalues', 'Extreme eigenvalues', {'top': 5, 'bottom': 3})
+    """
 
     key, title = "eigenvalues", "Extreme eigenvalues"
 
@@ -172,7 +191,14 @@ class EigenvaluesSection(Section):
 
 class TraceSection(Section):
     """``tr(H)`` by :func:`hessop.trace`: to a target 95% interval half-width (``--trace-rtol``, default 1%) at the
-    least cost, Hutchinson or adaptive Hutch++ chosen from the first products, within a product budget."""
+    least cost, Hutchinson or adaptive Hutch++ chosen from the first products, within a product budget.
+
+    Examples
+    --------
+    >>> section = TraceSection("auto", 0.01, 2000)
+    >>> section.key, section.title, section.settings()
+    ('trace', 'Trace', {'method': 'auto', 'rtol': 0.01, 'max_hvp': 2000})
+    """
 
     key, title = "trace", "Trace"
 
@@ -224,7 +250,14 @@ class TraceSection(Section):
 
 class DensitySection(Section):
     """Eigenvalue spectral density by :func:`hessop.slq` (Ghorbani et al.'s recipe), on a log axis, with the
-    quadrature's trace estimate for free."""
+    quadrature's trace estimate for free.
+
+    Examples
+    --------
+    >>> section = DensitySection(80, 5)
+    >>> section.key, section.title, section.settings()
+    ('density', 'Spectral density', {'steps': 80, 'draws': 5})
+    """
 
     key, title = "density", "Spectral density"
 
@@ -280,7 +313,14 @@ def _unavailable(H: HessianOperator, what: str) -> SectionOutput | None:
 
 class LayersSection(Section):
     """Per-layer spectra by :func:`hessop.by_block`: the top eigenvalues (Lanczos, with residuals) and the trace
-    (:func:`hessop.trace`, or exact for small blocks) of each module's diagonal block of H."""
+    (:func:`hessop.trace`, or exact for small blocks) of each module's diagonal block of H.
+
+    Examples
+    --------
+    >>> section = LayersSection(3)
+    >>> section.key, section.title, section.settings()
+    ('layers', 'Per-layer curvature', {'k': 3})
+    """
 
     key, title = "layers", "Per-layer curvature"
 
@@ -326,7 +366,14 @@ class LayersSection(Section):
 
 
 class LandscapeSection(Section):
-    """The loss along the top eigenvector (a line) or the top two (a grid) by :func:`hessop.landscape`."""
+    """The loss along the top eigenvector (a line) or the top two (a grid) by :func:`hessop.landscape`.
+
+    Examples
+    --------
+    >>> section = LandscapeSection("line", 1.0, 21)
+    >>> section.key, section.title, section.settings()
+    ('landscape', 'Loss landscape', {'shape': 'line', 'radius': 1.0, 'points': 21})
+    """
 
     key, title = "landscape", "Loss landscape"
 

@@ -22,7 +22,17 @@ JAX_KEYS = {"loss_fn", "params", "data", "reduction", "description"}
 
 
 class SpecError(ValueError):
-    """A SPEC that cannot be turned into a Hessian operator; the message is one line for the user."""
+    """A SPEC that cannot be turned into a Hessian operator; the message is one line for the user.
+
+    Examples
+    --------
+    >>> from hessop.report.spec import SpecError, load_problem
+    >>> try:
+    ...     load_problem("nonsense")
+    ... except SpecError as e:
+    ...     print(isinstance(e, ValueError), e)
+    True SPEC must be path/to/file.py:function or package.module:function, got 'nonsense'
+    """
 
 
 def _where(e: BaseException) -> str:
