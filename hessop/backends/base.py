@@ -23,6 +23,19 @@ class Backend(abc.ABC):
         The parameters' dtype; products are computed and returned in it.
     name : str
         Short backend name ("numpy", "torch", "jax", "cupy").
+
+    Examples
+    --------
+    An operator's products come from its backend (here a NumPy matrix's):
+
+    >>> import numpy as np
+    >>> from hessop import HessianOperator
+    >>> from hessop.backends.base import Backend
+    >>> backend = HessianOperator.from_matrix(np.diag([2.0, 1.0]).astype(np.float32)).backend
+    >>> isinstance(backend, Backend), backend.name, backend.n, backend.product_dtype, backend.layout
+    (True, 'numpy', 2, 'float32', None)
+    >>> backend.to_numpy(backend.hvp(backend.asarray(np.ones(2)))).tolist()
+    [2.0, 1.0]
     """
 
     n: int
@@ -91,6 +104,14 @@ class DataBackend(Backend):
     ``H = sum_b w_b H_b`` with ``w_b = |b| / N`` for ``reduction="mean"`` (each batch loss a mean; batches may
     differ in size) and ``w_b = 1`` for ``"sum"``.  Subclasses supply ``_size(batch)``, ``_batch_loss(batch)``
     (a host float) and the products; this class holds the data, the weights and the determinism check.
+
+    Examples
+    --------
+    >>> from hessop.backends.base import DataBackend
+    >>> from hessop.testing import linear_least_squares
+    >>> backend = linear_least_squares().backend
+    >>> isinstance(backend, DataBackend), backend.reduction, backend.n_samples
+    (True, 'mean', 2)
     """
 
     reduction: str
@@ -177,7 +198,15 @@ class DataBackend(Backend):
 
 class DataView:
     """The batches of an existing backend's data, handed to a new backend as a re-iterable (so a single batch the
-    first backend wrapped is never mistaken for a list of batches).  Used to restrict a backend to a block."""
+    first backend wrapped is never mistaken for a list of batches).  Used to restrict a backend to a block.
+
+    Examples
+    --------
+    >>> from hessop.backends.base import DataView
+    >>> view = DataView([(1, 2), (3, 4)])
+    >>> list(view), list(view)
+    ([(1, 2), (3, 4)], [(1, 2), (3, 4)])
+    """
 
     def __init__(self, data: Any) -> None:
         self.data = data
@@ -199,6 +228,21 @@ class ParameterLayout(abc.ABC):
         Parameter ``i`` is ``v[offsets[i]:offsets[i + 1]]``.
     filter_axis : int
         Axis of a weight that indexes its filters (for filter-normalised directions).
+
+    Examples
+    --------
+    The layout of a ``torch.nn.Linear(3, 1)`` (:func:`hessop.testing.linear_least_squares`):
+
+    >>> import numpy as np
+    >>> from hessop.backends.base import ParameterLayout
+    >>> from hessop.testing import linear_least_squares
+    >>> layout = linear_least_squares().backend.layout
+    >>> isinstance(layout, ParameterLayout), layout.names, layout.shapes, layout.sizes, layout.offsets
+    (True, ['weight', 'bias'], [(1, 3), (1,)], [3, 1], [0, 3, 4])
+    >>> {k: v.tolist() for k, v in layout.unflatten(np.arange(4.0)).items()}
+    {'weight': [[0.0, 1.0, 2.0]], 'bias': [3.0]}
+    >>> layout.modules(), layout.parameters_flat().tolist()
+    (['', ''], [0.0, 0.0, 0.0, 0.0])
     """
 
     names: list[str]
@@ -228,7 +272,24 @@ class ParameterLayout(abc.ABC):
 class ModelBackend(DataBackend, ParameterLayout):
     """A backend for the Hessian of a model's loss over data: products, plus the loss at a point and the
     backends of diagonal blocks.  Implemented by :class:`hessop.backends.torch.TorchBackend` and
-    :class:`hessop.backends.jax.JaxBackend`."""
+    :class:`hessop.backends.jax.JaxBackend`.
+
+    Examples
+    --------
+    The loss ``((2 w_1 + b)^2 + (w_2 + b)^2) / 2`` of :func:`hessop.testing.linear_least_squares`:
+
+    >>> import numpy as np
+    >>> from hessop.backends.base import ModelBackend
+    >>> from hessop.testing import linear_least_squares
+    >>> H = linear_least_squares()
+    >>> isinstance(H.backend, ModelBackend), H.backend.model_backend is H.backend
+    (True, True)
+    >>> round(H.backend.loss_at(H.backend.asarray(np.array([1.0, 0.0, 0.0, 0.0]))), 6)
+    2.0
+    >>> bias = H.backend.restrict(["bias"])
+    >>> bias.n, bias.to_numpy(bias.hvp(bias.asarray(np.ones(1)))).tolist()
+    (1, [2.0])
+    """
 
     @property
     def layout(self) -> ParameterLayout:
@@ -250,7 +311,23 @@ class ModelBackend(DataBackend, ParameterLayout):
 class LayoutDelegate:
     """The :class:`ParameterLayout` members of a backend that wraps another (an MPI reduction, a wider dtype),
     each delegated explicitly to :attr:`Backend.layout`.  Without one (the wrapped backend has no parameters) they
-    raise ``AttributeError``, so that the wrapper has no more attributes than the backend it wraps."""
+    raise ``AttributeError``, so that the wrapper has no more attributes than the backend it wraps.
+
+    Examples
+    --------
+    :class:`hessop.backends.widened.WidenedBackend` is one:
+
+    >>> import numpy as np
+    >>> from hessop import HessianOperator
+    >>> from hessop.backends.widened import WidenedBackend
+    >>> from hessop.testing import linear_least_squares
+    >>> WidenedBackend(linear_least_squares(), np.float64).names
+    ['weight', 'bias']
+    >>> WidenedBackend(HessianOperator.from_matrix(np.eye(2)), np.float64).names
+    Traceback (most recent call last):
+    ...
+    AttributeError: this operator has no model parameters (it was not built with from_torch / from_jax)
+    """
 
     layout: ParameterLayout | None
 
@@ -298,7 +375,17 @@ class LayoutDelegate:
 
 class WrapperFacts(LayoutDelegate):
     """The facts of a backend that wraps another (an MPI reduction, a wider dtype): its products' precision and
-    its parameter layout are those of :attr:`wrapped`, the one attribute a wrapper declares."""
+    its parameter layout are those of :attr:`wrapped`, the one attribute a wrapper declares.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from hessop import HessianOperator
+    >>> from hessop.backends.widened import WidenedBackend
+    >>> W = WidenedBackend(HessianOperator.from_matrix(np.eye(2, dtype=np.float32)), np.float64)
+    >>> W.product_dtype, W.product_eps == float(np.finfo(np.float32).eps), W.half_precision, W.layout
+    ('float32', True, False, None)
+    """
 
     wrapped: Backend
 
