@@ -13,7 +13,15 @@ from hessop.backends.base import Backend
 
 def float_dtype(dtype: Any, what: str) -> np.dtype:
     """The floating dtype a matrix or callable works in: float32/float64 kept, integers and bools promoted to
-    float64 (exact for them), anything else refused."""
+    float64 (exact for them), anything else refused.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from hessop.backends.numpy import float_dtype
+    >>> float_dtype(np.float32, "A"), float_dtype(np.int64, "A")
+    (dtype('float32'), dtype('float64'))
+    """
     dtype = np.dtype(dtype)
     if dtype in (np.float32, np.float64):
         return dtype
@@ -26,7 +34,17 @@ def float_dtype(dtype: Any, what: str) -> np.dtype:
 
 
 def check_square(shape: tuple[int, ...], what: str = "the matrix") -> None:
-    """Raise ValueError unless ``shape`` is that of a square matrix of at least 2 x 2."""
+    """Raise ValueError unless ``shape`` is that of a square matrix of at least 2 x 2.
+
+    Examples
+    --------
+    >>> from hessop.backends.numpy import check_square
+    >>> check_square((3, 3))
+    >>> check_square((2, 3))
+    Traceback (most recent call last):
+    ...
+    ValueError: the matrix must be square (n, n); got shape (2, 3).
+    """
     if len(shape) != 2 or shape[0] != shape[1]:
         raise ValueError(f"{what} must be square (n, n); got shape {tuple(shape)}.")
     if shape[0] < 2:
@@ -35,7 +53,19 @@ def check_square(shape: tuple[int, ...], what: str = "the matrix") -> None:
 
 def check_symmetry(scale: float, asym: float, dtype: Any, what: str = "the matrix") -> None:
     """Raise ValueError unless ``asym = max |A - A^T|`` is within ``sqrt(eps) * scale``, ``scale = max |A|``
-    (both host floats, computed wherever ``A`` lives; eps of ``dtype``, float64 for non-float dtypes)."""
+    (both host floats, computed wherever ``A`` lives; eps of ``dtype``, float64 for non-float dtypes).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from hessop.backends.numpy import check_symmetry
+    >>> check_symmetry(1.0, 1e-9, np.float64)
+    >>> check_symmetry(1.0, 1e-3, np.float64)
+    Traceback (most recent call last):
+    ...
+    ValueError: the matrix is not symmetric: max |A - A.T| = 1.000e-03 exceeds 1.490e-08. A Hessian is symmetric; \
+if the asymmetry is rounding, pass (A + A.T) / 2.
+    """
     if not (np.isfinite(scale) and np.isfinite(asym)):
         raise ValueError(f"{what} contains NaN or Inf.")
     dtype = np.dtype(dtype)
@@ -49,7 +79,19 @@ def check_symmetry(scale: float, asym: float, dtype: Any, what: str = "the matri
 
 def check_symmetric_matrix(A: Any, what: str = "the matrix") -> None:
     """Raise ValueError unless the NumPy / SciPy sparse ``A`` is square and symmetric to ``sqrt(eps)`` relative to
-    its largest entry."""
+    its largest entry.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import scipy.sparse as sp
+    >>> from hessop.backends.numpy import check_symmetric_matrix
+    >>> check_symmetric_matrix(sp.identity(3, format="csr"))
+    >>> check_symmetric_matrix(np.array([[1.0, 2.0], [0.0, 1.0]]), "H")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: H is not symmetric: max |A - A.T| = 2.000e+00 exceeds ...
+    """
     check_square(tuple(A.shape), what)
     if sp.issparse(A):
         scale = float(abs(A).max()) if A.nnz else 0.0
@@ -62,7 +104,19 @@ def check_symmetric_matrix(A: Any, what: str = "the matrix") -> None:
 
 def check_product(y: Any, shape: tuple[int, ...], dtype: np.dtype) -> Any:
     """The result ``y`` of a user's hvp callable, checked: shape ``shape``, dtype ``dtype`` or a lower precision
-    (promoted; never down-cast, never complex).  Works on any array with ``.shape``, ``.dtype`` and ``.astype``."""
+    (promoted; never down-cast, never complex).  Works on any array with ``.shape``, ``.dtype`` and ``.astype``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from hessop.backends.numpy import check_product
+    >>> check_product(np.ones(2, dtype=np.float32), (2,), np.dtype(np.float64)).dtype
+    dtype('float64')
+    >>> check_product(np.ones(3), (2,), np.dtype(np.float64))
+    Traceback (most recent call last):
+    ...
+    ValueError: the hvp callable returned shape (3,), expected (2,)
+    """
     if tuple(y.shape) != shape:
         raise ValueError(f"the hvp callable returned shape {tuple(y.shape)}, expected {shape}")
     if y.dtype != dtype:
@@ -76,7 +130,16 @@ def check_product(y: Any, shape: tuple[int, ...], dtype: np.dtype) -> Any:
 
 
 class MatrixBackend(Backend):
-    """``H v = A v`` for a dense NumPy array or a SciPy sparse matrix ``A``."""
+    """``H v = A v`` for a dense NumPy array or a SciPy sparse matrix ``A``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from hessop.backends.numpy import MatrixBackend
+    >>> backend = MatrixBackend(np.array([[2, 1], [1, 2]]))
+    >>> backend.dtype, backend.n, backend.hvp(np.array([1.0, -1.0])).tolist(), backend.describe()
+    (dtype('float64'), 2, [1.0, -1.0], 'numpy (dense matrix)')
+    """
 
     name = "numpy"
 
@@ -106,7 +169,16 @@ class MatrixBackend(Backend):
 
 
 class FunctionBackend(Backend):
-    """``H v = hvp(v)`` for a user callable on NumPy vectors (and optionally ``hvp_block(V)`` on (n, k) blocks)."""
+    """``H v = hvp(v)`` for a user callable on NumPy vectors (and optionally ``hvp_block(V)`` on (n, k) blocks).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from hessop.backends.numpy import FunctionBackend
+    >>> backend = FunctionBackend(lambda v: np.array([3.0, 1.0]) * v, 2)
+    >>> backend.hvp(np.ones(2)).tolist(), backend.hvp_block(np.eye(2)).tolist(), backend.describe()
+    ([3.0, 1.0], [[3.0, 0.0], [0.0, 1.0]], 'numpy (callable)')
+    """
 
     name = "numpy"
 
