@@ -24,6 +24,8 @@ OPTIONAL = {
     # framework-free modules whose examples build a PyTorch operator (a loss is needed: from_torch or from_jax)
     "hessop.landscape": ("torch",),
     "hessop.blocks": ("torch",),
+    "hessop.testing": ("torch",),
+    "hessop.backends.base": ("torch",),
 }
 
 _ROOT = Path(__file__).resolve().parent  # the repository root

@@ -37,6 +37,17 @@ def check_symmetric_device(A: Any, what: str = "the matrix") -> None:
 
     The comparison runs on the GPU (dense: by row blocks, so the temporary stays below ``2**24`` entries; sparse:
     ``A - A^T`` by cuSPARSE); only ``max |A - A^T|`` and ``max |A|`` come to the host.
+
+    Examples
+    --------
+    Skipped here (they need a GPU and CuPy):
+
+    >>> import cupy as cp  # doctest: +SKIP
+    >>> check_symmetric_device(cp.eye(3))  # doctest: +SKIP
+    >>> check_symmetric_device(cp.asarray([[1.0, 2.0], [0.0, 1.0]]))  # doctest: +SKIP
+    Traceback (most recent call last):
+    ...
+    ValueError: the matrix is not symmetric: max |A - A.T| = 2.000e+00 exceeds 2.980e-08. ...
     """
     check_square(tuple(A.shape), what)
     n = int(A.shape[0])
@@ -77,6 +88,15 @@ class CupyMatrixBackend(_CupyBackend):
 
     float32 and float64 keep their dtype; integer and bool matrices become float64; complex is refused.  A sparse
     matrix is stored as CSR (canonical format) for the products.
+
+    Examples
+    --------
+    Skipped here (it needs a GPU and CuPy):
+
+    >>> import cupy as cp  # doctest: +SKIP
+    >>> backend = CupyMatrixBackend(cp.diag(cp.asarray([2.0, 1.0])))  # doctest: +SKIP
+    >>> backend.n, backend.dtype, backend.to_numpy(backend.hvp(backend.asarray([1.0, 1.0]))).tolist()  # doctest: +SKIP
+    (2, dtype('float64'), [2.0, 1.0])
     """
 
     def __init__(self, A: Any) -> None:
@@ -113,6 +133,15 @@ class CupyFunctionBackend(_CupyBackend):
     Each result is checked for type, shape and dtype (metadata only, no synchronisation); a result of a lower
     precision is promoted, never the reverse.  The callable must represent a symmetric matrix: hessop cannot check
     that without forming it.
+
+    Examples
+    --------
+    Skipped here (it needs a GPU and CuPy):
+
+    >>> import cupy as cp  # doctest: +SKIP
+    >>> backend = CupyFunctionBackend(lambda v: 3.0 * v, 2)  # doctest: +SKIP
+    >>> backend.to_numpy(backend.hvp(backend.asarray([1.0, 2.0]))).tolist()  # doctest: +SKIP
+    [3.0, 6.0]
     """
 
 
@@ -161,7 +190,16 @@ def cupy_backend(
     hvp_block: Callable[[Any], Any] | None = None,
 ) -> Backend:
     """The backend for :meth:`hessop.HessianOperator.from_cupy`: a matrix backend for a CuPy dense or sparse matrix,
-    a function backend for a callable.  Host (NumPy / SciPy) matrices are refused with the constructor to use."""
+    a function backend for a callable.  Host (NumPy / SciPy) matrices are refused with the constructor to use.
+
+    Examples
+    --------
+    Skipped here (it needs a GPU and CuPy):
+
+    >>> import cupy as cp  # doctest: +SKIP
+    >>> type(cupy_backend(cp.eye(2))).__name__, type(cupy_backend(lambda v: v, 2)).__name__  # doctest: +SKIP
+    ('CupyMatrixBackend', 'CupyFunctionBackend')
+    """
     if isinstance(A, cp.ndarray) or cpsp.issparse(A):
         if n is not None or dtype is not None or hvp_block is not None:
             raise TypeError("n, dtype and hvp_block are for a callable; a matrix carries its own size and dtype "

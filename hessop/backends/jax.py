@@ -39,7 +39,19 @@ _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 def x64_enabled() -> bool:
-    """Whether JAX's 64-bit mode is on here (globally or through an ``enable_x64`` context)."""
+    """Whether JAX's 64-bit mode is on here (globally or through an ``enable_x64`` context).
+
+    Examples
+    --------
+    >>> import jax
+    >>> from hessop.backends.jax import x64_enabled
+    >>> with jax.enable_x64(True):
+    ...     print(x64_enabled())
+    True
+    >>> with jax.enable_x64(False):
+    ...     print(x64_enabled())
+    False
+    """
     return np.dtype(jax.dtypes.canonicalize_dtype(np.float64)) == np.float64
 
 
@@ -201,6 +213,22 @@ class JaxBackend(ModelBackend):
     Attributes
     ----------
     n, dtype, n_samples, reduction, device, names (leaf key paths), shapes, sizes, offsets (into the flat vector).
+
+    Examples
+    --------
+    The mean of ``(x . w)^2`` over the samples ``(2, 0)`` and ``(0, 1)`` has the Hessian ``diag(4, 1)``:
+
+    >>> import jax.numpy as jnp
+    >>> import numpy as np
+    >>> from hessop.backends.jax import JaxBackend
+    >>> def loss(params, x):
+    ...     return jnp.mean((x @ params["w"]) ** 2)
+    >>> x = jnp.array([[2.0, 0.0], [0.0, 1.0]], dtype=jnp.float32)
+    >>> backend = JaxBackend(loss, {"w": jnp.zeros(2, dtype=jnp.float32)}, x)
+    >>> backend.n, backend.dtype, backend.names, backend.n_samples
+    (2, dtype('float32'), ["['w']"], 2)
+    >>> backend.to_numpy(backend.hvp(backend.asarray(np.ones(2)))).tolist()
+    [4.0, 1.0]
     """
 
     name = "jax"

@@ -132,6 +132,20 @@ class MPIBackend(WrapperFacts, Backend):
     same message from them, writes ``[hessop rank r/P] timed out: rank(s) [..] ... did not reach the Allreduce of
     product #j within comm_timeout=t s`` to stderr and calls ``MPI.COMM_WORLD.Abort(1)``.  A rank that raises is
     handled by :func:`install_abort_hook`; a rank killed by a signal is seen by ``mpiexec`` itself.
+
+    Examples
+    --------
+    Run under ``mpiexec -n 2 python script.py`` (skipped here: it needs an MPI launch), each rank with its own
+    shard of the data; the products are the full-data ones on every rank:
+
+    >>> import torch  # doctest: +SKIP
+    >>> from mpi4py import MPI  # doctest: +SKIP
+    >>> from hessop import HessianOperator  # doctest: +SKIP
+    >>> model, loss = torch.nn.Linear(3, 1).double(), torch.nn.MSELoss()  # doctest: +SKIP
+    >>> shard = (torch.randn(8, 3, dtype=torch.float64), torch.randn(8, 1, dtype=torch.float64))  # doctest: +SKIP
+    >>> H = HessianOperator.from_torch(model, loss, shard, comm=MPI.COMM_WORLD)  # doctest: +SKIP
+    >>> type(H.backend).__name__, H.backend.comm.size, H.backend.weight  # doctest: +SKIP
+    ('MPIBackend', 2, 0.5)
     """
 
     def __init__(self, local: Backend, comm: Any, *, cuda_aware: bool = False, check_parameters: bool = True,
