@@ -1,5 +1,25 @@
 """The sections of a report: each a :class:`Section` that adds its command-line flags, decides from the parsed flags
-whether it runs and returns a :class:`SectionOutput`; :data:`SECTIONS` lists them in page order."""
+whether it runs and returns a :class:`SectionOutput`; :data:`SECTIONS` lists them in page order.
+
+Examples
+--------
+The five sections, each configured by its flags (:meth:`Section.from_args`; None: switched off):
+
+>>> import argparse
+>>> from hessop.report.sections import SECTIONS
+>>> parser = argparse.ArgumentParser()
+>>> for section_class in SECTIONS:
+...     section_class.add_arguments(parser)
+>>> args = parser.parse_args(["--layers", "--landscape", "line", "--no-density"])
+>>> for section_class in SECTIONS:
+...     section = section_class.from_args(args)
+...     print(section_class.__name__, section and (section.key, section.title, section.settings()))
+EigenvaluesSection ('eigenvalues', 'Extreme eigenvalues', {'top': 5, 'bottom': 3})
+TraceSection ('trace', 'Trace', {'method': 'auto', 'rtol': 0.01, 'max_hvp': 2000})
+DensitySection None
+LayersSection ('layers', 'Per-layer curvature', {'k': 1})
+LandscapeSection ('landscape', 'Loss landscape', {'shape': 'line', 'radius': 1.0, 'points': 21})
+"""
 
 from __future__ import annotations
 
@@ -106,19 +126,7 @@ class Section:
 
 class EigenvaluesSection(Section):
     """Top-k and bottom-k eigenpairs by :func:`hessop.lanczos` (``which="LA"`` and ``"SA"``), with residuals and
-    the per-step Ritz values and residuals drawn as a convergence figure.
-
-    Examples
-    --------
-    Every section is configured by its flags (:meth:`Section.from_args`), here their defaults:
-
-    >>> import argparse
-    >>> parser = argparse.ArgumentParser()
-    >>> EigenvaluesSection.add_arguments(parser)
-    >>> section = EigenvaluesSection.from_args(parser.parse_args([]))
-    >>> section.key, section.title, section.settings()
-    ('eigenvalues', 'Extreme eigenvalues', {'top': 5, 'bottom': 3})
-    """
+    the per-step Ritz values and residuals drawn as a convergence figure."""
 
     key, title = "eigenvalues", "Extreme eigenvalues"
 
@@ -191,14 +199,7 @@ class EigenvaluesSection(Section):
 
 class TraceSection(Section):
     """``tr(H)`` by :func:`hessop.trace`: to a target 95% interval half-width (``--trace-rtol``, default 1%) at the
-    least cost, Hutchinson or adaptive Hutch++ chosen from the first products, within a product budget.
-
-    Examples
-    --------
-    >>> section = TraceSection("auto", 0.01, 2000)
-    >>> section.key, section.title, section.settings()
-    ('trace', 'Trace', {'method': 'auto', 'rtol': 0.01, 'max_hvp': 2000})
-    """
+    least cost, Hutchinson or adaptive Hutch++ chosen from the first products, within a product budget."""
 
     key, title = "trace", "Trace"
 
@@ -250,14 +251,7 @@ class TraceSection(Section):
 
 class DensitySection(Section):
     """Eigenvalue spectral density by :func:`hessop.slq` (Ghorbani et al.'s recipe), on a log axis, with the
-    quadrature's trace estimate for free.
-
-    Examples
-    --------
-    >>> section = DensitySection(80, 5)
-    >>> section.key, section.title, section.settings()
-    ('density', 'Spectral density', {'steps': 80, 'draws': 5})
-    """
+    quadrature's trace estimate for free."""
 
     key, title = "density", "Spectral density"
 
@@ -313,14 +307,7 @@ def _unavailable(H: HessianOperator, what: str) -> SectionOutput | None:
 
 class LayersSection(Section):
     """Per-layer spectra by :func:`hessop.by_block`: the top eigenvalues (Lanczos, with residuals) and the trace
-    (:func:`hessop.trace`, or exact for small blocks) of each module's diagonal block of H.
-
-    Examples
-    --------
-    >>> section = LayersSection(3)
-    >>> section.key, section.title, section.settings()
-    ('layers', 'Per-layer curvature', {'k': 3})
-    """
+    (:func:`hessop.trace`, or exact for small blocks) of each module's diagonal block of H."""
 
     key, title = "layers", "Per-layer curvature"
 
@@ -366,14 +353,7 @@ class LayersSection(Section):
 
 
 class LandscapeSection(Section):
-    """The loss along the top eigenvector (a line) or the top two (a grid) by :func:`hessop.landscape`.
-
-    Examples
-    --------
-    >>> section = LandscapeSection("line", 1.0, 21)
-    >>> section.key, section.title, section.settings()
-    ('landscape', 'Loss landscape', {'shape': 'line', 'radius': 1.0, 'points': 21})
-    """
+    """The loss along the top eigenvector (a line) or the top two (a grid) by :func:`hessop.landscape`."""
 
     key, title = "landscape", "Loss landscape"
 
