@@ -99,6 +99,11 @@ class HessianOperator(LinearOperator):
         nothing).
         Batches are moved to the parameters' device inside the product loop.
 
+        ``curvature``: ``"hessian"`` (default), ``"ggn"``, ``"fisher"`` (with ``mc_samples=1, seed=0``) or
+        ``"empirical_fisher"``: the operator is then that matrix (:mod:`hessop.curvature`,
+        :class:`hessop.backends.torch_curvature.TorchCurvatureBackend`; ``output_loss=`` declares an unrecognised
+        cross-entropy or MSE callable).
+
         ``check_symmetric=True`` adds the randomised symmetry test of :meth:`from_function` (two products at
         construction).  Off by default: the Hessian of a scalar loss is symmetric by construction, up to rounding.
 
@@ -110,13 +115,13 @@ class HessianOperator(LinearOperator):
         makes the others abort the job naming it (see :mod:`hessop.mpi`).
         """
         try:
-            from hessop.backends.torch import TorchBackend
+            from hessop.backends.torch_curvature import torch_backend
         except ModuleNotFoundError as e:
             if e.name is None or e.name.split(".")[0] != "torch":
                 raise
             raise ImportError("HessianOperator.from_torch needs PyTorch: pip install torch (see pytorch.org for the "
                               "wheel matching your CUDA).") from e
-        return _build(lambda: _symmetric(cls(_half_precision_face(TorchBackend(model, loss_fn, data, **kwargs))),
+        return _build(lambda: _symmetric(cls(_half_precision_face(torch_backend(model, loss_fn, data, **kwargs))),
                                            check_symmetric), comm,
                       comm_timeout)
 
@@ -133,6 +138,7 @@ class HessianOperator(LinearOperator):
         comm: Any = None,
         comm_timeout: float | None = DEFAULT_COMM_TIMEOUT,
         check_symmetric: bool = False,
+        **curvature: Any,
     ) -> HessianOperator:
         """Hessian of a JAX loss ``loss_fn(params, batch) -> scalar`` over a data set, with respect to the pytree
         ``params``, by forward-over-reverse products; see :class:`hessop.backends.jax.JaxBackend` for the maths and
@@ -142,16 +148,20 @@ class HessianOperator(LinearOperator):
         over the union of all ranks' data, reduced with one Allreduce per product (see :mod:`hessop.mpi`);
         ``comm_timeout`` bounds the wait in each collective, as in :meth:`from_torch`.  ``check_symmetric=True``
         adds the randomised symmetry test of :meth:`from_function` (off by default, as in :meth:`from_torch`).
+
+        ``curvature``: ``curvature="ggn" | "fisher" | "empirical_fisher"`` with ``model_fn(params, inputs)``,
+        ``output_loss="cross_entropy" | "mse"`` (and ``mc_samples``, ``seed`` for the Fisher) makes the operator
+        that matrix; see :class:`hessop.backends.jax_curvature.JaxCurvatureBackend`.
         """
         try:
-            from hessop.backends.jax import JaxBackend
+            from hessop.backends.jax_curvature import jax_backend
         except ModuleNotFoundError as e:
             if e.name is None or e.name.split(".")[0] not in ("jax", "jaxlib"):
                 raise
             raise ImportError("HessianOperator.from_jax needs JAX: pip install jax (or jax[cuda12] for a GPU).") from e
-        return _build(lambda: _symmetric(cls(JaxBackend(loss_fn, params, data, reduction=reduction,
-                                                        check_deterministic=check_deterministic,
-                                                        batch_size=batch_size)), check_symmetric),
+        return _build(lambda: _symmetric(cls(jax_backend(loss_fn, params, data, reduction=reduction,
+                                                         check_deterministic=check_deterministic,
+                                                         batch_size=batch_size, **curvature)), check_symmetric),
                       comm, comm_timeout)
 
     @classmethod
