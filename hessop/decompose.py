@@ -10,12 +10,13 @@ import numpy as np
 
 from hessop._validate import check_int
 from hessop.backends.base import Backend
+from hessop.backends.mpi import MPIBackend
 from hessop.density import SpectralDensity, slq
 from hessop.lanczos import lanczos
 from hessop.operator import HessianOperator, as_operator
 from hessop.results import EigenResult
 
-__all__ = ["Decomposition", "DifferenceBackend", "decompose", "residual_operator"]
+__all__ = ["Decomposition", "DifferenceBackend", "curvature_of", "decompose", "residual_operator"]
 
 PARTS = ("H", "G", "R")
 
@@ -65,6 +66,19 @@ def residual_operator(H: HessianOperator, G: HessianOperator) -> HessianOperator
     """The residual ``R = H - G`` as an operator (:class:`DifferenceBackend`): one product of H and one of G per
     product of R, so ``R v + G v = H v`` up to one rounding."""
     return HessianOperator(DifferenceBackend(H, G))
+
+
+def curvature_of(H: HessianOperator, curvature: str = "ggn", **kwargs: Any) -> HessianOperator:
+    """The GGN (or ``"fisher"``, ``"empirical_fisher"``) of the loss behind a PyTorch Hessian operator ``H``: same
+    model, loss, data, parameters and reduction (:meth:`TorchCurvatureBackend.from_backend`; ``kwargs``:
+    ``mc_samples``, ``seed``, ``output_loss``).  Other backends carry no model function: build their ``G`` with
+    ``from_jax(..., curvature="ggn", model_fn=..., output_loss=...)``."""
+    if isinstance(H.backend, MPIBackend) or H.backend.name != "torch" or not hasattr(H.backend, "model"):
+        raise ValueError(f"curvature_of needs a PyTorch operator from from_torch without comm= (got a "
+                         f"{H.backend.describe()} operator); build the curvature operator with its constructor.")
+    from hessop.backends.torch_curvature import TorchCurvatureBackend
+
+    return HessianOperator(TorchCurvatureBackend.from_backend(H.backend, curvature, **kwargs))
 
 
 @dataclass(frozen=True)

@@ -661,3 +661,8 @@ def run_analysis(H: HessianOperator, sections: list[Section], out: Path, *, seed
             f"{''.join(blocks)}</body></html>")
     (out / "report.html").write_text(page)
     return report
+
+
+from hessop.report_curvature import CurvatureSection  # noqa: E402  (it subclasses Section)
+
+SECTIONS.append(CurvatureSection)

@@ -214,14 +214,23 @@ class TorchCurvatureBackend(TorchBackend):
         extra = f", {self.mc_samples} draws, seed {self.seed}" if self.curvature == "fisher" else ""
         return f"{super().describe()[:-1]}, curvature={self.curvature!r} ({self.kind}{extra}))"
 
-    def restrict(self, names: list[str]) -> TorchCurvatureBackend:
-        """The diagonal block of the selected parameters ``names`` of the same curvature (same draws)."""
-        unknown = [n for n in names if n not in self.names]
+    @classmethod
+    def from_backend(cls, backend: TorchBackend, curvature: str = "ggn", names: list[str] | None = None,
+                     **kwargs: Any) -> TorchCurvatureBackend:
+        """The ``curvature`` of the loss of an existing backend (its model, loss, data, reduction and batch sizes;
+        parameters ``names``, default all of its own), without a second determinism check: e.g. the GGN beside
+        a Hessian operator for :func:`hessop.decompose`.  ``kwargs``: ``mc_samples``, ``seed``, ``output_loss``."""
+        names = list(backend.names if names is None else names)
+        unknown = [n for n in names if n not in backend.names]
         if unknown or not names:
-            raise ValueError(f"restrict takes a non-empty subset of this operator's parameters; unknown: {unknown}")
+            raise ValueError(f"names must be a non-empty subset of the backend's parameters; unknown: {unknown}")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
-            return TorchCurvatureBackend(
-                self.model, self.loss_fn, DataView(self.data), params=list(names), reduction=self.reduction,
-                check_deterministic=False, batch_size=self._batch_size, curvature=self.curvature,
-                mc_samples=self.mc_samples, seed=self.seed, output_loss=self.output_loss)
+            return cls(backend.model, backend.loss_fn, DataView(backend.data), params=names,
+                       reduction=backend.reduction, check_deterministic=False, batch_size=backend._batch_size,
+                       curvature=curvature, loss_form=backend.loss_form, **kwargs)
+
+    def restrict(self, names: list[str]) -> TorchCurvatureBackend:
+        """The diagonal block of the selected parameters ``names`` of the same curvature (same draws)."""
+        return self.from_backend(self, self.curvature, names, mc_samples=self.mc_samples, seed=self.seed,
+                                 output_loss=self.output_loss)
