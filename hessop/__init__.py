@@ -5,7 +5,7 @@ NumPy backend, and backend-agnostic solvers run on the backend's own arrays.
 """
 
 from hessop.blocks import BlockRow, BlockTable, by_block
-from hessop.decompose import Decomposition, decompose, residual_operator
+from hessop.decompose import Decomposition, curvature_of, decompose, residual_operator
 from hessop.density import SpectralDensity, slq
 from hessop.diagonal import DiagonalEstimate, diagonal
 from hessop.lanczos import lanczos
@@ -21,7 +21,7 @@ __all__ = [
     "DiagonalEstimate", "EigenResult", "HessianOperator", "SketchResult", "SpectralDensity", "TraceEstimate",
     "as_operator", "diagonal", "hutchinson", "hutchpp", "lanczos", "power_iteration", "sketch", "slq", "trace",
     "xtrace", "BlockRow", "BlockTable", "Landscape", "TrackRecord", "Tracker", "by_block", "landscape",
-    "Decomposition", "decompose", "residual_operator",
+    "Decomposition", "curvature_of", "decompose", "residual_operator",
 ]
 __version__ = "0.1.0"
 # ``hessop.trace`` is the function imported above; the module stays importable with ``from hessop.trace import ...``

@@ -159,6 +159,7 @@ def decompose(
     k: int = 5,
     smallest: bool = True,
     tol: float | None = None,
+    max_iter: int | None = None,
     n_iter: int = 90,
     n_vectors: int = 10,
     seed: int = 0,
@@ -189,6 +190,9 @@ def decompose(
         Also the ``k`` smallest eigenpairs of R (key ``"R-"``); default True.
     tol : float, optional
         Lanczos tolerance (:func:`hessop.lanczos`'s default when None).
+    max_iter : int, optional
+        Most Lanczos steps per eigen-solve (:func:`hessop.lanczos`'s default when None); pairs not converged by
+        then are returned with ``converged=False`` (R's smallest eigenvalues, inside a dense bulk, can need many).
     n_iter, n_vectors : int
         SLQ steps per draw and draws (defaults 90 and 10 as :func:`hessop.slq`); ``n_vectors=0`` skips the
         densities.
@@ -210,9 +214,9 @@ def decompose(
     n_hvp: dict[str, int] = {}
     for name, op in ops.items():
         start = op.n_hvp
-        eigen[name] = lanczos(op, k, tol=tol, seed=seed, progress=progress)
+        eigen[name] = lanczos(op, k, tol=tol, max_iter=max_iter, seed=seed, progress=progress)
         if name == "R" and smallest:
-            eigen["R-"] = lanczos(op, k, which="SA", tol=tol, seed=seed, progress=progress)
+            eigen["R-"] = lanczos(op, k, which="SA", tol=tol, max_iter=max_iter, seed=seed, progress=progress)
         if n_vectors:
             densities[name] = slq(op, n_iter=min(n_iter, op.n), n_vectors=n_vectors, seed=seed, progress=progress)
         n_hvp[name] = op.n_hvp - start
