@@ -8,7 +8,7 @@ its generalised Gauss-Newton part G (``curvature="ggn"``) and the residual R = H
 the top eigenspaces and the three SLQ densities (same start vectors).  Prints the numbers, writes ``results.json``
 and ``hgr.png`` (one panel per variant) to ``--out``.
 
-    python examples/curvature_decomposition.py --out docs/curvature     # full size (about 10 min on 2 idle cores)
+    python examples/curvature_decomposition.py --out docs/curvature   # full size (long: see docs/analyses.md)
     python examples/curvature_decomposition.py --small --out /tmp/hgr    # the reduced size the test suite runs
 """
 
@@ -30,8 +30,8 @@ from hessop.models.digits import SmallResNet, digits
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from batchnorm_study import VARIANTS, train_tracked  # noqa: E402  (the study's models and training)
 
-FULL = {"steps": 200, "hessian_samples": 128, "k": 10, "slq_steps": 30, "slq_vectors": 2, "tol": 1e-6,
-        "max_iter": 200}
+FULL = {"steps": 200, "hessian_samples": 128, "k": 10, "slq_steps": 30, "slq_vectors": 1, "tol": 1e-5,
+        "max_iter": 100}
 SMALL = {"steps": 12, "hessian_samples": 32, "k": 2, "slq_steps": 8, "slq_vectors": 1, "tol": 1e-4, "max_iter": 40}
 
 

@@ -63,3 +63,23 @@ def test_refusals(operators):
         hessop.residual_operator(H, hessop.HessianOperator.from_matrix(np.eye(4)))
     with pytest.raises(ValueError, match="k must be"):
         hessop.decompose(H, G, k=0)
+
+
+@pytest.mark.slow
+def test_example_small(tmp_path):
+    """examples/curvature_decomposition.py end to end at its reduced size (about 2 minutes on 2 idle cores)."""
+    import importlib.util
+    import json
+    import pathlib
+
+    pytest.importorskip("sklearn")
+    pytest.importorskip("matplotlib")
+    path = pathlib.Path(__file__).resolve().parents[1] / "examples" / "curvature_decomposition.py"
+    spec = importlib.util.spec_from_file_location("curvature_decomposition", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    results = module.main(["--small", "--out", str(tmp_path)])
+    assert (tmp_path / "hgr.png").stat().st_size > 1000
+    assert json.loads((tmp_path / "results.json").read_text())["config"] == module.SMALL
+    for r in results.values():
+        assert all(r[name]["converged"] for name in ("H", "G", "R"))

@@ -83,7 +83,7 @@ class TorchCurvatureBackend(TorchBackend):
 
     Parameters
     ----------
-    model, loss_fn, data, params, reduction, check_deterministic, batch_size :
+    model, loss_fn, data, reduction :
         As for :class:`hessop.backends.torch.TorchBackend`, with ``loss_form="outputs"`` only (the curvature
         needs the outputs ``model(inputs)`` and the loss in them); ``loss_fn`` one of the losses of
         :data:`hessop.curvature.OUTPUT_LOSSES` (recognised, or declared with ``output_loss``), and checked
@@ -98,7 +98,8 @@ class TorchCurvatureBackend(TorchBackend):
     output_loss : {"cross_entropy", "mse"}, optional
         What ``loss_fn`` computes, for a callable hessop does not recognise.
     **kwargs :
-        ``loss_form``, ``hvp_method`` and ``cache_memory`` of :class:`TorchBackend`; the last two do not apply.
+        ``params``, ``check_deterministic``, ``batch_size``, ``loss_form``, ``hvp_method`` and ``cache_memory`` of
+        :class:`TorchBackend`, with the same meaning; the last two do not apply (no graph is kept).
     """
 
     def __init__(self, model: nn.Module, loss_fn: Callable, data: Any, *, curvature: str, mc_samples: int = 1,
