@@ -110,7 +110,7 @@ def test_same_as_torch(problem):
         for layer, key in ((model[0], "h"), (model[2], "o")):
             layer.weight.copy_(torch.as_tensor(np.array(params[key]["w"]).T))
             layer.bias.copy_(torch.as_tensor(np.array(params[key]["b"])))
-    data_t = (torch.as_tensor(np.asarray(x)), torch.as_tensor(np.asarray(y)))
+    data_t = (torch.as_tensor(np.array(x)), torch.as_tensor(np.array(y)))
     # torch's flat order (weight (out, in), bias per layer) differs from the pytree's: compare spectra
     for c in ("ggn", "empirical_fisher"):
         a = np.linalg.eigvalsh(_dense(hessop.HessianOperator.from_jax(ce_loss, params, (x, y), curvature=c,
