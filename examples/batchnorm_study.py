@@ -127,16 +127,22 @@ def figures(results: list[dict], out: pathlib.Path) -> None:
     tracked.plot(out / "tracking.png")
 
 
-def main(argv: list[str] | None = None) -> list[dict]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="batchnorm_study", help="folder for results.json and the figures")
+def setup(argv: list[str] | None, description: str, out: str, full: dict,
+          small: dict) -> tuple[argparse.Namespace, dict, pathlib.Path, torch.Tensor, torch.Tensor]:
+    """The study scripts' command line (``--out``, ``--small``, ``--seed``): the parsed flags, the configuration
+    (``small`` or ``full``), the output folder (created) and the digits in float64."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--out", default=out, help="folder for results.json and the figures")
     parser.add_argument("--small", action="store_true", help="reduced size (seconds; used by the test suite)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    cfg = SMALL if args.small else FULL
-    out = pathlib.Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    x, y = digits(dtype=torch.float64)
+    folder = pathlib.Path(args.out)
+    folder.mkdir(parents=True, exist_ok=True)
+    return args, small if args.small else full, folder, *digits(dtype=torch.float64)
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    args, cfg, out, x, y = setup(argv, __doc__.splitlines()[0], "batchnorm_study", FULL, SMALL)
     results = [study(v, opts, cfg, x, y, args.seed) for v, opts in VARIANTS.items()]
 
     print(f"SmallResNet variants, float64, {cfg['steps']} Adam steps on {len(x)} digits; Hessian of the mean "

@@ -8,6 +8,7 @@ NumPy backend, and backend-agnostic solvers run on the backend's own arrays.
 # isort: off
 # operators
 from hessop.operator import HessianOperator, as_operator
+from hessop.decompose import curvature_of, residual_operator
 
 # eigenpairs
 from hessop.lanczos import lanczos
@@ -21,6 +22,7 @@ from hessop.estimators import SketchResult, SpectralDensity, sketch, slq
 
 # analyses
 from hessop.blocks import BlockRow, BlockTable, by_block
+from hessop.decompose import Decomposition, decompose
 from hessop.landscape import Landscape, landscape
 from hessop.tracking import Tracker, TrackRecord
 
@@ -30,7 +32,7 @@ from hessop.results import EigenResult
 
 __all__ = [
     # operators
-    "HessianOperator", "as_operator",
+    "HessianOperator", "as_operator", "curvature_of", "residual_operator",
     # eigenpairs
     "lanczos", "power_iteration",
     # trace & diagonal
@@ -38,9 +40,9 @@ __all__ = [
     # spectral density & sketch
     "slq", "sketch",
     # analyses
-    "by_block", "landscape", "Tracker",
+    "by_block", "landscape", "Tracker", "decompose",
     # results
     "EigenResult", "TraceEstimate", "DiagonalEstimate", "SpectralDensity", "SketchResult", "BlockRow", "BlockTable",
-    "Landscape", "TrackRecord",
+    "Landscape", "TrackRecord", "Decomposition",
 ]
 __version__ = "0.1.0"

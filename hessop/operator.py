@@ -14,6 +14,7 @@ from hessop.backends.base import Backend, ModelBackend
 from hessop.backends.mpi import DEFAULT_COMM_TIMEOUT, MPIBackend, install_abort_hook
 from hessop.backends.numpy import FunctionBackend, MatrixBackend
 from hessop.backends.widened import WidenedBackend, half_precision_face
+from hessop.curvature import check_curvature
 
 __all__ = ["HessianOperator", "as_operator"]
 
@@ -114,11 +115,16 @@ class HessianOperator(LinearOperator):
         batch_size: Callable[[Any], int] | None = None,
         hvp_method: str = "auto",
         cache_memory: int | None = None,
+        curvature: str = "hessian",
+        output_loss: str | None = None,
+        mc_samples: int = 1,
+        fisher_seed: int = 0,
         comm: Any = None,
         comm_timeout: float | None = DEFAULT_COMM_TIMEOUT,
         check_symmetric: bool = False,
     ) -> HessianOperator:
-        """Hessian of a PyTorch model's loss over a data set; see :class:`hessop.backends.torch.TorchBackend`.
+        """Hessian (or GGN, Fisher, empirical Fisher) of a PyTorch model's loss over a data set; see
+        :class:`hessop.backends.torch.TorchBackend`.
 
         Parameters
         ----------
@@ -151,6 +157,18 @@ class HessianOperator(LinearOperator):
         cache_memory : int, optional
             Bytes allowed for keeping each batch's gradient graph between products (data given as a list or tuple
             of batches); default None: 1 GiB or a quarter of the free memory, whichever is less; 0 keeps nothing.
+        curvature : {"hessian", "ggn", "fisher", "empirical_fisher"}
+            The matrix: the Hessian (default), the generalised Gauss-Newton, the Monte-Carlo Fisher or the
+            empirical Fisher (:mod:`hessop.curvature`; :class:`hessop.backends.torch.TorchCurvatureBackend`).
+            The last three need ``loss_form="outputs"`` and a cross-entropy or MSE ``loss_fn``; ``hvp_method`` and
+            ``cache_memory`` do not apply to them.
+        output_loss : {"cross_entropy", "mse"}, optional
+            What ``loss_fn`` computes, for a callable hessop does not recognise (``torch.nn.CrossEntropyLoss``,
+            ``MSELoss`` and their functional forms are); checked on the first batch.
+        mc_samples : int
+            Labels drawn per sample for ``curvature="fisher"``; default 1.
+        fisher_seed : int
+            Seed of the Fisher's draws (fixed per batch, so the operator is one matrix); default 0.
         comm : mpi4py.MPI.Intracomm, optional
             ``data`` is then this rank's shard only and the operator is the Hessian over the union of all ranks'
             data: see :func:`hessop.mpi.reduce_operator` (a collective call; an uncaught exception on any rank
@@ -181,19 +199,28 @@ class HessianOperator(LinearOperator):
         ((4, 4), ['weight', 'bias'])
         >>> float((H @ np.r_[0.0, 0.0, 0.0, 1.0])[3])  # d2/db2 of mean (w.x + b - y)^2
         2.0
+        >>> G = HessianOperator.from_torch(model, torch.nn.MSELoss(), (x, y), curvature="ggn")
+        >>> bool(np.allclose(G @ np.eye(4), H @ np.eye(4)))  # a linear model: G = H
+        True
         """
         try:
-            from hessop.backends.torch import TorchBackend
+            from hessop.backends.torch import TorchBackend, TorchCurvatureBackend
         except ModuleNotFoundError as e:
             if e.name is None or e.name.split(".")[0] != "torch":
                 raise
             raise ImportError("HessianOperator.from_torch needs PyTorch: pip install torch (see pytorch.org for the "
                               "wheel matching your CUDA).") from e
+        check_curvature(curvature, mc_samples, fisher_seed, output_loss)
 
         def make() -> HessianOperator:
-            backend = TorchBackend(model, loss_fn, data, params=params, reduction=reduction, loss_form=loss_form,
-                                   check_deterministic=check_deterministic, batch_size=batch_size,
-                                   hvp_method=hvp_method, cache_memory=cache_memory)
+            problem = {"params": params, "reduction": reduction, "loss_form": loss_form,
+                       "check_deterministic": check_deterministic, "batch_size": batch_size}
+            if curvature == "hessian":
+                backend = TorchBackend(model, loss_fn, data, hvp_method=hvp_method, cache_memory=cache_memory,
+                                       **problem)
+            else:
+                backend = TorchCurvatureBackend(model, loss_fn, data, curvature=curvature, output_loss=output_loss,
+                                                mc_samples=mc_samples, fisher_seed=fisher_seed, **problem)
             return _symmetric(cls(half_precision_face(backend)), check_symmetric)
 
         return _build(make, comm, comm_timeout)
@@ -208,6 +235,11 @@ class HessianOperator(LinearOperator):
         reduction: str = "mean",
         check_deterministic: bool = True,
         batch_size: Callable[[Any], int] | None = None,
+        curvature: str = "hessian",
+        model_fn: Callable[[Any, Any], Any] | None = None,
+        output_loss: str | None = None,
+        mc_samples: int = 1,
+        fisher_seed: int = 0,
         comm: Any = None,
         comm_timeout: float | None = DEFAULT_COMM_TIMEOUT,
         check_symmetric: bool = False,
@@ -221,6 +253,17 @@ class HessianOperator(LinearOperator):
         ``comm_timeout`` bounds the wait in each collective, as in :meth:`from_torch`.  ``check_symmetric=True``
         adds the randomised symmetry test of :meth:`from_function` (off by default, as in :meth:`from_torch`).
 
+        The GGN, Fisher or empirical Fisher instead of the Hessian (:mod:`hessop.curvature`;
+        :class:`hessop.backends.jax_curvature.JaxCurvatureBackend`): every batch is then ``(inputs, targets)`` and
+
+        * ``curvature`` : ``"hessian"`` (default), ``"ggn"``, ``"fisher"`` or ``"empirical_fisher"``;
+        * ``model_fn`` : ``model_fn(params, inputs) -> outputs`` (a JAX loss is a plain function, so the outputs
+          it is computed from must be given);
+        * ``output_loss`` : ``"cross_entropy"`` or ``"mse"``, the loss in those outputs (checked against
+          ``loss_fn`` on the first batch);
+        * ``mc_samples``, ``fisher_seed`` : labels drawn per sample for ``"fisher"`` (default 1) and their seed
+          (default 0).
+
         Examples
         --------
         >>> import jax.numpy as jnp
@@ -231,17 +274,31 @@ class HessianOperator(LinearOperator):
         >>> H = HessianOperator.from_jax(loss, {"w": jnp.zeros(2)}, (x, jnp.zeros(2)))
         >>> H.to_numpy(H.hvp(H.asarray(np.array([1.0, 1.0], dtype=np.float32))))  # H = x^T x (2 / 2 samples)
         array([1., 4.], dtype=float32)
+        >>> G = HessianOperator.from_jax(loss, {"w": jnp.zeros(2)}, (x, jnp.zeros(2)), curvature="ggn",
+        ...                              model_fn=lambda p, inputs: inputs @ p["w"], output_loss="mse")
+        >>> G @ np.array([1.0, 1.0], dtype=np.float32)  # a linear model: G = H
+        array([1., 4.], dtype=float32)
         """
         try:
             from hessop.backends.jax import JaxBackend
+            from hessop.backends.jax_curvature import JaxCurvatureBackend
         except ModuleNotFoundError as e:
             if e.name is None or e.name.split(".")[0] not in ("jax", "jaxlib"):
                 raise
             raise ImportError("HessianOperator.from_jax needs JAX: pip install jax (or jax[cuda12] for a GPU).") from e
-        return _build(lambda: _symmetric(cls(JaxBackend(loss_fn, params, data, reduction=reduction,
-                                                        check_deterministic=check_deterministic,
-                                                        batch_size=batch_size)), check_symmetric),
-                      comm, comm_timeout)
+        check_curvature(curvature, mc_samples, fisher_seed, output_loss, model_fn)
+
+        def make() -> HessianOperator:
+            problem = {"reduction": reduction, "check_deterministic": check_deterministic, "batch_size": batch_size}
+            if curvature == "hessian":
+                backend = JaxBackend(loss_fn, params, data, **problem)
+            else:
+                backend = JaxCurvatureBackend(loss_fn, params, data, curvature=curvature, model_fn=model_fn,
+                                              output_loss=output_loss, mc_samples=mc_samples,
+                                              fisher_seed=fisher_seed, **problem)
+            return _symmetric(cls(backend), check_symmetric)
+
+        return _build(make, comm, comm_timeout)
 
     @classmethod
     def from_cupy(

@@ -307,6 +307,14 @@ class ModelBackend(DataBackend, ParameterLayout):
     def restrict(self, names: list[str]) -> ModelBackend:
         """A backend for the diagonal block of the parameters ``names`` (a non-empty subset of :attr:`names`)."""
 
+    def curvature_backend(self, curvature: str, *, mc_samples: int = 1, fisher_seed: int = 0,
+                          output_loss: str | None = None) -> ModelBackend:
+        """A backend for the GGN, Fisher or empirical Fisher (:mod:`hessop.curvature`) of this backend's loss,
+        parameters and data; default: ``TypeError`` (a loss function alone does not give the model's outputs)."""
+        raise TypeError(f"a {self.name} operator carries no model function, so its {curvature} cannot be derived "
+                        "from it: build that operator with its constructor (from_jax(..., curvature=..., "
+                        "model_fn=..., output_loss=...)).")
+
 
 class LayoutDelegate:
     """The :class:`ParameterLayout` members of a backend that wraps another (an MPI reduction, a wider dtype),

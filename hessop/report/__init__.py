@@ -22,7 +22,8 @@ A report is a list of sections, each a :class:`Section`: it adds its command-lin
 flags whether it runs, and returns a :class:`SectionOutput` (JSON data, an HTML fragment, figures).  A new kind of
 analysis is one more subclass appended to :data:`SECTIONS`.  The sections: extreme eigenvalues, trace and density
 (on by default), per-layer table (``--layers``) and loss landscape (``--landscape line|grid``), the last two for
-operators built from a model (``from_torch``, ``from_jax``).
+operators built from a model (``from_torch``, ``from_jax``), and H = G + R (``--curvature``, a PyTorch model with a
+cross-entropy or MSE loss).
 
 Layout
 ------
@@ -35,6 +36,7 @@ Everything public is importable from ``hessop.report``.
 from hessop.report.runner import run_analysis
 from hessop.report.sections import (
     SECTIONS,
+    CurvatureSection,
     DensitySection,
     EigenvaluesSection,
     LandscapeSection,
@@ -50,7 +52,7 @@ __all__ = [
     "DEFAULT_SPEC", "SpecError", "build_operator", "load_problem",
     # the sections
     "SECTIONS", "Section", "SectionOutput", "DensitySection", "EigenvaluesSection", "LandscapeSection",
-    "LayersSection", "TraceSection",
+    "LayersSection", "TraceSection", "CurvatureSection",
     # the runner
     "run_analysis",
 ]

@@ -34,14 +34,15 @@ import numpy as np
 
 from hessop._validate import check_int, check_real
 from hessop.blocks import by_block
+from hessop.decompose import curvature_of, decompose
 from hessop.estimators import slq, trace
 from hessop.lanczos import lanczos
 from hessop.landscape import landscape
 from hessop.operator import HessianOperator
 from hessop.report._render import figure, kv_table, num, table, yes_no
 
-__all__ = ["SECTIONS", "DensitySection", "EigenvaluesSection", "LandscapeSection", "LayersSection", "Section",
-           "SectionOutput", "TraceSection"]
+__all__ = ["SECTIONS", "CurvatureSection", "DensitySection", "EigenvaluesSection", "LandscapeSection",
+           "LayersSection", "Section", "SectionOutput", "TraceSection"]
 
 
 @dataclass
@@ -300,9 +301,13 @@ def _unavailable(H: HessianOperator, what: str) -> SectionOutput | None:
     try:
         H.model_backend(what)
     except (TypeError, ValueError) as e:
-        why = str(e)
-        return SectionOutput({"available": False, "reason": why}, f"<p>Not available: {html.escape(why)}</p>")
+        return _not_available(e)
     return None
+
+
+def _not_available(why: Exception) -> SectionOutput:
+    """A section output saying that the section cannot run, and ``why``."""
+    return SectionOutput({"available": False, "reason": str(why)}, f"<p>Not available: {html.escape(str(why))}</p>")
 
 
 class LayersSection(Section):
@@ -408,5 +413,73 @@ class LandscapeSection(Section):
         return SectionOutput(data, body, {"landscape": land.plot()}, bool(np.all(eig.converged)))
 
 
-SECTIONS: list[type[Section]] = [EigenvaluesSection, TraceSection, DensitySection, LayersSection, LandscapeSection]
+class CurvatureSection(Section):
+    """Top-k eigenpairs and SLQ densities of H, its Gauss-Newton part G and the residual R = H - G, with the
+    overlaps of their top eigenspaces (:func:`hessop.decompose`; Sagun et al. 2017; Papyan 2019, 2020), for an
+    operator built from a PyTorch model with a cross-entropy or MSE loss (:func:`hessop.curvature_of`).
+
+    Examples
+    --------
+    >>> parser = argparse.ArgumentParser()
+    >>> CurvatureSection.add_arguments(parser)
+    >>> CurvatureSection.from_args(parser.parse_args([])) is None  # off by default
+    True
+    >>> vars(CurvatureSection.from_args(parser.parse_args(["--curvature", "--curvature-k", "3"])))
+    {'k': 3, 'steps': 40, 'draws': 3}
+    """
+
+    key, title = "curvature", "Hessian = Gauss-Newton + residual"
+
+    def __init__(self, k: int, steps: int, draws: int) -> None:
+        self.k, self.steps, self.draws = k, steps, draws
+
+    @staticmethod
+    def add_arguments(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--curvature", action=argparse.BooleanOptionalAction, default=False,
+                            help="spectra of H, the GGN G and R = H - G side by side (PyTorch, cross-entropy or "
+                                 "MSE loss; default off)")
+        parser.add_argument("--curvature-k", type=int, default=10, metavar="K",
+                            help="top eigenpairs of each of H, G, R (default 10)")
+        parser.add_argument("--curvature-steps", type=int, default=40, metavar="M",
+                            help="Lanczos steps per SLQ draw for each density (default 40)")
+        parser.add_argument("--curvature-draws", type=int, default=3, metavar="D",
+                            help="SLQ draws per density (default 3)")
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> Section | None:
+        if not args.curvature:
+            return None
+        return cls(check_int(args.curvature_k, "--curvature-k", 1),
+                   check_int(args.curvature_steps, "--curvature-steps", 1),
+                   check_int(args.curvature_draws, "--curvature-draws", 1))
+
+    def run(self, H: HessianOperator, seed: int, tol: float | None) -> SectionOutput:
+        try:
+            G = curvature_of(H, "ggn")
+        except (TypeError, ValueError) as e:
+            return _not_available(e)
+        t0 = time.perf_counter()
+        k, steps = min(self.k, H.n - 1), min(self.steps, H.n)
+        d = decompose(H, G, k=k, tol=tol, n_iter=steps, max_hvp=self.draws * steps, seed=seed)
+        seconds = time.perf_counter() - t0
+        rows = [[name, ", ".join(num(v, 5) for v in res.eigenvalues), num(float(np.max(res.residuals)), 2),
+                 yes_no(res.all_converged), f"{d.n_hvp[name.rstrip('-')]:,}"] for name, res in d.eigen.items()]
+        data = {"k": k, "seconds": seconds, "n_hvp": d.n_hvp, "overlaps": d.overlaps,
+                "eigen": {name: {"eigenvalues": res.eigenvalues.tolist(), "residuals": res.residuals.tolist(),
+                                 "converged": res.converged.tolist()} for name, res in d.eigen.items()},
+                "densities": {name: {"nodes": [x.tolist() for x in s.nodes],
+                                     "weights": [w.tolist() for w in s.weights]} for name, s in d.densities.items()}}
+        overlaps = ", ".join(f"{html.escape(p)}: {v:.3f}" for p, v in d.overlaps.items())
+        body = ("<p>H = G + R with G the generalised Gauss-Newton matrix (J<sup>T</sup> H<sub>l</sub> J: positive "
+                "semi-definite) and R the residual (the loss's output gradient times the outputs' Hessians). R- "
+                "lists R's most negative eigenvalues. Densities: SLQ, the same start vectors for the three.</p>"
+                + table(["part", f"top {k} eigenvalues", "max residual", "converged", "products"], rows)
+                + f"<p>Overlap of the top-{k} eigenspaces (1 = the same space): {overlaps}.</p>"
+                f"<p class='meta'>{seconds:.2f} s; a product of R is one of H and one of G</p>")
+        return SectionOutput(data, body, {"curvature": d.plot()},
+                             converged=all(res.all_converged for res in d.eigen.values()))
+
+
+SECTIONS: list[type[Section]] = [EigenvaluesSection, TraceSection, DensitySection, LayersSection, LandscapeSection,
+                                 CurvatureSection]
 """The report's sections, in page order.  Append a :class:`Section` subclass to add one."""

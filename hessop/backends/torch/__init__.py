@@ -28,13 +28,16 @@ Layout
 One module per job, composed by :class:`TorchBackend` (``_backend``): parameter selection (``_selection``), batches,
 their device moves and losses (``_batches``), train-mode warnings and BatchNorm side effects (``_train_mode``), the
 two product methods (``_products``), the kept-graph cache (``_graph_cache``), the analyses' interface (``_analysis``)
-and the optimizer hook (``_optimizer``).
+the optimizer hook (``_optimizer``), and the GGN / Fisher / empirical Fisher backend (``_curvature``,
+:class:`TorchCurvatureBackend`, maths in :mod:`hessop.curvature`).
 """
 
 from __future__ import annotations
 
 from hessop.backends.torch._backend import HVP_METHODS, TorchBackend
+from hessop.backends.torch._curvature import TorchCurvatureBackend
 from hessop.backends.torch._graph_cache import CACHE_MEMORY, default_cache_memory
 from hessop.backends.torch._optimizer import register_step_hook
 
-__all__ = ["CACHE_MEMORY", "HVP_METHODS", "TorchBackend", "default_cache_memory", "register_step_hook"]
+__all__ = ["CACHE_MEMORY", "HVP_METHODS", "TorchBackend", "TorchCurvatureBackend", "default_cache_memory",
+           "register_step_hook"]

@@ -79,15 +79,30 @@ class TorchAnalysis:
                 for p, copy in zip(self.params, saved, strict=True):
                     p.copy_(copy)
 
-    def restrict(self, names: list[str]) -> Any:
-        """A backend for the diagonal block of the selected parameters ``names`` (a subset of :attr:`names`): same
-        model, loss, data, reduction and loss form; the determinism check and the train-mode warnings are not
-        repeated (this backend passed them)."""
+    def _derived(self, cls: type, names: list[str], **options: Any) -> Any:
+        """A ``cls`` backend of the same model, loss, data, reduction, loss form and batch sizes for the selected
+        parameters ``names`` (a non-empty subset of :attr:`names`); the determinism check and the train-mode
+        warnings are not repeated (this backend passed them)."""
         unknown = [n for n in names if n not in self.names]
         if unknown or not names:
             raise ValueError(f"restrict takes a non-empty subset of this operator's parameters; unknown: {unknown}")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
-            return type(self)(self.model, self.loss_fn, DataView(self.data), params=list(names),
-                              reduction=self.reduction, loss_form=self.loss_form, check_deterministic=False,
-                              batch_size=self.loss.batch_size, hvp_method=self.hvp_method)
+            return cls(self.model, self.loss_fn, DataView(self.data), params=list(names), reduction=self.reduction,
+                       loss_form=self.loss_form, check_deterministic=False, batch_size=self.loss.batch_size,
+                       **options)
+
+    def restrict(self, names: list[str]) -> Any:
+        """A backend for the diagonal block of the selected parameters ``names`` (a subset of :attr:`names`) of the
+        same matrix: same model, loss, data, reduction and loss form; the determinism check and the train-mode
+        warnings are not repeated (this backend passed them)."""
+        return self._derived(type(self), names, **self._options())
+
+    def curvature_backend(self, curvature: str, *, mc_samples: int = 1, fisher_seed: int = 0,
+                          output_loss: str | None = None) -> Any:
+        """The GGN, Fisher or empirical Fisher of this backend's loss, same parameters
+        (:class:`hessop.backends.torch._curvature.TorchCurvatureBackend`)."""
+        from hessop.backends.torch._curvature import TorchCurvatureBackend
+
+        return self._derived(TorchCurvatureBackend, self.names, curvature=curvature, mc_samples=mc_samples,
+                             fisher_seed=fisher_seed, output_loss=output_loss)

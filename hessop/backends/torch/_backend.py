@@ -177,12 +177,16 @@ class TorchBackend(TorchAnalysis, ModelBackend):
     def hvp(self, v: torch.Tensor) -> torch.Tensor:
         return self.hvp_block(v.reshape(-1, 1)).reshape(-1)
 
-    def hvp_block(self, V: torch.Tensor) -> torch.Tensor:
+    def _check_native(self, V: Any) -> None:
+        """Refuse what is not a tensor of the parameters' dtype on their device."""
         if not isinstance(V, torch.Tensor):
             raise TypeError(f"the torch backend takes torch tensors, got {type(V).__name__}")
         if V.dtype != self.torch_dtype or V.device != self.device:
             raise TypeError(f"vectors must be {self.torch_dtype} on {self.device}, got {V.dtype} on {V.device} "
                             "(use H.asarray(x) to move a NumPy array in).")
+
+    def hvp_block(self, V: torch.Tensor) -> torch.Tensor:
+        self._check_native(V)
         if self.hvp_method == "double_backward" or (self.hvp_method == "auto" and (
                 V.shape[1] == 1 or self.device.type not in FOR_BLOCK_DEVICES)):
             return double_backward(self, V)
@@ -198,6 +202,11 @@ class TorchBackend(TorchAnalysis, ModelBackend):
                           "using double backward from now on (slower for blocks). Pass "
                           "hvp_method='double_backward' to silence this.", UserWarning, stacklevel=4)
             return out
+
+    def _options(self) -> dict[str, Any]:
+        """The constructor's keywords beyond the problem's (model, loss, data, parameters, reduction, loss form,
+        batch size) that a backend derived from this one keeps (:meth:`restrict`)."""
+        return {"hvp_method": self.hvp_method}
 
     # ------------------------------------------------------------------ the kept-graph cache
     def caching(self) -> bool:

@@ -1,0 +1,190 @@
+"""Cost of GGN, Fisher and empirical-Fisher products, hessop against curvlinops and hessian-eigenthings.
+
+Per model (one batch holding all samples, float32, eval mode, mean cross-entropy), side by side in one run:
+
+* ``gradient``: loss + ``torch.autograd.grad`` (the unit of every ratio);
+* ``hessop H``: the Hessian product with the defaults (for scale);
+* ``hessop G`` / ``hessop Fisher (MC, 1 draw)`` / ``hessop EF``: ``from_torch(..., curvature=...)`` products;
+* ``curvlinops G`` / ``curvlinops EF``: ``GGNLinearOperator @ v`` / ``EFLinearOperator @ v`` (curvlinops 3);
+* ``eigenthings G`` / ``eigenthings EF``: ``GGNOperator.matvec`` / ``EmpiricalFisherOperator.matvec``.
+
+Columns: FLOPs of one product in gradients (``torch.utils.flop_counter.FlopCounterMode``: matrix products and
+convolutions, forward and backward; elementwise work is not counted), the median wall time of ``--repeats``
+interleaved calls after a warm-up and its ratio to the gradient's, and the largest relative difference of each
+peer's product from hessop's (they compute the same matrices).  Then the top-5 eigenvalues of G and of the
+empirical Fisher to relative tolerance 1e-6: ``hessop.lanczos`` (including the operator's construction and
+determinism check), ``scipy.sparse.linalg.eigsh`` on ``curvlinops``' SciPy face and ``hessian_eigenthings.lanczos``,
+with their product counts.  The first line prints the load average: timings are meaningful only on a quiet machine
+(load below 1); the FLOP ratios and product counts do not depend on it.
+
+Usage::
+
+    python benchmarks/curvature_cost.py [--repeats 5] [--threads 2] [--models cnn,resnet20] [--resnet-samples 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import statistics
+import time
+from functools import partial
+
+import numpy as np
+import torch
+from hvp_cost import flops, resnet20
+from torch import nn
+
+import hessop
+from hessop import HessianOperator
+from hessop.models.digits import SmallResNet, digits, train
+
+
+def problems(names: list[str], resnet_samples: int) -> dict:
+    torch.manual_seed(0)
+    out = {}
+    if "cnn" in names:
+        x, y = digits(512)
+        model = SmallResNet().double()
+        train(model, x, y, steps=150)
+        out["cnn"] = (model.float().eval(), (x.float(), y))
+    if "resnet20" in names:
+        out["resnet20"] = (resnet20().eval(), (torch.randn(resnet_samples, 3, 32, 32),
+                                               torch.randint(0, 10, (resnet_samples,))))
+    return out
+
+
+def peers(model, batch, loss_fn, params) -> dict:
+    """Zero-argument constructors of the peers' operators, by name; a peer that cannot be imported is skipped."""
+    out = {}
+    try:
+        import curvlinops as cl
+
+        out["curvlinops G"] = lambda: cl.GGNLinearOperator(model, loss_fn, params, [batch], check_deterministic=False)
+        out["curvlinops EF"] = lambda: cl.EFLinearOperator(model, loss_fn, params, [batch], check_deterministic=False)
+    except ImportError as e:
+        print(f"- curvlinops not available ({e})")
+    try:
+        import hessian_eigenthings as he
+
+        out["eigenthings G"] = lambda: he.GGNOperator(model, [batch], he.supervised_forward,
+                                                      he.supervised_loss_of_output(loss_fn))
+        out["eigenthings EF"] = lambda: he.EmpiricalFisherOperator(
+            model, [batch], he.supervised_per_sample_loss(nn.CrossEntropyLoss(reduction="none")))
+    except ImportError as e:
+        print(f"- hessian-eigenthings not available ({e})")
+    return out
+
+
+def _flops(fn) -> float:
+    """:func:`hvp_cost.flops`, or NaN where FlopCounterMode cannot follow the product (curvlinops' ``jvp`` of a
+    ``vmap``-ed ``jacrev`` fails under it in torch 2.13: "A leaf node was passed to _will_engine_execute_node")."""
+    try:
+        return flops(fn)
+    except RuntimeError:
+        return float("nan")
+
+
+def _peer_product(op):
+    return op.matvec if hasattr(op, "matvec") else op.__matmul__
+
+
+def products(name: str, model, batch, repeats: int) -> None:
+    loss_fn = nn.CrossEntropyLoss()
+    params = [p for p in model.parameters() if p.requires_grad]
+    ops = {"hessop H": HessianOperator.from_torch(model, loss_fn, [batch]),
+           **{f"hessop {label}": HessianOperator.from_torch(model, loss_fn, [batch], curvature=c)
+              for label, c in (("G", "ggn"), ("Fisher (MC, 1 draw)", "fisher"), ("EF", "empirical_fisher"))}}
+    n = ops["hessop H"].n
+    v = torch.as_tensor(np.random.default_rng(0).standard_normal(n), dtype=torch.float32)
+
+    def gradient():
+        return torch.autograd.grad(loss_fn(model(batch[0]), batch[1]), params)
+
+    cases = {"gradient": gradient, **{k: partial(op.hvp, v) for k, op in ops.items()}}
+    ours = {"G": cases["hessop G"](), "EF": cases["hessop EF"]()}
+    diffs = {}
+    for label, make in peers(model, batch, loss_fn, params).items():
+        cases[label] = partial(_peer_product(make()), v)
+        ref = ours[label.split()[-1]]
+        diff = torch.linalg.vector_norm(cases[label]().detach().reshape(-1) - ref) / torch.linalg.vector_norm(ref)
+        diffs[label] = float(diff)
+    work = {k: _flops(fn) for k, fn in cases.items()}
+    for fn in cases.values():
+        fn()  # warm-up
+    times: dict[str, list[float]] = {k: [] for k in cases}
+    for _ in range(repeats):
+        for k, fn in cases.items():
+            t = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t)
+    med = {k: statistics.median(t) for k, t in times.items()}
+    print(f"\n{name}: n = {n:,} parameters, {len(batch[1])} samples, float32\n")
+    print("| product | FLOPs / gradient | seconds | time / gradient | rel. difference from hessop |\n"
+          "|---|---:|---:|---:|---:|")
+    for k in cases:
+        diff = f"{diffs[k]:.1e}" if k in diffs else ""
+        print(f"| {k} | {work[k] / work['gradient']:.2f} | {med[k]:.4f} | {med[k] / med['gradient']:.2f} | {diff} |")
+
+
+class _Counted:
+    """A SciPy LinearOperator's products, counted."""
+
+    def __init__(self, op) -> None:
+        self.op, self.count = op, 0
+
+    def matvec(self, x):
+        self.count += 1
+        return self.op.matvec(x)
+
+
+def top5(name: str, model, batch) -> None:
+    from scipy.sparse.linalg import LinearOperator, eigsh
+
+    loss_fn = nn.CrossEntropyLoss()
+    params = [p for p in model.parameters() if p.requires_grad]
+    made = peers(model, batch, loss_fn, params)
+    print(f"\nTop-5 eigenvalues to relative tolerance 1e-6, {name}:\n\n| matrix | solver | seconds | products | "
+          "eigenvalues |\n|---|---|---:|---:|---|")
+    for short, curvature in (("G", "ggn"), ("EF", "empirical_fisher")):
+        t = time.perf_counter()
+        r = hessop.lanczos(HessianOperator.from_torch(model, loss_fn, [batch], curvature=curvature), 5, tol=1e-6)
+        rows = [("hessop lanczos", time.perf_counter() - t, f"{r.n_hvp} (+2 check)", r.eigenvalues)]
+        if f"curvlinops {short}" in made:
+            t = time.perf_counter()
+            counted = _Counted(made[f"curvlinops {short}"]().to_scipy())
+            vals = eigsh(LinearOperator(counted.op.shape, counted.matvec, dtype=counted.op.dtype), k=5, which="LA",
+                         tol=1e-6, return_eigenvectors=False)
+            rows.append(("curvlinops + scipy eigsh", time.perf_counter() - t, counted.count, np.sort(vals)[::-1]))
+        if f"eigenthings {short}" in made:
+            import hessian_eigenthings as he
+
+            t = time.perf_counter()
+            res = he.lanczos(made[f"eigenthings {short}"](), k=5, which="LA", tol=1e-6, seed=0)
+            vals = np.sort(np.asarray(res.eigenvalues.detach().cpu() if torch.is_tensor(res.eigenvalues)
+                                      else res.eigenvalues))[::-1]
+            rows.append(("eigenthings lanczos", time.perf_counter() - t, f"{res.iterations} iterations",
+                         vals))
+        for label, s, count, ev in rows:
+            print(f"| {short} | {label} | {s:.2f} | {count} | {' '.join(f'{x:.5g}' for x in np.asarray(ev))} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--models", default="cnn,resnet20")
+    parser.add_argument("--resnet-samples", type=int, default=32)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    load = os.getloadavg()[0]
+    print(f"load average {load:.2f} on {os.cpu_count()} cores, {args.threads} torch threads, torch "
+          f"{torch.__version__}{' (timings unreliable: rerun on a quiet machine)' if load >= 1 else ''}")
+    for name, (model, batch) in problems(args.models.split(","), args.resnet_samples).items():
+        products(name, copy.deepcopy(model), batch, args.repeats)
+        top5(name, model, batch)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,223 @@
+"""PyTorch curvature backends: products with the GGN, the Monte-Carlo Fisher and the empirical Fisher.
+
+Maths in :mod:`hessop.curvature`.  Every product is ``sum_b w_b A_b^T M_b A_b v``, ``A_b`` the Jacobian of the
+batch's outputs ``f`` (GGN, Fisher) or of its vector of per-sample losses (empirical Fisher), computed in reverse
+mode only, through the same autograd machinery as the Hessian's double-backward products
+(:func:`hessop.backends.torch._products.double_backward`):
+
+1. one forward pass ``a = A(x)`` and one ``create_graph`` backward pass ``z(u) = A^T u`` of a zero dummy ``u``
+   (linear in ``u``), shared by the block's k columns;
+2. per column, ``A v = d(z(u) . v) / du`` (a backward pass through the graph of step 1, the "double vjp"),
+   ``M (A v)`` in output space (closed form, ``O(N C)``), and ``A^T (M A v)`` (a backward pass through the
+   forward graph).
+
+So a single product costs about one forward and three backward passes, and each further column of a block two
+backward passes: 2.86 gradients of arithmetic on the test CNN, 3.02 on a ResNet-20-sized model (FlopCounterMode,
+benchmarks/curvature_cost.py, docs/benchmarks.md).  The data loop, batch weights, parameter selection
+(``params=``), device handling, determinism check and train-mode warnings are those of
+:class:`hessop.backends.torch.TorchBackend`; its ``hvp_method`` and ``cache_memory`` do not apply (no graph is kept
+between products).  Built by :meth:`hessop.HessianOperator.from_torch` with ``curvature=``, or from an existing
+backend by its ``curvature_backend`` (:func:`hessop.curvature_of`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from hessop.backends.torch._backend import TorchBackend
+from hessop.backends.torch._batches import to_device
+from hessop.backends.torch._train_mode import buffers_preserved
+from hessop.curvature import OUTPUT_LOSSES, WHY_OUTPUT_LOSS, check_curvature, draw_seed
+
+__all__ = ["TorchCurvatureBackend", "curvature_product"]
+
+
+def _recognise(loss_fn: Callable, output_loss: str | None, reduction: str) -> tuple[str, float]:
+    """``(kind, label_smoothing)`` of ``loss_fn``: a ``torch.nn.CrossEntropyLoss`` / ``MSELoss`` (its reduction
+    must be ``reduction``; no class weights), ``torch.nn.functional.cross_entropy`` / ``mse_loss``, or any
+    callable declared with ``output_loss``."""
+    if output_loss is not None:
+        return output_loss, 0.0
+    if isinstance(loss_fn, (nn.CrossEntropyLoss, nn.MSELoss)):
+        if loss_fn.reduction != reduction:
+            raise ValueError(f"loss_fn reduces with {loss_fn.reduction!r} but reduction={reduction!r}: pass "
+                             f"reduction={loss_fn.reduction!r} (hessop supports 'mean' and 'sum').")
+        if isinstance(loss_fn, nn.MSELoss):
+            return "mse", 0.0
+        if loss_fn.weight is not None:
+            raise ValueError("loss_fn is a CrossEntropyLoss with class weights: the weighted loss is not the "
+                             "negative log-likelihood of the model's predictive distribution, so its Fisher is not "
+                             "defined. Use an unweighted loss for curvature='ggn' / 'fisher' / 'empirical_fisher'.")
+        return "cross_entropy", float(loss_fn.label_smoothing)
+    if loss_fn is F.cross_entropy:
+        return "cross_entropy", 0.0
+    if loss_fn is F.mse_loss:
+        return "mse", 0.0
+    raise ValueError(f"curvature needs a recognised loss in the model's outputs: {WHY_OUTPUT_LOSS}. loss_fn is "
+                     f"{getattr(loss_fn, '__name__', type(loss_fn).__name__)}; pass torch.nn.CrossEntropyLoss(), "
+                     "torch.nn.MSELoss() or their functional forms, or declare what your callable computes with "
+                     f"output_loss={' or '.join(map(repr, OUTPUT_LOSSES))} (checked on the first batch).")
+
+
+class TorchCurvatureBackend(TorchBackend):
+    """Products with the GGN, the Monte-Carlo Fisher or the empirical Fisher of a PyTorch model's loss.
+
+    Parameters
+    ----------
+    model, loss_fn, data, params, reduction, check_deterministic, batch_size :
+        As for :class:`hessop.backends.torch.TorchBackend`; ``loss_fn`` one of the losses of
+        :data:`hessop.curvature.OUTPUT_LOSSES` (recognised, or declared with ``output_loss``), checked against
+        hessop's own form of that loss on the first batch.
+    loss_form : {"outputs"}
+        Only ``"outputs"``: the curvature needs the outputs ``model(inputs)`` and the loss in them.
+    curvature : {"ggn", "fisher", "empirical_fisher"}
+        Which matrix (:mod:`hessop.curvature`).
+    mc_samples : int
+        Labels drawn per sample for ``"fisher"``; default 1.
+    fisher_seed : int
+        Seed of those draws (mixed with the batch's index by :func:`hessop.curvature.draw_seed`; drawn on the
+        CPU with a ``torch.Generator``, so the same on every device); default 0.
+    output_loss : {"cross_entropy", "mse"}, optional
+        What ``loss_fn`` computes, for a callable hessop does not recognise.
+
+    Examples
+    --------
+    The GGN of a linear model under the mean squared error is ``(2 / N) X^T X``, its Hessian:
+
+    >>> model = torch.nn.Linear(2, 1, bias=False).double()
+    >>> x = torch.tensor([[1.0, 0.0], [0.0, 2.0]], dtype=torch.float64)
+    >>> G = TorchCurvatureBackend(model, torch.nn.MSELoss(), (x, torch.zeros(2, 1, dtype=torch.float64)),
+    ...                           curvature="ggn")
+    >>> G.hvp(torch.ones(2, dtype=torch.float64)).tolist()
+    [1.0, 4.0]
+    """
+
+    def __init__(self, model: nn.Module, loss_fn: Callable, data: Any, *, curvature: str, mc_samples: int = 1,
+                 fisher_seed: int = 0, output_loss: str | None = None, params: Any = None, reduction: str = "mean",
+                 loss_form: str = "outputs", check_deterministic: bool = True,
+                 batch_size: Callable[[Any], int] | None = None) -> None:
+        if check_curvature(curvature, mc_samples, fisher_seed, output_loss) == "hessian":
+            raise ValueError("TorchCurvatureBackend is for curvature='ggn', 'fisher' or 'empirical_fisher'; use "
+                             "TorchBackend for the Hessian.")
+        if loss_form != "outputs":
+            raise ValueError(f"curvature={curvature!r} needs the model's outputs and the loss in them, but with "
+                             "loss_form='model' hessop sees only a scalar loss_fn(model, batch). Use "
+                             "loss_form='outputs' with loss_fn(model(inputs), targets).")
+        self.curvature, self.mc_samples, self.fisher_seed = curvature, int(mc_samples), int(fisher_seed)
+        self.output_loss = output_loss
+        self.kind, self.label_smoothing = _recognise(loss_fn, output_loss, reduction)
+        super().__init__(model, loss_fn, data, params=params, reduction=reduction, loss_form=loss_form,
+                         check_deterministic=check_deterministic, batch_size=batch_size, cache_memory=0)
+        self._check_loss(next(iter(self._batches())))
+
+    def _options(self) -> dict[str, Any]:
+        return {"curvature": self.curvature, "mc_samples": self.mc_samples, "fisher_seed": self.fisher_seed,
+                "output_loss": self.output_loss}
+
+    # ------------------------------------------------------------------ the loss in output space
+    def _scale(self, f: torch.Tensor) -> tuple[float, float]:
+        """``(rho, c)``: the batch loss is ``rho sum_i l_i`` and the MSE's ``l_i = c ||f_i - y_i||^2``."""
+        per = math.prod(f.shape[1:])
+        mean = self.reduction == "mean"
+        return (1.0 / f.shape[0] if mean else 1.0), (1.0 / per if mean and self.kind == "mse" else 1.0)
+
+    def per_sample_loss(self, f: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The per-sample losses ``l_i`` (shape ``(N,)``) of outputs ``f`` at targets ``y``."""
+        if self.kind == "cross_entropy":
+            if f.ndim != 2:
+                raise ValueError(f"curvature with cross-entropy takes (N, C) logits; the model returns shape "
+                                 f"{tuple(f.shape)} (flatten extra dimensions into the batch first).")
+            return F.cross_entropy(f, y, reduction="none", label_smoothing=self.label_smoothing)
+        if y.shape != f.shape:
+            raise ValueError(f"the MSE's targets have shape {tuple(y.shape)} but the outputs {tuple(f.shape)}; "
+                             "hessop takes no broadcasting here (it changes the loss's scale).")
+        return (f - y).square().flatten(1).sum(1) * self._scale(f)[1]
+
+    def _check_loss(self, batch: Any) -> None:
+        """The user's ``loss_fn`` and hessop's form of it must agree on ``batch`` (to ``sqrt(eps)``)."""
+        x, y = to_device(batch, self.device)
+        with torch.no_grad(), buffers_preserved(self.model):
+            f = self.model(x)
+            theirs = float(self.loss_fn(f, y))
+            ours = float(self._scale(f)[0] * self.per_sample_loss(f, y).sum())
+        if abs(theirs - ours) > math.sqrt(self.product_eps) * max(abs(theirs), abs(ours), 1e-30):
+            raise ValueError(f"on the first batch loss_fn gives {theirs!r} but hessop's {self.kind} with "
+                             f"reduction={self.reduction!r} gives {ours!r}: the curvature would not be that of your "
+                             "loss. Check reduction=, output_loss=, class weights or ignored targets.")
+
+    def sample_targets(self, batch_index: int, f: torch.Tensor) -> torch.Tensor:
+        """The Fisher's ``mc_samples`` labels per sample for batch ``batch_index`` with outputs ``f``: class
+        indices ``(N, M)`` (cross-entropy) or targets ``(N, M, ...)`` drawn from ``N(f, I / (2c))`` (MSE)."""
+        gen = torch.Generator().manual_seed(draw_seed(self.fisher_seed, batch_index))
+        f = f.detach()
+        if self.kind == "cross_entropy":
+            p = torch.softmax(f, dim=1).cpu()
+            return torch.multinomial(p, self.mc_samples, replacement=True, generator=gen).to(f.device)
+        noise = torch.randn((f.shape[0], self.mc_samples, *f.shape[1:]), generator=gen, dtype=f.dtype)
+        return f[:, None] + noise.to(f.device) / math.sqrt(2 * self._scale(f)[1])
+
+    def output_product(self, f: torch.Tensor, y: torch.Tensor, S: torch.Tensor | None,
+                       U: torch.Tensor) -> torch.Tensor:
+        """``M_b U`` for the batch's outputs ``f`` (detached) and tangents ``U`` shaped like ``A_b``'s output;
+        ``S`` the Fisher's drawn output gradients (:meth:`fisher_gradients`), else None."""
+        rho, c = self._scale(f)
+        if self.curvature == "empirical_fisher":
+            return rho * U
+        if self.curvature == "fisher":  # rho / M sum_m s_m (s_m . u), per sample
+            coef = torch.einsum("nm...,n...->nm", S, U)
+            return torch.einsum("nm...,nm->n...", S, coef) * (rho / self.mc_samples)
+        if self.kind == "mse":
+            return (2 * rho * c) * U
+        p = torch.softmax(f, dim=1)
+        return rho * (p * U - p * (p * U).sum(1, keepdim=True))
+
+    def fisher_gradients(self, batch_index: int, f: torch.Tensor) -> torch.Tensor:
+        """``s_im = grad_f l(f_i, y~_im)`` at the drawn labels, shape ``(N, M, ...)``."""
+        drawn = self.sample_targets(batch_index, f)
+        if self.kind == "cross_entropy":
+            p = torch.softmax(f, dim=1)
+            return p[:, None, :] - F.one_hot(drawn, f.shape[1]).to(f.dtype)
+        return (2 * self._scale(f)[1]) * (f[:, None] - drawn)
+
+    # ------------------------------------------------------------------ products
+    def hvp_block(self, V: torch.Tensor) -> torch.Tensor:
+        self._check_native(V)
+        return curvature_product(self, V)
+
+    def describe(self) -> str:
+        extra = f", {self.mc_samples} draws, fisher_seed {self.fisher_seed}" if self.curvature == "fisher" else ""
+        return f"{super().describe()[:-1]}, curvature={self.curvature!r} ({self.kind}{extra}))"
+
+
+def curvature_product(backend: TorchCurvatureBackend, V: torch.Tensor) -> torch.Tensor:
+    """The curvature product ``sum_b w_b A_b^T M_b A_b V`` (module docstring), the counterpart of
+    :func:`hessop.backends.torch._products.double_backward` for the Hessian."""
+    model, params, offsets = backend.model, backend.params, backend.offsets
+    out = torch.zeros_like(V)
+    with torch.enable_grad(), buffers_preserved(model):
+        for i, (batch, w) in enumerate(backend._weighted()):
+            x, y = to_device(batch, backend.device)
+            f = model(x)
+            a = backend.per_sample_loss(f, y) if backend.curvature == "empirical_fisher" else f
+            u = torch.zeros_like(a, requires_grad=True)
+            z = torch.autograd.grad(a, params, grad_outputs=u, create_graph=True, allow_unused=True)
+            used = [m for m, g in enumerate(z) if g is not None]
+            if not used:
+                continue  # the outputs do not depend on these parameters
+            fd = f.detach()
+            S = backend.fisher_gradients(i, fd) if backend.curvature == "fisher" else None
+            for j in range(V.shape[1]):
+                v = V[:, j]
+                av, = torch.autograd.grad([z[m] for m in used], u, retain_graph=True, grad_outputs=[
+                    v[offsets[m]: offsets[m + 1]].view_as(z[m]) for m in used])
+                atm = torch.autograd.grad(a, params, grad_outputs=backend.output_product(fd, y, S, av),
+                                          retain_graph=True, allow_unused=True)
+                out[:, j].add_(torch.cat([g.reshape(-1) if g is not None else p.new_zeros(p.numel())
+                                          for g, p in zip(atm, params, strict=True)]), alpha=w)
+    return out

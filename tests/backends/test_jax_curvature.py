@@ -1,0 +1,141 @@
+"""GGN, Fisher and empirical Fisher operators of the JAX backend against dense float64 references (explicit
+Jacobians by ``jax.jacrev``, per-sample gradients by ``vmap(grad)``), and against the PyTorch backend's."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+jax = pytest.importorskip("jax")
+from jax_x64 import enable_x64  # noqa: E402
+
+jnp = pytest.importorskip("jax.numpy")
+from jax.flatten_util import ravel_pytree  # noqa: E402
+
+import hessop  # noqa: E402
+
+RTOL = 1e-12
+
+
+@pytest.fixture
+def x64():
+    with enable_x64(True):
+        yield
+
+
+def model_fn(params, x):
+    return jnp.tanh(x @ params["h"]["w"] + params["h"]["b"]) @ params["o"]["w"] + params["o"]["b"]
+
+
+def ce_loss(params, batch):
+    x, y = batch
+    return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(model_fn(params, x)), y[:, None], axis=1))
+
+
+def mse_loss(params, batch):
+    x, t = batch
+    return jnp.mean((model_fn(params, x) - t) ** 2)
+
+
+@pytest.fixture
+def problem(x64):
+    rng = np.random.default_rng(0)
+    params = {"h": {"w": rng.standard_normal((4, 5)), "b": rng.standard_normal(5)},
+              "o": {"w": rng.standard_normal((5, 3)), "b": rng.standard_normal(3)}}
+    params = jax.tree_util.tree_map(jnp.asarray, params)
+    x = jnp.asarray(rng.standard_normal((11, 4)))
+    return params, x, jnp.asarray(rng.integers(0, 3, 11)), jnp.asarray(rng.standard_normal((11, 3)))
+
+
+def _references(params, x, y, kind, drawn=None):
+    theta, unravel = ravel_pytree(params)
+    n_samples = x.shape[0]
+
+    def out(t, xx):
+        return model_fn(unravel(t), xx)
+
+    J = jax.jacrev(out)(theta, x)  # (N, C, n)
+    f = out(theta, x)
+    if kind == "cross_entropy":
+        p = jax.nn.softmax(f, axis=1)
+        Hl = jax.vmap(jnp.diag)(p) - p[:, :, None] * p[:, None, :]
+
+        def loss(t, xi, yi):
+            return -jax.nn.log_softmax(out(t, xi[None]))[0, yi]
+    else:
+        Hl = (2.0 / f.shape[1]) * jnp.broadcast_to(jnp.eye(f.shape[1]), (n_samples, f.shape[1], f.shape[1]))
+
+        def loss(t, xi, yi):
+            return jnp.mean((out(t, xi[None])[0] - yi) ** 2)
+    per_sample = jax.vmap(jax.grad(loss), in_axes=(None, 0, 0))
+    g = per_sample(theta, x, y)
+    refs = {"ggn": jnp.einsum("nci,ncd,ndj->ij", J, Hl, J) / n_samples, "empirical_fisher": g.T @ g / n_samples}
+    if drawn is not None:
+        gs = jax.vmap(lambda d: per_sample(theta, x, d))(drawn)  # (M, N, n)
+        refs["fisher"] = jnp.einsum("mni,mnj->ij", gs, gs) / (n_samples * drawn.shape[0])
+    return {k: np.asarray(v) for k, v in refs.items()}
+
+
+def _dense(op):
+    return op @ np.eye(op.n)
+
+
+@pytest.mark.parametrize("kind", ["cross_entropy", "mse"])
+def test_products_match_dense(problem, kind):
+    params, x, y, t = problem
+    targets, loss = (y, ce_loss) if kind == "cross_entropy" else (t, mse_loss)
+    batches = [(x[:3], targets[:3]), (x[3:], targets[3:])]  # unequal batches
+    ops = {c: hessop.HessianOperator.from_jax(loss, params, batches, curvature=c, model_fn=model_fn,
+                                              output_loss=kind, mc_samples=3, fisher_seed=2) if c == "fisher" else
+           hessop.HessianOperator.from_jax(loss, params, batches, curvature=c, model_fn=model_fn, output_loss=kind)
+           for c in ("ggn", "fisher", "empirical_fisher")}
+    ggn_ef = _references(params, x, targets, kind)
+    for c in ("ggn", "empirical_fisher"):
+        ref = ggn_ef[c]
+        assert np.max(np.abs(_dense(ops[c]) - ref)) < RTOL * np.max(np.abs(ref))
+    backend = ops["fisher"].backend
+    fisher = 0
+    for i, (xb, tb) in enumerate(batches):  # the Fisher's draws are per batch
+        drawn = backend.sample_targets(i, model_fn(params, xb))
+        fisher = fisher + _references(params, xb, tb, kind, drawn)["fisher"] * xb.shape[0] / x.shape[0]
+    assert np.max(np.abs(_dense(ops["fisher"]) - fisher)) < RTOL * np.max(np.abs(fisher))
+
+
+def test_same_as_torch(problem):
+    """The JAX and PyTorch GGN and empirical Fisher of one MLP agree to rounding."""
+    torch = pytest.importorskip("torch")
+    params, x, y, _ = problem
+    model = torch.nn.Sequential(torch.nn.Linear(4, 5), torch.nn.Tanh(), torch.nn.Linear(5, 3)).double()
+    with torch.no_grad():
+        for layer, key in ((model[0], "h"), (model[2], "o")):
+            layer.weight.copy_(torch.as_tensor(np.array(params[key]["w"]).T))
+            layer.bias.copy_(torch.as_tensor(np.array(params[key]["b"])))
+    data_t = (torch.as_tensor(np.array(x)), torch.as_tensor(np.array(y)))
+    # torch's flat order (weight (out, in), bias per layer) differs from the pytree's: compare spectra
+    for c in ("ggn", "empirical_fisher"):
+        a = np.linalg.eigvalsh(_dense(hessop.HessianOperator.from_jax(ce_loss, params, (x, y), curvature=c,
+                                                                      model_fn=model_fn,
+                                                                      output_loss="cross_entropy")))
+        b = np.linalg.eigvalsh(_dense(hessop.HessianOperator.from_torch(model, torch.nn.CrossEntropyLoss(), data_t,
+                                                                        curvature=c)))
+        assert np.max(np.abs(a - b)) < 1e-12 * np.max(np.abs(b))
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"curvature": "ggn", "output_loss": "cross_entropy"}, "needs the model's outputs"),
+    ({"curvature": "ggn", "model_fn": model_fn}, "output_loss="),
+    ({"curvature": "ggn", "model_fn": model_fn, "output_loss": "mse"}, "gives|shape"),
+    ({"model_fn": model_fn}, "apply to curvature="),
+    ({"curvature": "fisher", "model_fn": model_fn, "output_loss": "cross_entropy", "mc_samples": 0}, ">= 1"),
+])
+def test_refusals(problem, kwargs, match):
+    params, x, y, _ = problem
+    with pytest.raises((ValueError, TypeError), match=match):
+        hessop.HessianOperator.from_jax(ce_loss, params, (x, y), **kwargs)
+
+
+def test_curvature_of_a_jax_operator_is_refused(problem):
+    params, x, y, _ = problem
+    H = hessop.HessianOperator.from_jax(ce_loss, params, (x, y))
+    with pytest.raises(TypeError, match="carries no model function"):
+        hessop.curvature_of(H)
