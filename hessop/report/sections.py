@@ -3,7 +3,7 @@ whether it runs and returns a :class:`SectionOutput`; :data:`SECTIONS` lists the
 
 Examples
 --------
-The five sections, each configured by its flags (:meth:`Section.from_args`; None: switched off):
+The six sections, each configured by its flags (:meth:`Section.from_args`; None: switched off):
 
 >>> import argparse
 >>> from hessop.report.sections import SECTIONS
@@ -19,6 +19,7 @@ TraceSection ('trace', 'Trace', {'method': 'auto', 'rtol': 0.01, 'max_hvp': 2000
 DensitySection None
 LayersSection ('layers', 'Per-layer curvature', {'k': 1})
 LandscapeSection ('landscape', 'Loss landscape', {'shape': 'line', 'radius': 1.0, 'points': 21})
+CurvatureSection None
 """
 
 from __future__ import annotations
