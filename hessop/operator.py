@@ -14,7 +14,8 @@ from scipy.sparse.linalg import LinearOperator
 from hessop._array import check_cast
 from hessop._validate import check_native, check_symmetric_product
 from hessop.backends.base import Backend
-from hessop.backends.mpi import DEFAULT_COMM_TIMEOUT, MPIBackend, install_abort_hook
+from hessop.backends.comm import as_communicator
+from hessop.backends.mpi import DEFAULT_COMM_TIMEOUT, MPIBackend
 from hessop.backends.numpy import FunctionBackend, MatrixBackend
 
 __all__ = ["HessianOperator", "as_operator"]
@@ -102,9 +103,10 @@ class HessianOperator(LinearOperator):
         ``check_symmetric=True`` adds the randomised symmetry test of :meth:`from_function` (two products at
         construction).  Off by default: the Hessian of a scalar loss is symmetric by construction, up to rounding.
 
-        With ``comm`` (an mpi4py communicator) ``data`` is this rank's shard only and the operator is the Hessian
-        over the union of all ranks' data: see :func:`hessop.mpi.reduce_operator` (a collective call; an uncaught
-        exception on any rank then aborts the MPI job, see :func:`hessop.mpi.install_abort_hook`; to keep your own
+        With ``comm`` (an mpi4py communicator, ``"torch"`` for the default ``torch.distributed`` process group as
+        under ``torchrun``, or a ``ProcessGroup``) ``data`` is this rank's shard only and the operator is the
+        Hessian over the union of all ranks' data: see :mod:`hessop.distributed` (a collective call; an uncaught
+        exception on any rank then ends the job, see :func:`hessop.mpi.install_abort_hook`; to keep your own
         ``sys.excepthook`` build the local operator and call ``reduce_operator(H, comm, abort_on_error=False)``).
         ``comm_timeout`` (seconds, default 300) bounds the wait in each collective: a rank that stops answering
         makes the others abort the job naming it (see :mod:`hessop.mpi`).
@@ -365,15 +367,17 @@ def _symmetric(op: HessianOperator, check: bool) -> HessianOperator:
 
 def _build(make: Callable[[], HessianOperator], comm: Any, comm_timeout: float | None) -> HessianOperator:
     """``make()`` without a communicator; with one, the local operator ``make()`` summed over ``comm`` (see
-    :func:`hessop.mpi.reduce_operator`).  Every constructor taking ``comm=`` ends with this call.  The abort hook is
+    :func:`hessop.mpi.reduce_operator`; ``comm``: anything :func:`hessop.backends.comm.as_communicator` takes).
+    Every constructor taking ``comm=`` ends with this call.  The abort hook is
     installed before the local operator is built, so that an error while building it on one rank (bad data,
     non-deterministic loss) aborts the job instead of leaving the other ranks waiting in the constructor's
     collective."""
     if comm is None:
         return make()
-    install_abort_hook()  # imports mpi4py, only now
+    communicator = as_communicator(comm, comm_timeout)  # imports mpi4py / torch.distributed / JAX, only now
+    communicator.install_abort_hook()
     local = make()
-    return type(local)(MPIBackend(local.backend, comm, timeout=comm_timeout))
+    return type(local)(MPIBackend(local.backend, communicator))
 
 
 def as_operator(H: Any) -> HessianOperator:
