@@ -140,17 +140,21 @@ class HessianOperator(LinearOperator):
         ``params``, by forward-over-reverse products; see :class:`hessop.backends.jax.JaxBackend` for the maths and
         every argument, and ``H.backend.unflatten(v)`` to shape a flat vector (an eigenvector) like ``params``.
 
-        With ``comm`` (an mpi4py communicator) ``data`` is this rank's shard only and the operator is the Hessian
-        over the union of all ranks' data, reduced with one Allreduce per product (see :mod:`hessop.mpi`);
-        ``comm_timeout`` bounds the wait in each collective, as in :meth:`from_torch`.  ``check_symmetric=True``
-        adds the randomised symmetry test of :meth:`from_function` (off by default, as in :meth:`from_torch`).
+        With ``comm`` (an mpi4py communicator, or ``"jax"`` for every process of a ``jax.distributed`` job)
+        ``data`` is this rank's shard only and the operator is the Hessian over the union of all ranks' data,
+        reduced with one all-reduce per product (see :mod:`hessop.distributed`); ``comm_timeout`` bounds the wait
+        in each collective, as in :meth:`from_torch`.  ``comm=jax.sharding.Mesh(...)`` instead splits every batch
+        over the mesh's devices in this process (:class:`hessop.backends.jax_mesh.MeshJaxBackend`: XLA reduces).
+        ``check_symmetric=True`` adds the randomised symmetry test of :meth:`from_function` (off by default, as in
+        :meth:`from_torch`).
         """
         try:
-            from hessop.backends.jax import JaxBackend
+            from hessop.backends.jax_mesh import mesh_backend
         except ModuleNotFoundError as e:
             if e.name is None or e.name.split(".")[0] not in ("jax", "jaxlib"):
                 raise
             raise ImportError("HessianOperator.from_jax needs JAX: pip install jax (or jax[cuda12] for a GPU).") from e
+        JaxBackend, comm = mesh_backend(comm)  # noqa: N806 (a Mesh given as comm: its sharded subclass, no comm)
         return _build(lambda: _symmetric(cls(JaxBackend(loss_fn, params, data, reduction=reduction,
                                                         check_deterministic=check_deterministic,
                                                         batch_size=batch_size)), check_symmetric),

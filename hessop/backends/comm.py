@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import os
 import pickle
 import sys
 import time
@@ -202,6 +203,18 @@ class Communicator(abc.ABC):
             f"{prefix}timed out: {who}. A rank that stopped answering (a hang, a deadlock, a lost node) or one much "
             "slower than the others: raise comm_timeout if the wait is legitimate.\n"
             f"{prefix}aborting the job ({self.abort_action})\n")
+
+
+def exit_job(message: str) -> NoReturn:
+    """Write ``message`` to stderr and leave with status 1 at once (``os._exit``: no exit handler may block on a
+    collective that will never complete).  The launcher (``torchrun``, Slurm) sees the failed process and stops
+    the others."""
+    try:
+        sys.stderr.write(message)
+        sys.stderr.flush()
+        sys.stdout.flush()
+    finally:
+        os._exit(1)
 
 
 # ---------------------------------------------------------------------------------------------------- excepthook

@@ -10,8 +10,6 @@ prefixed with ``[hessop rank r/P]``), and ``torchrun`` then stops the other work
 from __future__ import annotations
 
 import contextlib
-import os
-import sys
 import time
 from typing import Any, NoReturn
 
@@ -19,7 +17,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from hessop.backends.comm import DEFAULT_COMM_TIMEOUT, Communicator, Pending
+from hessop.backends.comm import DEFAULT_COMM_TIMEOUT, Communicator, Pending, exit_job
 
 __all__ = ["TorchCommunicator"]
 
@@ -115,14 +113,8 @@ class TorchCommunicator(Communicator):
         return f"[hessop rank {dist.get_rank()}/{dist.get_world_size()}] "
 
     def abort(self, message: str) -> NoReturn:
-        """Write ``message`` and leave with status 1 at once (``os._exit``: no exit handler may block on a
-        collective that will never complete); ``torchrun`` sees the failed worker and stops the others."""
-        try:
-            sys.stderr.write(message)
-            sys.stderr.flush()
-            sys.stdout.flush()
-        finally:
-            os._exit(1)
+        """:func:`hessop.backends.comm.exit_job`: ``torchrun`` sees the failed worker and stops the others."""
+        exit_job(message)
 
     def _waiting_ranks(self, key: str, listen: float) -> set[int] | None:
         """Through the default group's key-value store (the ``torchrun`` / ``init_process_group`` rendezvous
