@@ -10,11 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -42,37 +38,20 @@ RTOL = 1e-12
 def torchrun(args: list[str], n: int, timeout: float) -> tuple[int, str, float]:
     """``torchrun --standalone --nproc_per_node n WORKER args`` (one thread per rank; its process group killed
     after ``timeout`` s).  Returns (exit code, stdout + stderr, seconds)."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
-               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(n),
-           "--monitor-interval", "0.2", str(WORKER), *args]
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=ROOT, text=True,
-                            start_new_session=True)
-    try:
-        out, _ = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, _ = proc.communicate()
-        return -999, out, time.perf_counter() - t0
-    return proc.returncode, out, time.perf_counter() - t0
+    return _mpi_worker.run_job([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+                                str(n), "--monitor-interval", "0.2", str(WORKER), *args], timeout)
 
 
 @pytest.fixture(scope="module")
 def problem(tmp_path_factory):
     """A briefly trained float64 SmallResNet on 192 digits, saved for the workers, and the single-process results
     on all the data (batched differently from any rank's shard)."""
-    from hessop.models.digits import SmallResNet, digits, train
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        torch.manual_seed(0)
-        x, y = digits(N_DATA)
-        model = SmallResNet().double()
-        train(model, x, y, steps=60)
         workdir = tmp_path_factory.mktemp("torch_dist")
-        torch.save({"state": model.state_dict(), "x": x, "y": y}, workdir / "problem.pt")
+        model, x, y = _mpi_worker.save_problem(workdir, N_DATA)
         model.eval()
         H = hessop.HessianOperator.from_torch(model, torch.nn.CrossEntropyLoss(),
                                               [(x[i:i + 64], y[i:i + 64]) for i in range(0, N_DATA, 64)])
@@ -139,12 +118,7 @@ def test_failing_rank_ends_the_torchrun_job(tmp_path, mode, n, messages):
     """A rank that raises, is killed by SIGKILL or stops answering (mid-run or before building the operator) while
     the others wait in a collective ends the whole torchrun job with a non-zero exit within 60 s, naming the rank."""
     code, out, secs = torchrun([mode, str(tmp_path)], n, timeout=60)
-    assert code != -999, f"the job hung (killed after 60 s):\n{out[-4000:]}"
-    assert code != 0, out
-    assert secs < 60
-    for message in messages:
-        assert message in out, out[-4000:]
-    assert "finished, which it should not have" not in out
+    _mpi_worker.check_failed_job(code, out, secs, messages)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="NCCL needs a CUDA GPU (none here)")
@@ -154,3 +128,17 @@ def test_nccl_all_reduce_on_the_device(tmp_path):
     code, out, secs = torchrun(["nccl", str(tmp_path)], n, timeout=120)
     assert code == 0, out[-4000:]
     assert out.count("nccl ok") == n, out[-4000:]
+
+
+def test_comm_errors_name_the_fix():
+    """``comm="torch"`` before ``init_process_group`` and an unknown ``comm`` raise errors that say what to do (no
+    excepthook is installed by a refused call)."""
+    from hessop.distributed import reduce_operator
+
+    H = hessop.HessianOperator.from_matrix(np.eye(3))
+    hook = sys.excepthook
+    with pytest.raises(RuntimeError, match=r"init_process_group\(backend="):
+        reduce_operator(H, "torch")
+    with pytest.raises(TypeError, match="'torch' \\(the default process group"):
+        reduce_operator(H, object())
+    assert sys.excepthook is hook

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import signal
 import sys
 import time
 from pathlib import Path
@@ -25,25 +23,17 @@ import numpy as np
 import scipy.sparse.linalg as sla
 import torch
 import torch.distributed as dist
-from mpi_worker import SEED_BLOCK, SEED_HUTCH, SEED_SLQ, local_matrix, shard_bounds
+from mpi_worker import SEED_BLOCK, SEED_HUTCH, SEED_SLQ, failing_operator, load_shard, local_matrix, shard_bounds
 
 import hessop
 from hessop.mpi import reduce_operator
 
 
 def solve(workdir: Path) -> None:
-    from hessop.models.digits import SmallResNet
-
     rank, size = dist.get_rank(), dist.get_world_size()
-    saved = torch.load(workdir / "problem.pt")
-    model = SmallResNet().double()
-    model.load_state_dict(saved["state"])
-    model.eval()
-    x, y = saved["x"], saved["y"]
-    lo, hi = shard_bounds(len(x), size)[rank: rank + 2]
-    batches = [(x[i: min(i + 40, hi)], y[i: min(i + 40, hi)]) for i in range(lo, hi, 40)]
+    model, batches, local_samples = load_shard(workdir, rank, size)
     H = hessop.HessianOperator.from_torch(model, torch.nn.CrossEntropyLoss(), batches, comm="torch")
-    out: dict = {"rank": rank, "size": size, "local_samples": hi - lo, "n_samples": H.backend.n_samples,
+    out: dict = {"rank": rank, "size": size, "local_samples": local_samples, "n_samples": H.backend.n_samples,
                  "describe": repr(H)}
 
     # every all_reduce goes through the process group: count them, and the solver's product calls
@@ -98,24 +88,10 @@ def solve(workdir: Path) -> None:
 def fail(how: str) -> None:
     """Rank 1 fails in its 4th product (or, ``hang-build``, never builds the operator)."""
     rank = dist.get_rank()
-    A, calls = local_matrix(rank), [0]
-
-    def hvp(v: np.ndarray) -> np.ndarray:
-        calls[0] += 1
-        if rank == 1 and calls[0] == 4:
-            print(f"rank 1: failing ({how}) in the 4th product", flush=True)
-            if how == "kill":
-                os.kill(os.getpid(), signal.SIGKILL)
-            if how == "hang":
-                time.sleep(10 ** 6)
-            raise RuntimeError("deliberate failure in the 4th product on rank 1")
-        return A @ v
-
     if how == "hang-build" and rank == 1:
         print("rank 1: never building the operator", flush=True)
         time.sleep(10 ** 6)
-    H = reduce_operator(hessop.HessianOperator.from_function(hvp, A.shape[0], check_symmetric=False), "torch",
-                        comm_timeout=3.0)
+    H = reduce_operator(failing_operator(rank, how), "torch", comm_timeout=3.0)
     hessop.lanczos(H, k=2)
     print(f"rank {rank}: finished, which it should not have", flush=True)
 

@@ -40,11 +40,13 @@ class MeshJaxBackend(JaxBackend):
 
     Parameters
     ----------
-    loss_fn, params, data, reduction, check_deterministic, batch_size
-        As :class:`~hessop.backends.jax.JaxBackend`.
+    loss_fn, params, data, check_deterministic
+        As :class:`~hessop.backends.jax.JaxBackend` (default ``check_deterministic=True``).
     mesh : jax.sharding.Mesh
         The devices; the batch's leading axis is split over all of its axes (``PartitionSpec(mesh.axis_names)``).
         Each batch's leading dimension must be a multiple of ``mesh.size``.
+    **kwargs
+        ``reduction`` and ``batch_size`` of :class:`~hessop.backends.jax.JaxBackend`.
 
     Raises
     ------
