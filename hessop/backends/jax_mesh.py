@@ -121,8 +121,11 @@ class JaxProcessCommunicator(Communicator):
         return jax.process_count()
 
     def writable(self, y: Any, weight: float, dtype: np.dtype) -> Any:
-        """JAX arrays are summed where they are (a new array: they are immutable); others as the base class."""
+        """JAX arrays are summed where they are (a new array: they are immutable); others as the base class.  The
+        local product is waited for first (JAX dispatches asynchronously), so that ``allreduce_seconds`` counts the
+        collective and the wait for the other processes, not this process's own product."""
         if isinstance(y, jax.Array):
+            y.block_until_ready()
             return y * jnp.asarray(weight, dtype=y.dtype) if weight != 1.0 else y
         return super().writable(y, weight, dtype)
 
