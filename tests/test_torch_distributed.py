@@ -86,6 +86,7 @@ def test_torchrun_matches_single_process(problem, n_ranks):
     assert res["n_samples"] == N_DATA and sum(r["local_samples"] for r in results) == N_DATA
     assert len({r["local_samples"] for r in results}) == n_ranks  # the shards really are unequal
     assert "torch.distributed(gloo, rank 0/" in res["describe"]
+    assert "reduced over a communicator (MPI, torch.distributed or JAX processes)" in res["shard_only_message"]
     np.testing.assert_allclose(res["lanczos"]["eigenvalues"], ref["lanczos"], rtol=RTOL, atol=0)
     assert res["lanczos"]["n_hvp"] == ref["lanczos_n_hvp"] and all(res["lanczos"]["converged"])
     np.testing.assert_allclose(res["trace"]["estimate"], ref["trace"], rtol=RTOL, atol=0)

@@ -35,6 +35,10 @@ def solve(workdir: Path) -> None:
     H = hessop.HessianOperator.from_torch(model, torch.nn.CrossEntropyLoss(), batches, comm="torch")
     out: dict = {"rank": rank, "size": size, "local_samples": local_samples, "n_samples": H.backend.n_samples,
                  "describe": repr(H)}
+    try:  # an analysis that needs the loss is refused: it would see this rank's shard only
+        H.model_backend("landscape")
+    except ValueError as e:
+        out["shard_only_message"] = str(e)
 
     # every all_reduce goes through the process group: count them, and the solver's product calls
     calls, reduces, real_all_reduce = [0], [0], dist.all_reduce
