@@ -181,7 +181,7 @@ def _check_loss_operator(H: Any) -> HessianOperator:
     if not isinstance(H, HessianOperator):
         raise TypeError(f"landscape needs a HessianOperator built from a loss (from_torch, from_jax), got "
                         f"{type(H).__name__}")
-    H.model_backend("landscape")  # the loss at a point: raises for an operator without a model, or MPI-reduced
+    H.model_backend("landscape")  # the loss at a point: raises without a model, or reduced over a communicator
     return H
 
 

@@ -56,6 +56,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from hessop.backends.comm import as_communicator
 from hessop.backends.mpi import DEFAULT_COMM_TIMEOUT, MPIBackend, install_abort_hook
 from hessop.operator import HessianOperator, as_operator
 
@@ -85,14 +86,15 @@ def reduce_operator(H: Any, comm: Any, *, cuda_aware: bool = False, abort_on_err
     ----------
     H : HessianOperator (or anything :func:`hessop.as_operator` accepts)
         This rank's local operator (the Hessian over this rank's data only).
-    comm : mpi4py.MPI.Intracomm
-        E.g. ``MPI.COMM_WORLD``.
+    comm : mpi4py.MPI.Intracomm, torch.distributed.ProcessGroup, "torch" or "jax"
+        E.g. ``MPI.COMM_WORLD``; ``"torch"``: the default ``torch.distributed`` group (see :mod:`hessop.distributed`);
+        anything :func:`hessop.backends.comm.as_communicator` takes.
     cuda_aware : bool
         Hand device (torch CUDA, CuPy) buffers to MPI directly.  Only for an MPI library built with CUDA support;
         default False: device arrays are staged through host buffers.
     abort_on_error : bool
-        Install :func:`install_abort_hook` so that an uncaught exception on one rank aborts the job instead of
-        hanging it.  Default True.
+        Install the communicator's excepthook (:func:`install_abort_hook` for MPI) so that an uncaught exception
+        on one rank aborts the job instead of hanging it.  Default True.
     check_parameters : bool
         Compare a SHA-256 digest of the local backend's parameters across ranks (one pass over the parameters).
         Default True.
@@ -121,8 +123,8 @@ def reduce_operator(H: Any, comm: Any, *, cuda_aware: bool = False, abort_on_err
     >>> H @ np.ones(3)  # on every rank: (1 + 2) * ones  # doctest: +SKIP
     array([3., 3., 3.])
     """
+    communicator = as_communicator(comm, comm_timeout, cuda_aware=cuda_aware)
     if abort_on_error:
-        install_abort_hook()
+        communicator.install_abort_hook()
     op = as_operator(H)
-    return HessianOperator(MPIBackend(op.backend, comm, cuda_aware=cuda_aware, check_parameters=check_parameters,
-                                      timeout=comm_timeout))
+    return HessianOperator(MPIBackend(op.backend, communicator, check_parameters=check_parameters))

@@ -11,7 +11,8 @@ from scipy.sparse.linalg import LinearOperator
 
 from hessop._validate import check_cast, check_native, check_symmetric_product
 from hessop.backends.base import Backend, ModelBackend
-from hessop.backends.mpi import DEFAULT_COMM_TIMEOUT, MPIBackend, install_abort_hook
+from hessop.backends.comm import as_communicator
+from hessop.backends.mpi import DEFAULT_COMM_TIMEOUT, MPIBackend
 from hessop.backends.numpy import FunctionBackend, MatrixBackend
 from hessop.backends.widened import WidenedBackend, half_precision_face
 from hessop.curvature import check_curvature
@@ -169,15 +170,16 @@ class HessianOperator(LinearOperator):
             Labels drawn per sample for ``curvature="fisher"``; default 1.
         fisher_seed : int
             Seed of the Fisher's draws (fixed per batch, so the operator is one matrix); default 0.
-        comm : mpi4py.MPI.Intracomm, optional
+        comm : mpi4py.MPI.Intracomm, "torch" or torch.distributed.ProcessGroup, optional
             ``data`` is then this rank's shard only and the operator is the Hessian over the union of all ranks'
-            data: see :func:`hessop.mpi.reduce_operator` (a collective call; an uncaught exception on any rank
-            then aborts the MPI job, see :func:`hessop.mpi.install_abort_hook`; to keep your own
-            ``sys.excepthook`` build the local operator and call ``reduce_operator(H, comm,
-            abort_on_error=False)``).
+            data: see :mod:`hessop.distributed` (an mpi4py communicator, ``"torch"`` for the default
+            ``torch.distributed`` process group as under ``torchrun``, or a ``ProcessGroup``).  A collective call;
+            an uncaught exception on any rank then ends the job (see :func:`hessop.mpi.install_abort_hook`); to
+            keep your own ``sys.excepthook`` build the local operator and call ``reduce_operator(H, comm,
+            abort_on_error=False)``.
         comm_timeout : float or None
-            Seconds (default 300) a collective may wait: a rank that stops answering makes the others abort the
-            job naming it (see :mod:`hessop.mpi`).
+            Seconds (default 300) a collective may wait: a rank that stops answering makes the others end the job
+            naming it (see :mod:`hessop.distributed`).
         check_symmetric : bool
             Add the randomised symmetry test of :meth:`from_function` (two products at construction).  Off by
             default: the Hessian of a scalar loss is symmetric by construction, up to rounding.
@@ -248,10 +250,13 @@ class HessianOperator(LinearOperator):
         ``params``, by forward-over-reverse products; see :class:`hessop.backends.jax.JaxBackend` for the maths and
         every argument, and ``H.backend.unflatten(v)`` to shape a flat vector (an eigenvector) like ``params``.
 
-        With ``comm`` (an mpi4py communicator) ``data`` is this rank's shard only and the operator is the Hessian
-        over the union of all ranks' data, reduced with one Allreduce per product (see :mod:`hessop.mpi`);
-        ``comm_timeout`` bounds the wait in each collective, as in :meth:`from_torch`.  ``check_symmetric=True``
-        adds the randomised symmetry test of :meth:`from_function` (off by default, as in :meth:`from_torch`).
+        With ``comm`` (an mpi4py communicator, or ``"jax"`` for every process of a ``jax.distributed`` job)
+        ``data`` is this rank's shard only and the operator is the Hessian over the union of all ranks' data,
+        reduced with one all-reduce per product (see :mod:`hessop.distributed`); ``comm_timeout`` bounds the wait
+        in each collective, as in :meth:`from_torch`.  ``comm=jax.sharding.Mesh(...)`` instead splits every batch
+        over the mesh's devices in this process (:class:`hessop.backends.jax_mesh.MeshJaxBackend`: XLA reduces).
+        ``check_symmetric=True`` adds the randomised symmetry test of :meth:`from_function` (off by default, as in
+        :meth:`from_torch`).
 
         The GGN, Fisher or empirical Fisher instead of the Hessian (:mod:`hessop.curvature`;
         :class:`hessop.backends.jax_curvature.JaxCurvatureBackend`): every batch is then ``(inputs, targets)`` and
@@ -280,25 +285,29 @@ class HessianOperator(LinearOperator):
         array([1., 4.], dtype=float32)
         """
         try:
-            from hessop.backends.jax import JaxBackend
             from hessop.backends.jax_curvature import JaxCurvatureBackend
+            from hessop.backends.jax_mesh import mesh_backend
         except ModuleNotFoundError as e:
             if e.name is None or e.name.split(".")[0] not in ("jax", "jaxlib"):
                 raise
             raise ImportError("HessianOperator.from_jax needs JAX: pip install jax (or jax[cuda12] for a GPU).") from e
         check_curvature(curvature, mc_samples, fisher_seed, output_loss, model_fn)
+        hessian_backend, reduce_over = mesh_backend(comm)  # a Mesh: its sharded backend, nothing left to reduce
+        if curvature != "hessian" and comm is not None and reduce_over is None:
+            raise ValueError(f"curvature={curvature!r} over a jax.sharding.Mesh is not supported yet: pass comm=None "
+                             "(one device) or comm='jax' (one shard of the data per process).")
 
         def make() -> HessianOperator:
             problem = {"reduction": reduction, "check_deterministic": check_deterministic, "batch_size": batch_size}
             if curvature == "hessian":
-                backend = JaxBackend(loss_fn, params, data, **problem)
+                backend = hessian_backend(loss_fn, params, data, **problem)
             else:
                 backend = JaxCurvatureBackend(loss_fn, params, data, curvature=curvature, model_fn=model_fn,
                                               output_loss=output_loss, mc_samples=mc_samples,
                                               fisher_seed=fisher_seed, **problem)
             return _symmetric(cls(backend), check_symmetric)
 
-        return _build(make, comm, comm_timeout)
+        return _build(make, reduce_over, comm_timeout)
 
     @classmethod
     def from_cupy(
@@ -422,7 +431,8 @@ class HessianOperator(LinearOperator):
         TypeError
             The operator was not built from a model (``from_matrix``, ``from_function``, ``from_cupy``).
         ValueError
-            The operator is MPI-reduced: each rank holds a shard of the data only.
+            The operator is reduced over a communicator (MPI, torch.distributed or JAX processes): each rank holds
+            a shard of the data only.
 
         Examples
         --------
@@ -436,9 +446,10 @@ class HessianOperator(LinearOperator):
         if backend is not None:
             return backend
         if self.backend.comm is not None:
-            raise ValueError(f"{purpose} does not support MPI-reduced operators yet (it would see this rank's shard "
-                             "of the data only): build it from a local operator over the data to analyse (for "
-                             "blocks: from_torch(..., params=names, comm=comm) on every rank).")
+            raise ValueError(f"{purpose} does not support operators reduced over a communicator (MPI, "
+                             "torch.distributed or JAX processes) yet (it would see this rank's shard of the data "
+                             "only): build it from a local operator over the data to analyse (for blocks: "
+                             "from_torch(..., params=names, comm=comm) on every rank).")
         raise TypeError(f"{purpose} needs an operator built from a model (HessianOperator.from_torch or from_jax), "
                         f"which has parameter names, a loss and data; this one was built from "
                         f"{self.backend.describe()}.")
@@ -548,15 +559,17 @@ def _symmetric(op: HessianOperator, check: bool) -> HessianOperator:
 
 def _build(make: Callable[[], HessianOperator], comm: Any, comm_timeout: float | None) -> HessianOperator:
     """``make()`` without a communicator; with one, the local operator ``make()`` summed over ``comm`` (see
-    :func:`hessop.mpi.reduce_operator`).  Every constructor taking ``comm=`` ends with this call.  The abort hook is
+    :func:`hessop.mpi.reduce_operator`; ``comm``: anything :func:`hessop.backends.comm.as_communicator` takes).
+    Every constructor taking ``comm=`` ends with this call.  The abort hook is
     installed before the local operator is built, so that an error while building it on one rank (bad data,
     non-deterministic loss) aborts the job instead of leaving the other ranks waiting in the constructor's
     collective."""
     if comm is None:
         return make()
-    install_abort_hook()  # imports mpi4py, only now
+    communicator = as_communicator(comm, comm_timeout)  # imports mpi4py / torch.distributed / JAX, only now
+    communicator.install_abort_hook()
     local = make()
-    return type(local)(MPIBackend(local.backend, comm, timeout=comm_timeout))
+    return type(local)(MPIBackend(local.backend, communicator))
 
 
 def as_operator(H: Any) -> HessianOperator:

@@ -39,6 +39,37 @@ def shard_bounds(n: int, size: int) -> list[int]:
     return [0] + [int(round(n * c)) for c in np.cumsum(w) / w.sum()]
 
 
+def save_problem(workdir: Path, n_data: int) -> tuple:
+    """Train a float64 SmallResNet briefly on ``n_data`` digits and save it with the data for the workers;
+    returns (model, x, y)."""
+    import torch
+
+    from hessop.models.digits import SmallResNet, digits, train
+
+    torch.manual_seed(0)
+    x, y = digits(n_data)
+    model = SmallResNet().double()
+    train(model, x, y, steps=60)
+    torch.save({"state": model.state_dict(), "x": x, "y": y}, workdir / "problem.pt")
+    return model, x, y
+
+
+def load_shard(workdir: Path, rank: int, size: int) -> tuple:
+    """The saved model (eval mode) and rank's unequal shard of the saved data in batches of 40:
+    (model, batches, number of local samples)."""
+    import torch
+
+    from hessop.models.digits import SmallResNet
+
+    saved = torch.load(workdir / "problem.pt")
+    model = SmallResNet().double()
+    model.load_state_dict(saved["state"])
+    model.eval()
+    x, y = saved["x"], saved["y"]
+    lo, hi = shard_bounds(len(x), size)[rank: rank + 2]
+    return model, [(x[i: min(i + 40, hi)], y[i: min(i + 40, hi)]) for i in range(lo, hi, 40)], hi - lo
+
+
 def local_matrix(rank: int, n: int = 40) -> np.ndarray:
     """Rank r's symmetric contribution to a summed operator (``from_matrix`` operators are summed)."""
     a = np.random.default_rng(100 + rank).standard_normal((n, n))
@@ -131,19 +162,11 @@ def solve(workdir: Path) -> None:
     torch.set_num_threads(1)
     comm = MPI.COMM_WORLD
     rank, size = comm.Get_rank(), comm.Get_size()
-    from hessop.models.digits import SmallResNet
-
-    saved = torch.load(workdir / "problem.pt")
-    model = SmallResNet().double()
-    model.load_state_dict(saved["state"])
-    model.eval()
-    x, y = saved["x"], saved["y"]
-    lo, hi = shard_bounds(len(x), size)[rank: rank + 2]
-    batches = [(x[i: min(i + 40, hi)], y[i: min(i + 40, hi)]) for i in range(lo, hi, 40)]
+    model, batches, local_samples = load_shard(workdir, rank, size)
     H = hessop.HessianOperator.from_torch(model, torch.nn.CrossEntropyLoss(), batches, comm=comm)
 
     out: dict = {"seconds_to_operator": time.perf_counter() - T0, "rank": rank, "size": size,
-                 "local_samples": hi - lo, "n_samples": H.backend.n_samples,
+                 "local_samples": local_samples, "n_samples": H.backend.n_samples,
                  "describe": repr(H), "unflatten": list(H.backend.unflatten(np.zeros(H.n))),
                  "shard_only": {name: hasattr(H.backend, name) for name in ("loss_at", "restrict", "model")}}
     try:
@@ -230,15 +253,43 @@ def solve(workdir: Path) -> None:
     (workdir / f"rank{rank}of{size}.json").write_text(json.dumps(out))
 
 
-def fail_midway(abort_on_error: bool, how: str = "raise") -> None:
-    """Rank 1 fails in its 4th product while the other ranks wait in the Allreduce: it raises, is killed by
-    SIGKILL, or stops answering (sleeps forever; the others' comm_timeout of 3 s must end the job)."""
+def run_job(cmd: list[str], timeout: float) -> tuple[int, str, float]:
+    """Run a launcher command (``mpiexec``, ``torchrun``) with one thread per rank and hessop on the path; kill its
+    whole process group after ``timeout`` s.  Returns (exit code, stdout + stderr, seconds); -999 on a timeout."""
+    import signal
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")])))
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=root, text=True,
+                            start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+        return -999, out, time.perf_counter() - t0
+    return proc.returncode, out, time.perf_counter() - t0
+
+
+def check_failed_job(code: int, out: str, secs: float, messages: list[str]) -> None:
+    """What :func:`run_job` returned for a job with a failing rank: it ended (no kill at the timeout) with a
+    non-zero exit within 60 s, every expected message in its output, and no rank finished."""
+    assert code != -999, f"the job hung (killed after 60 s):\n{out[-4000:]}"
+    assert code != 0, out
+    assert secs < 60
+    for message in messages:
+        assert message in out, out[-4000:]
+    assert "finished, which it should not have" not in out
+
+
+def failing_operator(rank: int, how: str) -> hessop.HessianOperator:
+    """Rank r's local operator; on rank 1 its 4th product raises, kills the process by SIGKILL, or never returns
+    (``how``: "raise", "kill", "hang")."""
     import signal
 
-    from mpi4py import MPI
-
-    comm = MPI.COMM_WORLD
-    rank = comm.Get_rank()
     calls = [0]
     A = local_matrix(rank)
 
@@ -253,8 +304,17 @@ def fail_midway(abort_on_error: bool, how: str = "raise") -> None:
             raise RuntimeError("deliberate failure in the 4th product on rank 1")
         return A @ v
 
-    H = reduce_operator(hessop.HessianOperator.from_function(hvp, A.shape[0], check_symmetric=False), comm,
-                        abort_on_error=abort_on_error, comm_timeout=3.0)
+    return hessop.HessianOperator.from_function(hvp, A.shape[0], check_symmetric=False)
+
+
+def fail_midway(abort_on_error: bool, how: str = "raise") -> None:
+    """Rank 1 fails in its 4th product while the other ranks wait in the Allreduce: it raises, is killed by
+    SIGKILL, or stops answering (sleeps forever; the others' comm_timeout of 3 s must end the job)."""
+    from mpi4py import MPI
+
+    comm = MPI.COMM_WORLD
+    rank = comm.Get_rank()
+    H = reduce_operator(failing_operator(rank, how), comm, abort_on_error=abort_on_error, comm_timeout=3.0)
     hessop.lanczos(H, k=2)
     print(f"rank {rank}: finished, which it should not have", flush=True)
 

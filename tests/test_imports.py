@@ -49,7 +49,8 @@ def test_import_needs_no_framework():
 
 def test_operator_and_mpi_import_in_either_order():
     """``hessop.operator`` and ``hessop.mpi`` do not import each other in a circle: either can be imported first
-    in a fresh interpreter, and the MPI backend module depends on ``hessop.backends.base`` only."""
+    in a fresh interpreter, and the MPI backend module depends on ``hessop.backends.base`` and the communicators
+    (``hessop.backends.comm``, which imports no hessop module) only."""
     root = pathlib.Path(__file__).resolve().parents[1]
     for first, second in (("hessop.mpi", "hessop.operator"), ("hessop.operator", "hessop.mpi"),
                           ("hessop.backends.mpi", "hessop.mpi")):
@@ -60,6 +61,9 @@ def test_operator_and_mpi_import_in_either_order():
         assert out.returncode == 0 and out.stdout.strip() == "ok", (first, out.stderr)
     src = (root / "hessop" / "backends" / "mpi.py").read_text()
     imports = [line for line in src.splitlines() if line.startswith(("from hessop", "import hessop"))]
-    assert imports == ["from hessop.backends.base import Backend, WrapperFacts"], imports
+    assert [line.split(" import")[0] for line in imports] == ["from hessop.backends.base",
+                                                                "from hessop.backends.comm"], imports
+    comm_src = (root / "hessop" / "backends" / "comm.py").read_text()
+    assert not [line for line in comm_src.splitlines() if line.startswith(("from hessop", "import hessop"))]
     assert "hessop.mpi" not in "".join(
         line for line in (root / "hessop" / "operator.py").read_text().splitlines() if "import" in line)

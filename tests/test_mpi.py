@@ -11,10 +11,8 @@ import importlib.util
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -45,18 +43,7 @@ RTOL = 1e-10
 def launch(args: list[str], n: int, timeout: float) -> tuple[int, str, float]:
     """Run ``mpiexec -n n args`` with one thread per rank; kill its whole process group after ``timeout`` s.
     Returns (exit code, stdout + stderr, seconds)."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
-               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
-    t0 = time.perf_counter()
-    proc = subprocess.Popen([MPIEXEC, "-n", str(n), *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            env=env, cwd=ROOT, text=True, start_new_session=True)
-    try:
-        out, _ = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, _ = proc.communicate()
-        return -999, out, time.perf_counter() - t0
-    return proc.returncode, out, time.perf_counter() - t0
+    return _worker.run_job([MPIEXEC, "-n", str(n), *args], timeout)
 
 
 @pytest.fixture(scope="module")
@@ -72,14 +59,8 @@ def problem(tmp_path_factory):
 
 
 def _problem(tmp_path_factory):
-    from hessop.models.digits import SmallResNet, digits, train
-
-    torch.manual_seed(0)
-    x, y = digits(N_DATA)
-    model = SmallResNet().double()
-    train(model, x, y, steps=60)
     workdir = tmp_path_factory.mktemp("mpi")
-    torch.save({"state": model.state_dict(), "x": x, "y": y}, workdir / "problem.pt")
+    model, x, y = _worker.save_problem(workdir, N_DATA)
 
     H = hessop.HessianOperator.from_torch(model, torch.nn.CrossEntropyLoss(), [(x[i:i + 64], y[i:i + 64])
                                                                              for i in range(0, N_DATA, 64)])
@@ -140,6 +121,7 @@ def check_matches_single_process(results: list[dict], ref: dict) -> None:
     assert res["unflatten"] == ref["names"]  # the local backend's helpers are reachable through the MPI backend
     # ... but not what sees the rank's shard only (the loss, block operators, the model with its local batches)
     assert res["shard_only"] == {"loss_at": False, "restrict": False, "model": False}
+    assert "reduced over a communicator" in res["shard_only_message"]
     assert "this rank's shard of the data only" in res["shard_only_message"]
     check_half_precision(res["half"])
     assert sum(r["local_samples"] for r in results) == N_DATA
@@ -216,12 +198,7 @@ def test_failing_rank_aborts_the_job(tmp_path, runner, mode, n, messages):
     ``comm_timeout`` for a silent one.  Also when the error comes while ``from_torch(comm=)`` builds the local
     operator and the other ranks already wait in its collective."""
     code, out, secs = launch([sys.executable, *runner, str(WORKER), mode, str(tmp_path)], n, timeout=60)
-    assert code != -999, f"the job hung (killed after 60 s):\n{out[-4000:]}"
-    assert code != 0, out
-    assert secs < 60
-    for message in messages:
-        assert message in out, out[-4000:]
-    assert "finished, which it should not have" not in out
+    _worker.check_failed_job(code, out, secs, messages)
 
 
 def test_import_does_not_initialise_mpi():

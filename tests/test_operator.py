@@ -121,6 +121,7 @@ def test_model_backend_names_the_problem_and_the_fix(tiny_torch_problem):
                                         r"built from numpy \(dense"):
         M.model_backend("landscape")
     assert M.backend.model_backend is None and M.backend.layout is None
-    M.backend.comm = object()  # as an MPI-reduced operator declares it
-    with pytest.raises(ValueError, match="by_block does not support MPI-reduced operators yet .* this rank's shard"):
+    M.backend.comm = object()  # as an operator reduced over a communicator declares it
+    with pytest.raises(ValueError, match=r"by_block does not support operators reduced over a communicator \(MPI, "
+                                         r"torch.distributed or JAX processes\) yet .* this rank's shard"):
         M.model_backend("by_block")

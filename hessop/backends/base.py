@@ -89,8 +89,8 @@ class Backend(abc.ABC):
     @property
     def model_backend(self) -> ModelBackend | None:
         """The model backend whose loss and data this backend's products are of, when the whole loss is here: None
-        for an operator without a model, and for an MPI-reduced one (each rank holds a shard of the data only).
-        :meth:`hessop.HessianOperator.model_backend` raises a clear error in place of None."""
+        for an operator without a model, and for one reduced over a communicator (each rank holds a shard of the
+        data only).  :meth:`hessop.HessianOperator.model_backend` raises a clear error in place of None."""
         return None
 
     def describe(self) -> str:

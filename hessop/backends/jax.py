@@ -264,7 +264,7 @@ class JaxBackend(ModelBackend):
             raise ValueError("params holds only empty arrays: there is no Hessian to take.")
         leaves = jax.tree_util.tree_leaves(params)
         on_device = [leaf for leaf in leaves if isinstance(leaf, jax.Array)]
-        self.device = next(iter(on_device[0].devices())) if on_device else jax.devices()[0]
+        self.device = next(iter(on_device[0].devices())) if on_device else jax.local_devices()[0]
         self.treedef = jax.tree_util.tree_structure(params)
         self._layout = (self.treedef, tuple(self.shapes), self.dtype.str)
         theta, _ = ravel_pytree(jax.tree_util.tree_map(lambda p: jnp.asarray(p, self.jax_dtype), params))

@@ -1,56 +1,32 @@
-"""The MPI backend: a rank's local backend whose products are summed over a communicator (one Allreduce each).
+"""The reduced backend: a rank's local backend whose products are summed over a communicator (one all-reduce each).
 
-Depends only on :mod:`hessop.backends.base`; the user-facing API (:func:`hessop.mpi.reduce_operator`, the maths
-and the failure handling) is documented in :mod:`hessop.mpi`.  mpi4py is imported when a backend is built or the
-abort hook installed, never at import.
+The communicator is MPI (mpi4py), torch.distributed or JAX processes, behind :mod:`hessop.backends.comm`; the class
+keeps its first name, ``MPIBackend``.  Depends only on :mod:`hessop.backends.base` and :mod:`hessop.backends.comm`;
+the user-facing API (:func:`hessop.mpi.reduce_operator`, the maths and the failure handling) is documented in
+:mod:`hessop.mpi` and :mod:`hessop.distributed`.  No engine is imported at import.
 """
 
 from __future__ import annotations
 
-import contextlib
-import pickle
-import sys
 import time
-import traceback
 from typing import Any
 
 import numpy as np
-from array_api_compat import is_cupy_array, is_numpy_array, is_torch_array
 
 from hessop.backends.base import Backend, WrapperFacts
+from hessop.backends.comm import DEFAULT_COMM_TIMEOUT, MPICommunicator, _mpi, as_communicator
 
 __all__ = ["DEFAULT_COMM_TIMEOUT", "MPIBackend", "install_abort_hook"]
 
-DEFAULT_COMM_TIMEOUT = 300.0
-"""Seconds a rank waits in one collective (a product's Allreduce, the construction's exchange) for the others
-before it aborts the job naming the ranks that did not arrive."""
-
-_TIMEOUT_TAG = 7177  # tag of the "I am waiting" messages of timed-out ranks
-_INFO_BYTES = 1024  # fixed size of the pickled per-rank description exchanged at construction
-
-
-def _mpi() -> Any:
-    try:
-        from mpi4py import MPI
-    except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            "hessop's MPI operators need mpi4py and an MPI library: pip install 'hessop[mpi]' (mpi4py and the mpich "
-            "wheel, no system MPI needed)"
-        ) from e
-    return MPI
-
-
 # ---------------------------------------------------------------------------------------------------- abort hook
-_HOOK: dict[str, Any] = {"installed": False, "previous": None}
-
-
 def install_abort_hook() -> None:
     """Make an uncaught exception on any rank end the whole MPI job instead of leaving the other ranks waiting.
 
     Replaces :data:`sys.excepthook` (once; later calls do nothing) with a hook that writes the traceback to stderr,
     every line prefixed with ``[hessop rank r/P]`` (rank in ``MPI.COMM_WORLD``), flushes, and calls
-    ``MPI.COMM_WORLD.Abort(1)``.  :func:`hessop.mpi.reduce_operator` and ``comm=`` constructors call it unless
-    ``abort_on_error=False``.  The same protection without hessop: run the script as ``python -m mpi4py script.py``.
+    ``MPI.COMM_WORLD.Abort(1)`` (:func:`hessop.backends.comm.install_excepthook` over ``MPI.COMM_WORLD``).
+    :func:`hessop.mpi.reduce_operator` and ``comm=`` constructors call it unless ``abort_on_error=False``.  The
+    same protection without hessop: run the script as ``python -m mpi4py script.py``.
 
     Examples
     --------
@@ -59,39 +35,10 @@ def install_abort_hook() -> None:
 
     >>> install_abort_hook()  # doctest: +SKIP
     """
-    if _HOOK["installed"]:
-        return
-    MPI = _mpi()
-    _HOOK["previous"] = sys.excepthook
-
-    def hook(etype: type[BaseException], value: BaseException, tb: Any) -> None:
-        if issubclass(etype, KeyboardInterrupt) or not MPI.Is_initialized() or MPI.Is_finalized():
-            _HOOK["previous"](etype, value, tb)
-            return
-        world = MPI.COMM_WORLD
-        prefix = f"[hessop rank {world.Get_rank()}/{world.Get_size()}] "
-        text = "".join(traceback.format_exception(etype, value, tb))
-        lines = [prefix + line for line in text.rstrip("\n").split("\n")]
-        lines.append(prefix + "uncaught exception: aborting the MPI job (MPI.COMM_WORLD.Abort(1))")
-        _abort(world, "\n".join(lines) + "\n")
-
-    sys.excepthook = hook
-    _HOOK["installed"] = True
+    MPICommunicator(_mpi().COMM_WORLD, timeout=None).install_abort_hook()
 
 
 # ---------------------------------------------------------------------------------------------------- backend
-def _abort(world: Any, message: str) -> None:
-    """Write ``message`` to stderr and abort the whole job.  The half-second pause lets mpiexec forward the message
-    before the job is torn down (otherwise another rank's Abort can kill the forwarding first); it is paid only on
-    the way out of a failed job."""
-    try:
-        sys.stderr.write(message)
-        sys.stderr.flush()
-        time.sleep(0.5)
-    finally:
-        world.Abort(1)
-
-
 class MPIBackend(WrapperFacts, Backend):
     """A rank's local backend whose products are summed over a communicator: ``H v = sum_r w_r H_r v``.
 
@@ -107,7 +54,9 @@ class MPIBackend(WrapperFacts, Backend):
     ----------
     local : Backend
         This rank's backend.
-    comm : mpi4py.MPI.Intracomm
+    comm : hessop.backends.comm.Communicator
+        MPI, torch.distributed or JAX processes (:func:`hessop.backends.comm.as_communicator`); it has mpi4py's
+        ``Get_rank()``, ``Get_size()`` and ``bcast``.
     weight : float
         This rank's share ``w_r``: ``N_r / N`` for ``reduction="mean"``, else 1.
     n_samples : int or None
@@ -125,13 +74,11 @@ class MPIBackend(WrapperFacts, Backend):
 
     Timeout
     -------
-    With a ``timeout`` every collective is non-blocking (``Iallreduce``, ``Iallgather``) and polled with
-    ``Request.Test``: back-to-back for the first millisecond, then with sleeps growing to 0.2 ms.  If it has not
-    completed ``timeout`` seconds after this rank entered it, the rank tells the others that it is waiting
-    (point-to-point messages, which MPI keeps apart from collectives), listens ``min(2, timeout / 2)`` s for the
-    same message from them, writes ``[hessop rank r/P] timed out: rank(s) [..] ... did not reach the Allreduce of
-    product #j within comm_timeout=t s`` to stderr and calls ``MPI.COMM_WORLD.Abort(1)``.  A rank that raises is
-    handled by :func:`install_abort_hook`; a rank killed by a signal is seen by ``mpiexec`` itself.
+    With a ``timeout`` every collective is non-blocking and polled (:class:`hessop.backends.comm.Communicator`):
+    a rank that waited ``timeout`` seconds names the ranks that did not arrive (``[hessop rank r/P] timed out:
+    rank(s) [..] ... did not reach the Allreduce of product #j within comm_timeout=t s``) and ends the job.  A rank
+    that raises is handled by the communicator's excepthook (:func:`install_abort_hook` for MPI); a rank killed by a
+    signal is seen by ``mpiexec`` or ``torchrun`` itself.
 
     Examples
     --------
@@ -150,30 +97,15 @@ class MPIBackend(WrapperFacts, Backend):
 
     def __init__(self, local: Backend, comm: Any, *, cuda_aware: bool = False, check_parameters: bool = True,
                  timeout: float | None = DEFAULT_COMM_TIMEOUT) -> None:
-        MPI = _mpi()
         if not isinstance(local, Backend):
             raise TypeError(f"local must be a hessop Backend, got {type(local).__name__}")
         if isinstance(local, MPIBackend):
             raise ValueError("the operator is already reduced over a communicator; reducing it again would count "
                              "every rank's contribution P times. Pass the local (per-rank) operator.")
-        if not isinstance(comm, MPI.Comm):
-            raise TypeError(f"comm must be an mpi4py communicator (e.g. mpi4py.MPI.COMM_WORLD), got "
-                            f"{type(comm).__name__}")
-        if comm == MPI.COMM_NULL:
-            raise ValueError("comm is MPI.COMM_NULL: this process is not part of the communicator.")
-        if not isinstance(comm, MPI.Intracomm):
-            raise TypeError("comm must be an intra-communicator (e.g. MPI.COMM_WORLD or comm.Split(...)); "
-                            "inter-communicators are not supported.")
-        if timeout is not None:
-            timeout = float(timeout)
-            if not timeout > 0 or timeout == float("inf"):
-                raise ValueError(f"comm_timeout must be a positive number of seconds or None (wait forever), got "
-                                 f"{timeout}")
-        self.timeout = timeout
-        self._MPI = MPI
+        self.comm = as_communicator(comm, timeout, cuda_aware=cuda_aware)
+        self.timeout = self.comm.timeout
         self.local = local
-        self.comm = comm
-        self.cuda_aware = bool(cuda_aware)
+        self.cuda_aware = bool(getattr(self.comm, "cuda_aware", False))
         self.n = local.n
         self.dtype = np.dtype(local.dtype)
         self.name = local.name
@@ -188,8 +120,8 @@ class MPIBackend(WrapperFacts, Backend):
         # one collective at construction: dimension, dtype, reduction and sample count of every rank
         digest = local.layout.parameter_digest() if check_parameters and local.layout is not None else None
         self.n_allreduce = 0
-        info = self._allgather((int(self.n), self.dtype.str, reduction, None if local_n is None else int(local_n),
-                                digest))
+        info = self.comm.allgather((int(self.n), self.dtype.str, reduction, None if local_n is None else int(local_n),
+                                    digest))
         problems = []
         if len({i[0] for i in info}) > 1:
             problems.append(f"the number of parameters differs between ranks ({[i[0] for i in info]}): every rank "
@@ -203,8 +135,9 @@ class MPIBackend(WrapperFacts, Backend):
             same = [r for r, d in enumerate(digests) if d == digests[0]]
             problems.append(f"the parameters differ between ranks (ranks {same} agree with rank 0, the others do "
                             "not): every rank must hold bit-identical parameters, e.g. "
-                            "model.load_state_dict(comm.bcast(model.state_dict(), root=0)) before building the "
-                            "operator (pass check_parameters=False to reduce_operator to skip this check)")
+                            "model.load_state_dict(comm.bcast(model.state_dict(), root=0)) under MPI, "
+                            "torch.distributed.broadcast(p, src=0) for each parameter under torch, before building "
+                            "the operator (pass check_parameters=False to reduce_operator to skip this check)")
         if problems:
             raise ValueError("cannot reduce the operator over the communicator: " + "; ".join(problems) + ".")
         self.reduction = reduction
@@ -232,93 +165,24 @@ class MPIBackend(WrapperFacts, Backend):
     def hvp_block(self, V: Any) -> Any:
         return self._reduce(self.local.hvp_block(V))
 
-    def _allreduce(self, buf: Any) -> None:
-        MPI = self._MPI
+    def _allreduce(self, buf: Any) -> Any:
         t0 = time.perf_counter()
         self.n_allreduce += 1
-        if self.timeout is None:
-            self.comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)
-        else:
-            self._wait(self.comm.Iallreduce(MPI.IN_PLACE, buf, op=MPI.SUM), t0,
-                       f"the Allreduce of product #{self.n_allreduce}")
+        out = self.comm.allreduce(buf, f"the {self.comm.collective} of product #{self.n_allreduce}")
         self.allreduce_seconds += time.perf_counter() - t0
-
-    def _allgather(self, obj: Any) -> list[Any]:
-        """``comm.allgather(obj)`` of a small picklable object, bounded by the timeout (fixed-size byte buffers)."""
-        if self.timeout is None:
-            return self.comm.allgather(obj)
-        data = pickle.dumps(obj)
-        if len(data) > _INFO_BYTES - 4:
-            raise ValueError("internal: the per-rank description is too large to exchange")
-        mine = np.zeros(_INFO_BYTES, dtype=np.uint8)
-        mine[:4] = np.frombuffer(np.uint32(len(data)).tobytes(), dtype=np.uint8)
-        mine[4: 4 + len(data)] = np.frombuffer(data, dtype=np.uint8)
-        every = np.empty((self.comm.Get_size(), _INFO_BYTES), dtype=np.uint8)
-        self._wait(self.comm.Iallgather(mine, every), time.perf_counter(), "the exchange that builds the operator")
-        sizes = every[:, :4].copy().view(np.uint32)[:, 0]
-        return [pickle.loads(every[r, 4: 4 + int(sizes[r])].tobytes()) for r in range(len(every))]
-
-    def _wait(self, request: Any, t0: float, what: str) -> None:
-        """Poll ``request`` until it completes; abort the job if it has not ``timeout`` s after ``t0``."""
-        spin_until, deadline, pause = t0 + 1e-3, t0 + self.timeout, 1e-5
-        while not request.Test():
-            now = time.perf_counter()
-            if now > deadline:
-                self._abort_after_timeout(what)
-            if now > spin_until:
-                time.sleep(pause)
-                pause = min(2 * pause, 2e-4)
-
-    def _abort_after_timeout(self, what: str) -> None:
-        """Find out which ranks are waiting too (they send the same message), name the others, abort the job."""
-        MPI, diag = self._MPI, self.comm  # point-to-point messages: a context apart from the collectives
-        rank, size = diag.Get_rank(), diag.Get_size()
-        world = MPI.COMM_WORLD
-        with contextlib.suppress(MPI.Exception):
-            for r in range(size):
-                if r != rank:
-                    diag.isend(rank, dest=r, tag=_TIMEOUT_TAG)
-        waiting = {rank}
-        end = time.perf_counter() + min(2.0, self.timeout / 2)
-        with contextlib.suppress(MPI.Exception):
-            while time.perf_counter() < end and len(waiting) < size:
-                status = MPI.Status()
-                if diag.Iprobe(source=MPI.ANY_SOURCE, tag=_TIMEOUT_TAG, status=status):
-                    waiting.add(diag.recv(source=status.Get_source(), tag=_TIMEOUT_TAG))
-                else:
-                    time.sleep(1e-3)
-        missing = sorted(set(range(size)) - waiting)
-        prefix = f"[hessop rank {world.Get_rank()}/{world.Get_size()}] "
-        _abort(
-            world,
-            f"{prefix}timed out: rank(s) {missing} of the communicator did not reach {what} within "
-            f"comm_timeout={self.timeout:g} s (ranks {sorted(waiting)} were waiting there). A rank that stopped "
-            "answering (a hang, a deadlock, a lost node) or one much slower than the others: raise comm_timeout if "
-            "the wait is legitimate.\n"
-            f"{prefix}aborting the MPI job (MPI.COMM_WORLD.Abort(1))\n")
+        return out
 
     def _reduce(self, y: Any) -> Any:
-        """``sum_r w_r y_r`` in one in-place Allreduce on a contiguous buffer, returned as a native array."""
-        w = self.weight
-        if is_numpy_array(y):
-            buf = np.require(y * w if w != 1.0 else np.array(y, copy=True), dtype=self.dtype, requirements=["C", "W"])
-            self._allreduce(buf)
-            return buf
-        if is_torch_array(y) and y.device.type == "cpu":
-            buf = (y.detach() * w).contiguous()  # a fresh tensor: reduced in place through its NumPy view
-            self._allreduce(buf.numpy())
-            return buf
-        if self.cuda_aware and (is_torch_array(y) or is_cupy_array(y)):
-            buf = (y.detach() * w).contiguous() if is_torch_array(y) else (y * w).copy(order="C")
-            _synchronize(buf)
-            self._allreduce(buf)
-            return buf
-        # device arrays without a CUDA-aware MPI, immutable arrays (JAX) and anything else: stage through the host
+        """``sum_r w_r y_r`` in one in-place all-reduce on a contiguous buffer on ``y``'s device where the
+        communicator takes it (NumPy, torch tensors, CUDA-aware device arrays), returned as a native array."""
+        buf = self.comm.writable(y, self.weight, self.dtype)
+        if buf is not None:
+            return self._allreduce(buf)
+        # device arrays the communicator cannot take, immutable arrays (JAX) and anything else: through the host
         host = np.array(self.local.to_numpy(y), dtype=self.dtype, order="C", copy=True)
-        if w != 1.0:
-            host *= self.dtype.type(w)
-        self._allreduce(host)
-        return self.local.asarray(host)
+        if self.weight != 1.0:
+            host *= self.dtype.type(self.weight)
+        return self.local.asarray(self._allreduce(host))
 
     # ------------------------------------------------------------------ transfers
     def asarray(self, x: np.ndarray) -> Any:
@@ -333,15 +197,5 @@ class MPIBackend(WrapperFacts, Backend):
 
     def describe(self) -> str:
         share = f", share {self.local_n_samples}/{self.n_samples}" if self.reduction == "mean" else ", summed"
-        return (f"mpi(rank {self.comm.Get_rank()}/{self.comm.Get_size()}{share}"
-                f"{', cuda-aware' if self.cuda_aware else ''}) over {self.local.describe()}")
+        return f"{self.comm.describe()}{share} over {self.local.describe()}"
 
-
-def _synchronize(buf: Any) -> None:
-    """Wait for the device stream that produced ``buf`` (CUDA-aware MPI reads the memory directly).  The array's
-    library is necessarily imported already: it is looked up, not imported."""
-    lib = sys.modules.get(type(buf).__module__.split(".")[0])
-    if is_torch_array(buf):
-        lib.cuda.current_stream(buf.device).synchronize()
-    elif is_cupy_array(buf):
-        lib.cuda.get_current_stream().synchronize()
