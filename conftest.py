@@ -24,7 +24,6 @@ OPTIONAL = {
     # framework-free modules whose examples build a PyTorch operator (a loss is needed: from_torch or from_jax)
     "hessop.landscape": ("torch",),
     "hessop.blocks": ("torch",),
-    "hessop.testing": ("torch",),
     "hessop.backends.base": ("torch",),
 }
 

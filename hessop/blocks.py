@@ -61,7 +61,7 @@ class BlockRow:
     bias block ``[2]``):
 
     >>> import hessop
-    >>> from hessop.testing import linear_least_squares
+    >>> from hessop.models.linear import linear_least_squares
     >>> H = linear_least_squares()
     >>> row = hessop.by_block(H, ["weight", "bias"])["weight"]
     >>> row.name, row.params, row.n
@@ -103,7 +103,7 @@ class BlockTable:
     error: weight block ``diag(4, 1, 0)``, bias block ``[2]``):
 
     >>> import hessop
-    >>> from hessop.testing import linear_least_squares
+    >>> from hessop.models.linear import linear_least_squares
     >>> H = linear_least_squares()
     >>> table = hessop.by_block(H, ["weight", "bias"])
     >>> len(table), [row.name for row in table]
@@ -284,7 +284,7 @@ def by_block(
     ``diag(4, 1, 0)`` and the bias block is ``[2]``.
 
     >>> import hessop
-    >>> from hessop.testing import linear_least_squares
+    >>> from hessop.models.linear import linear_least_squares
     >>> H = linear_least_squares()
     >>> list(H.backend.names)
     ['weight', 'bias']

@@ -73,7 +73,7 @@ class Landscape:
 
     >>> import numpy as np
     >>> import hessop
-    >>> from hessop.testing import linear_least_squares
+    >>> from hessop.models.linear import linear_least_squares
     >>> H = linear_least_squares(bias=False)
     >>> line = hessop.landscape(H, np.array([1.0, 0.0, 0.0]), radius=0.5, n_points=3)
     >>> line.is_grid, line.kind, line.n_hvp
@@ -225,7 +225,7 @@ def landscape(
     By default the landscape is a grid along the top two eigenvectors, found by Lanczos:
 
     >>> import hessop
-    >>> from hessop.testing import linear_least_squares
+    >>> from hessop.models.linear import linear_least_squares
     >>> H = linear_least_squares(bias=False)
     >>> land = hessop.landscape(H, n_points=5)
     >>> land.is_grid, land.kind, land.losses.shape

@@ -108,7 +108,7 @@ class DataBackend(Backend):
     Examples
     --------
     >>> from hessop.backends.base import DataBackend
-    >>> from hessop.testing import linear_least_squares
+    >>> from hessop.models.linear import linear_least_squares
     >>> backend = linear_least_squares().backend
     >>> isinstance(backend, DataBackend), backend.reduction, backend.n_samples
     (True, 'mean', 2)
@@ -231,11 +231,11 @@ class ParameterLayout(abc.ABC):
 
     Examples
     --------
-    The layout of a ``torch.nn.Linear(3, 1)`` (:func:`hessop.testing.linear_least_squares`):
+    The layout of a ``torch.nn.Linear(3, 1)`` (:func:`hessop.models.linear.linear_least_squares`):
 
     >>> import numpy as np
     >>> from hessop.backends.base import ParameterLayout
-    >>> from hessop.testing import linear_least_squares
+    >>> from hessop.models.linear import linear_least_squares
     >>> layout = linear_least_squares().backend.layout
     >>> isinstance(layout, ParameterLayout), layout.names, layout.shapes, layout.sizes, layout.offsets
     (True, ['weight', 'bias'], [(1, 3), (1,)], [3, 1], [0, 3, 4])
@@ -276,11 +276,11 @@ class ModelBackend(DataBackend, ParameterLayout):
 
     Examples
     --------
-    The loss ``((2 w_1 + b)^2 + (w_2 + b)^2) / 2`` of :func:`hessop.testing.linear_least_squares`:
+    The loss ``((2 w_1 + b)^2 + (w_2 + b)^2) / 2`` of :func:`hessop.models.linear.linear_least_squares`:
 
     >>> import numpy as np
     >>> from hessop.backends.base import ModelBackend
-    >>> from hessop.testing import linear_least_squares
+    >>> from hessop.models.linear import linear_least_squares
     >>> H = linear_least_squares()
     >>> isinstance(H.backend, ModelBackend), H.backend.model_backend is H.backend
     (True, True)
@@ -328,7 +328,7 @@ class LayoutDelegate:
     >>> import numpy as np
     >>> from hessop import HessianOperator
     >>> from hessop.backends.widened import WidenedBackend
-    >>> from hessop.testing import linear_least_squares
+    >>> from hessop.models.linear import linear_least_squares
     >>> WidenedBackend(linear_least_squares(), np.float64).names
     ['weight', 'bias']
     >>> WidenedBackend(HessianOperator.from_matrix(np.eye(2)), np.float64).names

@@ -271,7 +271,9 @@ def install_excepthook(world: Communicator) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------- MPI
-def _mpi() -> Any:
+def mpi_module() -> Any:
+    """mpi4py's ``MPI`` module, imported on first use (never when hessop is imported), or an ImportError that names
+    what to install."""
     try:
         from mpi4py import MPI
     except ImportError as e:  # pragma: no cover - depends on the environment
@@ -311,7 +313,7 @@ class MPICommunicator(Communicator):
     abort_action = "MPI.COMM_WORLD.Abort(1)"
 
     def __init__(self, comm: Any, timeout: float | None = DEFAULT_COMM_TIMEOUT, *, cuda_aware: bool = False) -> None:
-        MPI = _mpi()
+        MPI = mpi_module()
         if not isinstance(comm, MPI.Comm):
             raise TypeError(f"comm must be an mpi4py communicator (e.g. mpi4py.MPI.COMM_WORLD), got "
                             f"{type(comm).__name__}")

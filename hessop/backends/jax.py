@@ -103,7 +103,7 @@ def _leaves_dtype(params: Any) -> tuple[np.dtype, list[str], list[tuple[int, ...
     return dtypes.pop(), names, shapes
 
 
-class _Static:
+class Static:
     """A loss function as a static jit argument: equal (same compiled code) exactly when it is the same object.
     Hashing by identity also admits callables that are not hashable themselves (bound methods of dataclasses)."""
 
@@ -116,10 +116,10 @@ class _Static:
         return id(self.fn)
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, _Static) and other.fn is self.fn
+        return isinstance(other, Static) and other.fn is self.fn
 
 
-def _unflatten(theta: jax.Array, layout: tuple) -> Any:
+def unflatten_theta(theta: jax.Array, layout: tuple) -> Any:
     """Flat vector -> parameter pytree (the inverse of ``ravel_pytree`` for one dtype), traceable."""
     treedef, shapes = layout[0], layout[1]
     leaves, start = [], 0
@@ -130,11 +130,11 @@ def _unflatten(theta: jax.Array, layout: tuple) -> Any:
     return jax.tree_util.tree_unflatten(treedef, leaves)
 
 
-def _flat_loss(theta: jax.Array, batch: Any, fn: _Static, layout: tuple) -> jax.Array:
-    return jnp.reshape(fn.fn(_unflatten(theta, layout), batch), ())
+def _flat_loss(theta: jax.Array, batch: Any, fn: Static, layout: tuple) -> jax.Array:
+    return jnp.reshape(fn.fn(unflatten_theta(theta, layout), batch), ())
 
 
-def _hvp_one(theta: jax.Array, batch: Any, v: jax.Array, fn: _Static, layout: tuple) -> jax.Array:
+def _hvp_one(theta: jax.Array, batch: Any, v: jax.Array, fn: Static, layout: tuple) -> jax.Array:
     """Forward-over-reverse: the derivative of ``grad L_b`` at ``theta`` in direction ``v``."""
     grad = jax.grad(_flat_loss)
     return jax.jvp(lambda t: grad(t, batch, fn, layout), (theta,), (v,))[1]
@@ -143,40 +143,40 @@ def _hvp_one(theta: jax.Array, batch: Any, v: jax.Array, fn: _Static, layout: tu
 # Compiled once per (loss function, parameter layout, batch shapes) and shared by every operator built from the
 # same loss: rebuilding an operator at a new theta (e.g. along training) reuses the compiled code.
 @functools.partial(jax.jit, static_argnames=("fn", "layout"))
-def _raw_loss_jit(theta: jax.Array, batch: Any, *, fn: _Static, layout: tuple) -> Any:
+def _raw_loss_jit(theta: jax.Array, batch: Any, *, fn: Static, layout: tuple) -> Any:
     """The loss as the user wrote it (any output), traced only through ``jax.eval_shape`` to check that output."""
-    return fn.fn(_unflatten(theta, layout), batch)
+    return fn.fn(unflatten_theta(theta, layout), batch)
 
 
 @functools.partial(jax.jit, static_argnames=("fn", "layout"))
-def _loss_jit(theta: jax.Array, batch: Any, *, fn: _Static, layout: tuple) -> jax.Array:
+def _loss_jit(theta: jax.Array, batch: Any, *, fn: Static, layout: tuple) -> jax.Array:
     return _flat_loss(theta, batch, fn, layout)
 
 
-def _hvp_cols(theta: jax.Array, batch: Any, V: jax.Array, fn: _Static, layout: tuple) -> jax.Array:
+def _hvp_cols(theta: jax.Array, batch: Any, V: jax.Array, fn: Static, layout: tuple) -> jax.Array:
     return jax.vmap(_hvp_one, in_axes=(None, None, 1, None, None), out_axes=1)(theta, batch, V, fn, layout)
 
 
 # The first batch of a product starts the sum (no zero vector to dispatch); the others add to it.
 @functools.partial(jax.jit, static_argnames=("fn", "layout"))
-def _hvp_first_jit(theta: jax.Array, batch: Any, v: jax.Array, w: Any, *, fn: _Static, layout: tuple) -> jax.Array:
+def _hvp_first_jit(theta: jax.Array, batch: Any, v: jax.Array, w: Any, *, fn: Static, layout: tuple) -> jax.Array:
     return (w * _hvp_one(theta, batch, v, fn, layout)).astype(v.dtype)
 
 
 @functools.partial(jax.jit, static_argnames=("fn", "layout"))
-def _hvp_acc_jit(acc: jax.Array, theta: jax.Array, batch: Any, v: jax.Array, w: Any, *, fn: _Static,
+def _hvp_acc_jit(acc: jax.Array, theta: jax.Array, batch: Any, v: jax.Array, w: Any, *, fn: Static,
                  layout: tuple) -> jax.Array:
     return acc + (w * _hvp_one(theta, batch, v, fn, layout)).astype(acc.dtype)
 
 
 @functools.partial(jax.jit, static_argnames=("fn", "layout"))
-def _hvp_block_first_jit(theta: jax.Array, batch: Any, V: jax.Array, w: Any, *, fn: _Static,
+def _hvp_block_first_jit(theta: jax.Array, batch: Any, V: jax.Array, w: Any, *, fn: Static,
                          layout: tuple) -> jax.Array:
     return (w * _hvp_cols(theta, batch, V, fn, layout)).astype(V.dtype)
 
 
 @functools.partial(jax.jit, static_argnames=("fn", "layout"))
-def _hvp_block_acc_jit(acc: jax.Array, theta: jax.Array, batch: Any, V: jax.Array, w: Any, *, fn: _Static,
+def _hvp_block_acc_jit(acc: jax.Array, theta: jax.Array, batch: Any, V: jax.Array, w: Any, *, fn: Static,
                        layout: tuple) -> jax.Array:
     return acc + (w * _hvp_cols(theta, batch, V, fn, layout)).astype(acc.dtype)
 
@@ -287,7 +287,7 @@ class JaxBackend(ModelBackend):
 
     # ------------------------------------------------------------------ compiled pieces
     def _compile(self) -> dict[str, Callable]:
-        static = {"fn": _Static(self.loss_fn), "layout": self._layout}
+        static = {"fn": Static(self.loss_fn), "layout": self._layout}
         jitted = {"loss": _loss_jit, "first": _hvp_first_jit, "acc": _hvp_acc_jit,
                   "block_first": _hvp_block_first_jit, "block_acc": _hvp_block_acc_jit}
         return {name: functools.partial(f, **static) for name, f in jitted.items()}
@@ -326,7 +326,7 @@ class JaxBackend(ModelBackend):
         return sizes, first
 
     def _check_loss_output(self, batch: Any) -> None:
-        static = {"fn": _Static(self.loss_fn), "layout": self._layout}
+        static = {"fn": Static(self.loss_fn), "layout": self._layout}
         out = jax.eval_shape(functools.partial(_raw_loss_jit, **static), self.theta, batch)
         if not isinstance(out, jax.ShapeDtypeStruct):
             raise TypeError(f"loss_fn returned {type(out).__name__}, expected one scalar array. If it returns "
@@ -384,7 +384,7 @@ class JaxBackend(ModelBackend):
                              "for an (n, k) block unflatten each column.")
         if not isinstance(v, jax.Array):
             v = self.asarray(v)
-        return _unflatten(v.astype(self.jax_dtype), self._layout)
+        return unflatten_theta(v.astype(self.jax_dtype), self._layout)
 
     def flatten(self, tree: Any) -> jax.Array:
         """A pytree shaped like ``params`` as a flat native vector (the inverse of :meth:`unflatten`)."""

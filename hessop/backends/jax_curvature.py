@@ -18,7 +18,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from hessop.backends.jax import JaxBackend, _Static, _unflatten
+from hessop.backends.jax import JaxBackend, Static, unflatten_theta
 from hessop.curvature import OUTPUT_LOSSES, WHY_OUTPUT_LOSS, check_curvature, draw_seed
 
 __all__ = ["JaxCurvatureBackend"]
@@ -69,7 +69,7 @@ def _curvature_cols(theta: jax.Array, batch: Any, V: jax.Array, key: jax.Array, 
     x, y = batch
 
     def outputs(t: jax.Array) -> jax.Array:
-        f = spec[0].fn(_unflatten(t, layout), x)
+        f = spec[0].fn(unflatten_theta(t, layout), x)
         return _per_sample(spec, f, y) if spec[2] == "empirical_fisher" else f
 
     a, pullback = jax.vjp(outputs, theta)  # a: the outputs f (GGN, Fisher) or the per-sample losses
@@ -142,7 +142,7 @@ class JaxCurvatureBackend(JaxBackend):
                              f"output_loss={' or '.join(map(repr, OUTPUT_LOSSES))} ({WHY_OUTPUT_LOSS}).")
         self.curvature, self.model_fn, self.output_loss = curvature, model_fn, output_loss
         self.mc_samples, self.fisher_seed, self._keys = int(mc_samples), int(fisher_seed), {}
-        self._spec = (_Static(model_fn), output_loss, curvature, reduction, self.mc_samples)
+        self._spec = (Static(model_fn), output_loss, curvature, reduction, self.mc_samples)
         super().__init__(loss_fn, params, data, reduction=reduction, check_deterministic=False,
                          batch_size=batch_size)
         self._check_loss(next(iter(self._batches())))

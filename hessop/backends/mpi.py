@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from hessop.backends.base import Backend, WrapperFacts
-from hessop.backends.comm import DEFAULT_COMM_TIMEOUT, MPICommunicator, _mpi, as_communicator
+from hessop.backends.comm import DEFAULT_COMM_TIMEOUT, MPICommunicator, as_communicator, mpi_module
 
 __all__ = ["DEFAULT_COMM_TIMEOUT", "MPIBackend", "install_abort_hook"]
 
@@ -35,7 +35,7 @@ def install_abort_hook() -> None:
 
     >>> install_abort_hook()  # doctest: +SKIP
     """
-    MPICommunicator(_mpi().COMM_WORLD, timeout=None).install_abort_hook()
+    MPICommunicator(mpi_module().COMM_WORLD, timeout=None).install_abort_hook()
 
 
 # ---------------------------------------------------------------------------------------------------- backend
