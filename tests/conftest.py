@@ -25,6 +25,30 @@ def nan_operator():
 
 
 @pytest.fixture
+def block_only():
+    """A factory: ``make(A)`` gives an operator over the matrix ``A`` that serves block products only (a
+    single-vector product fails the test) and the list of the block widths it was asked for, the uncounted block of
+    two of the symmetry check at construction already cleared."""
+
+    def make(A):
+        calls = []
+
+        def block(V):
+            calls.append(V.shape[1])
+            return A @ V
+
+        def single(v):
+            raise AssertionError("single-vector product")
+
+        op = hessop.HessianOperator.from_function(single, A.shape[0], hvp_block=block)
+        assert calls == [2] and op.n_hvp == 0  # the symmetry check at construction: one uncounted block of two
+        calls.clear()
+        return op, calls
+
+    return make
+
+
+@pytest.fixture
 def tiny_torch_problem():
     """A 23-parameter float64 MLP (Linear-Tanh-Linear) with cross-entropy on 16 random samples, and its operator:
     ``(model, H)``.  The model is fresh per test (tests may change its weights)."""

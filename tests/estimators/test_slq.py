@@ -184,21 +184,8 @@ def test_lockstep_blocks_do_not_change_the_draws():
         np.testing.assert_allclose(x, y, rtol=1e-10, atol=1e-12)
 
 
-def test_draws_advance_through_block_products():
-    lam = outlier_spectrum(100, seed=0)
-    A = matrix_with_spectrum(lam, seed=1)
-    calls = []
-
-    def block(V):
-        calls.append(V.shape[1])
-        return A @ V
-
-    def single(v):
-        raise AssertionError("single-vector product")
-
-    op = hessop.HessianOperator.from_function(single, 100, hvp_block=block)
-    assert calls == [2] and op.n_hvp == 0  # the symmetry check at construction: one uncounted block of two
-    calls.clear()
+def test_draws_advance_through_block_products(block_only):
+    op, calls = block_only(matrix_with_spectrum(outlier_spectrum(100, seed=0), seed=1))
     sd = hessop.slq(op, n_iter=12, max_hvp=84, block_size=4)
     assert calls == [4] * 12 + [3] * 12 and sd.n_hvp == 84 == op.n_hvp
 
