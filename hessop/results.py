@@ -114,6 +114,10 @@ class EigenResult:
         Which solver produced the result.
     n_restarts : int
         Thick restarts (Lanczos only).
+    precision_limited : numpy.ndarray of bool, shape (k,)
+        Pair ``i``'s accuracy is limited by the precision of the products, not by the iteration: its residual is
+        at the floor the products allow (see :func:`residual_floor`), so running longer cannot improve it; a
+        product in a wider dtype can.  Default: all False.
 
     Examples
     --------
@@ -134,6 +138,11 @@ class EigenResult:
     n_iter: int
     method: str
     n_restarts: int = 0
+    precision_limited: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.precision_limited is None:
+            object.__setattr__(self, "precision_limited", np.zeros(len(self.converged), dtype=bool))
 
     @property
     def all_converged(self) -> bool:
