@@ -18,6 +18,7 @@ from hessop.backends.widened import WidenedBackend
 
 __all__ = ["HessianOperator", "as_operator"]  # as_operator: from hessop._constructors
 
+
 class HessianOperator(LinearOperator):
     """The Hessian of a loss at fixed parameters, as a symmetric linear operator that is never formed.
 
