@@ -39,15 +39,11 @@ is seen by ``mpiexec`` or ``torchrun`` itself.
 
 Use
 ---
-::
-
-    import torch.distributed as dist
-    import hessop
-
-    dist.init_process_group("nccl")                      # torchrun sets RANK, WORLD_SIZE, MASTER_ADDR, ...
-    torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
-    H = hessop.HessianOperator.from_torch(model, loss_fn, my_batches, comm="torch")
-    res = hessop.lanczos(H, k=5)                         # the same call, the same result on every rank
+In a script launched by ``torchrun`` (which sets ``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``, ..., and
+``LOCAL_RANK``): initialise the default process group (``torch.distributed.init_process_group("nccl")``), put each
+rank on its GPU (``torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))``), build the operator over the rank's own
+batches with ``H = hessop.HessianOperator.from_torch(model, loss_fn, my_batches, comm="torch")`` and call the solver
+as in one process, ``res = hessop.lanczos(H, k=5)``: the same call gives the same result on every rank.
 
 Examples
 --------

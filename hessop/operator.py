@@ -6,20 +6,17 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-import scipy.sparse as sp
 from scipy.sparse.linalg import LinearOperator
 
-from hessop._validate import check_cast, check_native, check_symmetric_product
+from hessop._constructors import as_operator, checked_symmetric, cupy_operator, jax_operator, torch_operator
+from hessop._validate import check_cast, check_native
 from hessop.backends.base import Backend, ModelBackend
-from hessop.backends.comm import as_communicator
-from hessop.backends.mpi import DEFAULT_COMM_TIMEOUT, MPIBackend
+from hessop.backends.mpi import DEFAULT_COMM_TIMEOUT
 from hessop.backends.numpy import FunctionBackend, MatrixBackend
-from hessop.backends.widened import WidenedBackend, half_precision_face
-from hessop.curvature import check_curvature
+from hessop.backends.settings import CurvatureSettings, JaxSettings, TorchSettings
+from hessop.backends.widened import WidenedBackend
 
-__all__ = ["HessianOperator", "as_operator"]
-
-_SYMMETRY_SEED = 0x5E77  # seed of the two random vectors of the symmetry check (the same on every MPI rank)
+__all__ = ["HessianOperator", "as_operator"]  # as_operator: from hessop._constructors
 
 
 class HessianOperator(LinearOperator):
@@ -100,7 +97,7 @@ class HessianOperator(LinearOperator):
         >>> H @ np.arange(3.0)
         array([0., 2., 4.])
         """
-        return _symmetric(cls(FunctionBackend(hvp, n, dtype, hvp_block)), check_symmetric)
+        return checked_symmetric(cls(FunctionBackend(hvp, n, dtype, hvp_block)), check_symmetric)
 
     @classmethod
     def from_torch(
@@ -205,27 +202,13 @@ class HessianOperator(LinearOperator):
         >>> bool(np.allclose(G @ np.eye(4), H @ np.eye(4)))  # a linear model: G = H
         True
         """
-        try:
-            from hessop.backends.torch import TorchBackend, TorchCurvatureBackend
-        except ModuleNotFoundError as e:
-            if e.name is None or e.name.split(".")[0] != "torch":
-                raise
-            raise ImportError("HessianOperator.from_torch needs PyTorch: pip install torch (see pytorch.org for the "
-                              "wheel matching your CUDA).") from e
-        check_curvature(curvature, mc_samples, fisher_seed, output_loss)
-
-        def make() -> HessianOperator:
-            problem = {"params": params, "reduction": reduction, "loss_form": loss_form,
-                       "check_deterministic": check_deterministic, "batch_size": batch_size}
-            if curvature == "hessian":
-                backend = TorchBackend(model, loss_fn, data, hvp_method=hvp_method, cache_memory=cache_memory,
-                                       **problem)
-            else:
-                backend = TorchCurvatureBackend(model, loss_fn, data, curvature=curvature, output_loss=output_loss,
-                                                mc_samples=mc_samples, fisher_seed=fisher_seed, **problem)
-            return _symmetric(cls(half_precision_face(backend)), check_symmetric)
-
-        return _build(make, comm, comm_timeout)
+        settings = TorchSettings(params=params, reduction=reduction, loss_form=loss_form,
+                                 check_deterministic=check_deterministic, batch_size=batch_size,
+                                 hvp_method=hvp_method, cache_memory=cache_memory)
+        curvature_settings = CurvatureSettings(curvature=curvature, output_loss=output_loss, mc_samples=mc_samples,
+                                               fisher_seed=fisher_seed)
+        return torch_operator(cls, model, loss_fn, data, settings, curvature_settings, comm, comm_timeout,
+                              check_symmetric)
 
     @classmethod
     def from_jax(
@@ -239,11 +222,8 @@ class HessianOperator(LinearOperator):
         batch_size: Callable[[Any], int] | None = None,
         curvature: str = "hessian",
         model_fn: Callable[[Any, Any], Any] | None = None,
-        output_loss: str | None = None,
-        mc_samples: int = 1,
-        fisher_seed: int = 0,
-        comm: Any = None,
-        comm_timeout: float | None = DEFAULT_COMM_TIMEOUT,
+        output_loss: str | None = None, mc_samples: int = 1, fisher_seed: int = 0,  # the curvature family, below
+        comm: Any = None, comm_timeout: float | None = DEFAULT_COMM_TIMEOUT,  # distributed runs
         check_symmetric: bool = False,
     ) -> HessianOperator:
         """Hessian of a JAX loss ``loss_fn(params, batch) -> scalar`` over a data set, with respect to the pytree
@@ -284,30 +264,11 @@ class HessianOperator(LinearOperator):
         >>> G @ np.array([1.0, 1.0], dtype=np.float32)  # a linear model: G = H
         array([1., 4.], dtype=float32)
         """
-        try:
-            from hessop.backends.jax_curvature import JaxCurvatureBackend
-            from hessop.backends.jax_mesh import mesh_backend
-        except ModuleNotFoundError as e:
-            if e.name is None or e.name.split(".")[0] not in ("jax", "jaxlib"):
-                raise
-            raise ImportError("HessianOperator.from_jax needs JAX: pip install jax (or jax[cuda12] for a GPU).") from e
-        check_curvature(curvature, mc_samples, fisher_seed, output_loss, model_fn)
-        hessian_backend, reduce_over = mesh_backend(comm)  # a Mesh: its sharded backend, nothing left to reduce
-        if curvature != "hessian" and comm is not None and reduce_over is None:
-            raise ValueError(f"curvature={curvature!r} over a jax.sharding.Mesh is not supported yet: pass comm=None "
-                             "(one device) or comm='jax' (one shard of the data per process).")
-
-        def make() -> HessianOperator:
-            problem = {"reduction": reduction, "check_deterministic": check_deterministic, "batch_size": batch_size}
-            if curvature == "hessian":
-                backend = hessian_backend(loss_fn, params, data, **problem)
-            else:
-                backend = JaxCurvatureBackend(loss_fn, params, data, curvature=curvature, model_fn=model_fn,
-                                              output_loss=output_loss, mc_samples=mc_samples,
-                                              fisher_seed=fisher_seed, **problem)
-            return _symmetric(cls(backend), check_symmetric)
-
-        return _build(make, reduce_over, comm_timeout)
+        settings = JaxSettings(reduction=reduction, check_deterministic=check_deterministic, batch_size=batch_size)
+        curvature_settings = CurvatureSettings(curvature=curvature, output_loss=output_loss, mc_samples=mc_samples,
+                                               fisher_seed=fisher_seed)
+        return jax_operator(cls, loss_fn, params, data, settings, curvature_settings, model_fn, comm, comm_timeout,
+                            check_symmetric)
 
     @classmethod
     def from_cupy(
@@ -344,16 +305,7 @@ class HessianOperator(LinearOperator):
         >>> H @ np.ones(3)  # doctest: +SKIP
         array([1., 2., 3.])
         """
-        try:
-            from hessop.backends.cupy import cupy_backend
-        except ModuleNotFoundError as e:
-            if e.name is None or e.name.split(".")[0] not in ("cupy", "cupyx"):
-                raise
-            raise ImportError(
-                "HessianOperator.from_cupy needs CuPy and a CUDA GPU: pip install cupy-cuda12x (or the wheel "
-                "matching your CUDA). Without a GPU use HessianOperator.from_matrix or from_function on NumPy."
-            ) from e
-        return _symmetric(cls(cupy_backend(A, n, dtype, hvp_block=hvp_block)), check_symmetric and callable(A))
+        return cupy_operator(cls, A, n, dtype, hvp_block, check_symmetric)
 
     # ------------------------------------------------------------------ native face
     @property
@@ -545,55 +497,3 @@ class HessianOperator(LinearOperator):
 
     def __repr__(self) -> str:
         return f"<{self.n}x{self.n} HessianOperator, dtype={self.dtype}, backend={self.backend.describe()}>"
-
-
-def _symmetric(op: HessianOperator, check: bool) -> HessianOperator:
-    """``op``, after the randomised symmetry test of :func:`hessop._validate.check_symmetric_product` if
-    ``check``: one block product of two seeded Gaussian vectors through the backend (not counted in ``n_hvp``)."""
-    if check:
-        U = np.random.default_rng(_SYMMETRY_SEED).standard_normal((op.n, 2))
-        Y = op.to_numpy(op.backend.hvp_block(op.cast(U)))
-        check_symmetric_product(U[:, 0], U[:, 1], Y[:, 0], Y[:, 1], op.dtype)
-    return op
-
-
-def _build(make: Callable[[], HessianOperator], comm: Any, comm_timeout: float | None) -> HessianOperator:
-    """``make()`` without a communicator; with one, the local operator ``make()`` summed over ``comm`` (see
-    :func:`hessop.mpi.reduce_operator`; ``comm``: anything :func:`hessop.backends.comm.as_communicator` takes).
-    Every constructor taking ``comm=`` ends with this call.  The abort hook is
-    installed before the local operator is built, so that an error while building it on one rank (bad data,
-    non-deterministic loss) aborts the job instead of leaving the other ranks waiting in the constructor's
-    collective."""
-    if comm is None:
-        return make()
-    communicator = as_communicator(comm, comm_timeout)  # imports mpi4py / torch.distributed / JAX, only now
-    communicator.install_abort_hook()
-    local = make()
-    return type(local)(MPIBackend(local.backend, communicator))
-
-
-def as_operator(H: Any) -> HessianOperator:
-    """Accept a HessianOperator, a square SciPy ``LinearOperator`` (its symmetry checked by the randomised test of
-    :meth:`HessianOperator.from_function`: two extra products), a NumPy array or a SciPy sparse matrix, and return a
-    HessianOperator.
-
-    Examples
-    --------
-    >>> from scipy.sparse.linalg import aslinearoperator
-    >>> as_operator(np.eye(2)).shape
-    (2, 2)
-    >>> as_operator(aslinearoperator(np.diag([1.0, 2.0]))) @ np.ones(2)
-    array([1., 2.])
-    """
-    if isinstance(H, HessianOperator):
-        return H
-    if isinstance(H, np.ndarray) or sp.issparse(H):
-        return HessianOperator.from_matrix(H)
-    if isinstance(H, LinearOperator):
-        if H.shape[0] != H.shape[1]:
-            raise ValueError(f"the operator must be square; got shape {H.shape}")
-        return HessianOperator.from_function(H.matvec, H.shape[0], H.dtype, hvp_block=H.matmat)
-    raise TypeError(
-        f"expected a HessianOperator, a scipy LinearOperator, a numpy array or a scipy sparse matrix, "
-        f"got {type(H).__name__}"
-    )

@@ -115,9 +115,6 @@ def _torch_hvp_method(monkeypatch):
     that default ``hvp_method`` for the PyTorch backend; unset, the library default ("auto") is tested."""
     method = os.environ.get("HESSOP_TEST_HVP_METHOD")
     if method:
-        from hessop.backends.torch import TorchBackend
-
-        monkeypatch.setitem(TorchBackend.__init__.__kwdefaults__, "hvp_method", method)
         monkeypatch.setitem(hessop.HessianOperator.from_torch.__kwdefaults__, "hvp_method", method)
 
 

@@ -5,7 +5,6 @@ analyses need beyond products (:class:`ParameterLayout`, :class:`ModelBackend`).
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -316,6 +315,32 @@ class ModelBackend(DataBackend, ParameterLayout):
                         "model_fn=..., output_loss=...)).")
 
 
+def from_wrapped(name: str) -> property:
+    """A read-only property of a backend that wraps another: :attr:`Backend` attribute ``name`` of its ``wrapped``
+    backend.  A wrapper declares each attribute it takes from the wrapped backend this way, one a line (none is
+    probed with ``__getattr__``).
+
+    Examples
+    --------
+    >>> class Face:
+    ...     product_dtype = from_wrapped("product_dtype")
+    ...     def __init__(self, wrapped):
+    ...         self.wrapped = wrapped
+    >>> from hessop.backends.numpy import MatrixBackend
+    >>> Face(MatrixBackend(np.eye(2, dtype=np.float32))).product_dtype
+    'float32'
+    """
+    return property(lambda self: getattr(self.wrapped, name), doc=f":attr:`Backend.{name}` of the wrapped backend.")
+
+
+def from_layout(name: str, role: str = "attr") -> property:
+    """A read-only property of a backend that wraps another: the :class:`ParameterLayout` member ``name`` (an
+    attribute, or a method for ``role="meth"``) of the wrapped backend's layout, through the wrapper's
+    ``_layout()`` (``AttributeError`` where there is none); see :class:`LayoutDelegate`."""
+    return property(lambda self: getattr(self._layout(), name),
+                    doc=f":{role}:`ParameterLayout.{name}` of the wrapped backend.")
+
+
 class LayoutDelegate:
     """The :class:`ParameterLayout` members of a backend that wraps another (an MPI reduction, a wider dtype),
     each delegated explicitly to :attr:`Backend.layout`.  Without one (the wrapped backend has no parameters) they
@@ -345,40 +370,13 @@ class LayoutDelegate:
                                  "from_jax)")
         return self.layout
 
-    @property
-    def names(self) -> list[str]:
-        """:attr:`ParameterLayout.names` of the wrapped backend."""
-        return self._layout().names
-
-    @property
-    def shapes(self) -> list[tuple[int, ...]]:
-        """:attr:`ParameterLayout.shapes` of the wrapped backend."""
-        return self._layout().shapes
-
-    @property
-    def sizes(self) -> list[int]:
-        """:attr:`ParameterLayout.sizes` of the wrapped backend."""
-        return self._layout().sizes
-
-    @property
-    def offsets(self) -> list[int]:
-        """:attr:`ParameterLayout.offsets` of the wrapped backend."""
-        return self._layout().offsets
-
-    @property
-    def unflatten(self) -> Callable[[Any], Any]:
-        """:meth:`ParameterLayout.unflatten` of the wrapped backend."""
-        return self._layout().unflatten
-
-    @property
-    def parameters_flat(self) -> Callable[[], Any]:
-        """:meth:`ParameterLayout.parameters_flat` of the wrapped backend."""
-        return self._layout().parameters_flat
-
-    @property
-    def modules(self) -> Callable[[], list[str]]:
-        """:meth:`ParameterLayout.modules` of the wrapped backend."""
-        return self._layout().modules
+    names = from_layout("names")
+    shapes = from_layout("shapes")
+    sizes = from_layout("sizes")
+    offsets = from_layout("offsets")
+    unflatten = from_layout("unflatten", "meth")
+    parameters_flat = from_layout("parameters_flat", "meth")
+    modules = from_layout("modules", "meth")
 
 
 class WrapperFacts(LayoutDelegate):
@@ -402,17 +400,6 @@ class WrapperFacts(LayoutDelegate):
         """:attr:`Backend.product_eps` of the wrapped backend."""
         return float(self.wrapped.product_eps)
 
-    @property
-    def product_dtype(self) -> str:
-        """:attr:`Backend.product_dtype` of the wrapped backend."""
-        return self.wrapped.product_dtype
-
-    @property
-    def half_precision(self) -> bool:
-        """:attr:`Backend.half_precision` of the wrapped backend."""
-        return self.wrapped.half_precision
-
-    @property
-    def layout(self) -> ParameterLayout | None:
-        """:attr:`Backend.layout` of the wrapped backend."""
-        return self.wrapped.layout
+    product_dtype = from_wrapped("product_dtype")
+    half_precision = from_wrapped("half_precision")
+    layout = from_wrapped("layout")

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import Any
 
 import jax
@@ -32,6 +33,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from hessop.backends.base import DataView, ModelBackend
+from hessop.backends.settings import JaxSettings
 
 __all__ = ["JaxBackend", "x64_enabled"]
 
@@ -200,15 +202,18 @@ class JaxBackend(ModelBackend):
         pytree structure.  A one-shot iterator or generator is refused (the data are traversed once per product).
         Batches held as numpy arrays are copied to the device at every product; hold them as jax arrays
         (``jax.device_put``) when they fit on the device.
-    reduction : {"mean", "sum"}
-        What ``loss_fn`` does over a batch.  ``"mean"``: the Hessian of the mean loss over all N samples,
-        ``H = sum_b (|b| / N) H_b`` (batches may differ in size).  ``"sum"``: ``H = sum_b H_b``.
-    check_deterministic : bool
-        At construction, compare the total loss over two passes and two products of one vector, and refuse data
-        or losses that make ``H v`` random (a loader that changes the samples, augmentation, a fresh rng per
-        call).  Costs two loss passes and two products.  Default True.
-    batch_size : callable, optional
-        ``batch_size(batch) -> int`` for the weights; default: the leading dimension of the batch's first leaf.
+    settings : hessop.backends.settings.JaxSettings
+        The keywords of :meth:`hessop.HessianOperator.from_jax` (whose defaults are given here), as fields:
+
+        * ``reduction`` ({"mean", "sum"}):
+          What ``loss_fn`` does over a batch.  ``"mean"``: the Hessian of the mean loss over all N samples,
+          ``H = sum_b (|b| / N) H_b`` (batches may differ in size).  ``"sum"``: ``H = sum_b H_b``.
+        * ``check_deterministic`` (bool):
+          At construction, compare the total loss over two passes and two products of one vector, and refuse data
+          or losses that make ``H v`` random (a loader that changes the samples, augmentation, a fresh rng per
+          call).  Costs two loss passes and two products.  Default True.
+        * ``batch_size`` (callable, optional):
+          ``batch_size(batch) -> int`` for the weights; default: the leading dimension of the batch's first leaf.
 
     Attributes
     ----------
@@ -221,10 +226,12 @@ class JaxBackend(ModelBackend):
     >>> import jax.numpy as jnp
     >>> import numpy as np
     >>> from hessop.backends.jax import JaxBackend
+    >>> from hessop.backends.settings import JaxSettings
     >>> def loss(params, x):
     ...     return jnp.mean((x @ params["w"]) ** 2)
     >>> x = jnp.array([[2.0, 0.0], [0.0, 1.0]], dtype=jnp.float32)
-    >>> backend = JaxBackend(loss, {"w": jnp.zeros(2, dtype=jnp.float32)}, x)
+    >>> settings = JaxSettings(reduction="mean", check_deterministic=True, batch_size=None)
+    >>> backend = JaxBackend(loss, {"w": jnp.zeros(2, dtype=jnp.float32)}, x, settings)
     >>> backend.n, backend.dtype, backend.names, backend.n_samples
     (2, dtype('float32'), ["['w']"], 2)
     >>> backend.to_numpy(backend.hvp(backend.asarray(np.ones(2)))).tolist()
@@ -234,23 +241,15 @@ class JaxBackend(ModelBackend):
     name = "jax"
     _randomness_hint = "a loss that draws fresh randomness per call (e.g. dropout with a new key)"
 
-    def __init__(
-        self,
-        loss_fn: Callable[[Any, Any], Any],
-        params: Any,
-        data: Any,
-        *,
-        reduction: str = "mean",
-        check_deterministic: bool = True,
-        batch_size: Callable[[Any], int] | None = None,
-    ) -> None:
+    def __init__(self, loss_fn: Callable[[Any, Any], Any], params: Any, data: Any, settings: JaxSettings) -> None:
+        reduction, batch_size = settings.reduction, settings.batch_size
         if not callable(loss_fn):
             raise TypeError(f"loss_fn must be callable as loss_fn(params, batch), got {type(loss_fn).__name__}")
         if reduction not in ("mean", "sum"):
             raise ValueError(f"reduction must be 'mean' or 'sum' (what loss_fn does over a batch), got {reduction!r}")
         if batch_size is not None and not callable(batch_size):
             raise TypeError(f"batch_size must be a callable batch -> int, got {type(batch_size).__name__}")
-        self.loss_fn, self.reduction, self._batch_size = loss_fn, reduction, batch_size
+        self.loss_fn, self.reduction, self._batch_size, self.settings = loss_fn, reduction, batch_size, settings
 
         # ---- parameters: one dtype, x64 respected, flattened once
         self.dtype, self.names, self.shapes = _leaves_dtype(params)
@@ -282,7 +281,7 @@ class JaxBackend(ModelBackend):
             raise ValueError("data holds no samples.")
         self._check_loss_output(first)
 
-        if check_deterministic:
+        if settings.check_deterministic:
             self._check_deterministic()
 
     # ------------------------------------------------------------------ compiled pieces
@@ -451,7 +450,7 @@ class JaxBackend(ModelBackend):
                 full[i] = leaf
             return loss_fn(jax.tree_util.tree_unflatten(treedef, full), batch)
 
-        sub = JaxBackend(block_loss, [leaves[i] for i in idx], DataView(self.data), reduction=self.reduction,
-                         check_deterministic=False, batch_size=self._batch_size)
+        sub = JaxBackend(block_loss, [leaves[i] for i in idx], DataView(self.data),
+                         replace(self.settings, check_deterministic=False))
         sub.names = [self.names[i] for i in idx]
         return sub

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from hessop.backends.jax import JaxBackend, Static, unflatten_theta
+from hessop.backends.settings import JaxSettings
 from hessop.curvature import OUTPUT_LOSSES, WHY_OUTPUT_LOSS, check_curvature, draw_seed
 
 __all__ = ["JaxCurvatureBackend"]
@@ -143,8 +144,8 @@ class JaxCurvatureBackend(JaxBackend):
         self.curvature, self.model_fn, self.output_loss = curvature, model_fn, output_loss
         self.mc_samples, self.fisher_seed, self._keys = int(mc_samples), int(fisher_seed), {}
         self._spec = (Static(model_fn), output_loss, curvature, reduction, self.mc_samples)
-        super().__init__(loss_fn, params, data, reduction=reduction, check_deterministic=False,
-                         batch_size=batch_size)
+        super().__init__(loss_fn, params, data, JaxSettings(reduction, check_deterministic=False,
+                                                            batch_size=batch_size))
         self._check_loss(next(iter(self._batches())))
         if check_deterministic:
             self._check_deterministic()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import pickle
+from dataclasses import replace
 from typing import Any, NoReturn
 
 import jax
@@ -25,6 +26,7 @@ from jax.sharding import PartitionSpec as P
 
 from hessop.backends.comm import DEFAULT_COMM_TIMEOUT, Communicator, Pending, exit_job
 from hessop.backends.jax import JaxBackend
+from hessop.backends.settings import JaxSettings
 
 __all__ = ["JaxProcessCommunicator", "MeshJaxBackend"]
 
@@ -40,13 +42,11 @@ class MeshJaxBackend(JaxBackend):
 
     Parameters
     ----------
-    loss_fn, params, data, check_deterministic
-        As :class:`~hessop.backends.jax.JaxBackend` (default ``check_deterministic=True``).
+    loss_fn, params, data, settings
+        As :class:`~hessop.backends.jax.JaxBackend`.
     mesh : jax.sharding.Mesh
         The devices; the batch's leading axis is split over all of its axes (``PartitionSpec(mesh.axis_names)``).
         Each batch's leading dimension must be a multiple of ``mesh.size``.
-    **kwargs
-        ``reduction`` and ``batch_size`` of :class:`~hessop.backends.jax.JaxBackend`.
 
     Raises
     ------
@@ -70,16 +70,15 @@ class MeshJaxBackend(JaxBackend):
     ('MeshJaxBackend', array([1., 4.], dtype=float32))
     """
 
-    def __init__(self, loss_fn: Any, params: Any, data: Any, *, mesh: Mesh, check_deterministic: bool = True,
-                 **kwargs: Any) -> None:
+    def __init__(self, loss_fn: Any, params: Any, data: Any, settings: JaxSettings, *, mesh: Mesh) -> None:
         if not isinstance(mesh, Mesh):
             raise TypeError(f"mesh must be a jax.sharding.Mesh, got {type(mesh).__name__}")
         self.mesh = mesh
         self._data_sharding = NamedSharding(mesh, P(mesh.axis_names))
-        super().__init__(loss_fn, params, data, check_deterministic=False, **kwargs)
+        super().__init__(loss_fn, params, data, replace(settings, check_deterministic=False))
         self.device = NamedSharding(mesh, P())  # parameters and vectors: replicated on every device
         self.theta = jax.device_put(self.theta, self.device)
-        if check_deterministic:
+        if settings.check_deterministic:
             self._check_deterministic()
 
     def _batches(self) -> Any:

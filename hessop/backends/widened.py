@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 from array_api_compat import array_namespace, device
 
-from hessop.backends.base import Backend, ModelBackend, WrapperFacts
+from hessop.backends.base import Backend, WrapperFacts, from_wrapped
 
 __all__ = ["HALF_PRODUCT_ACCURACY", "WidenedBackend", "half_precision_face"]
 
@@ -48,13 +48,8 @@ class WidenedBackend(WrapperFacts, Backend):
         self._wide = getattr(self._xp, self.dtype.name)
         self.name = self.wrapped.name
 
-    @property
-    def comm(self) -> Any:
-        return self.wrapped.comm
-
-    @property
-    def model_backend(self) -> ModelBackend | None:
-        return self.wrapped.model_backend
+    comm = from_wrapped("comm")
+    model_backend = from_wrapped("model_backend")
 
     def hvp(self, v: Any) -> Any:
         return self._xp.astype(self.inner.hvp(self._xp.astype(v, self._narrow)), self._wide)

@@ -42,8 +42,53 @@ from hessop.landscape import landscape
 from hessop.operator import HessianOperator
 from hessop.report._render import figure, kv_table, num, table, yes_no
 
-__all__ = ["SECTIONS", "CurvatureSection", "DensitySection", "EigenvaluesSection", "LandscapeSection",
+__all__ = ["SECTIONS", "CurvatureSection", "DensitySection", "EigenvaluesSection", "Flag", "LandscapeSection",
            "LayersSection", "Section", "SectionOutput", "TraceSection"]
+
+
+@dataclass(frozen=True)
+class Flag:
+    """One command-line flag of a section.  Its kind follows from its default: a bool is a ``--x / --no-x`` switch,
+    a string one of ``choices``, an int or a float a number shown as ``metavar`` and, when the section reads it
+    (:meth:`read`), checked to lie in ``[low, high]`` (an int, :func:`hessop._validate.check_int`) or in
+    ``(low, high)`` (a float, :func:`hessop._validate.check_real`).
+
+    Examples
+    --------
+    >>> parser = argparse.ArgumentParser()
+    >>> steps = Flag("--steps", 80, "Lanczos steps (default 80)", metavar="M", low=1)
+    >>> steps.add_to(parser)
+    >>> steps.read(parser.parse_args(["--steps", "20"]))
+    20
+    >>> steps.read(parser.parse_args(["--steps", "0"]))
+    Traceback (most recent call last):
+    ...
+    ValueError: --steps must be >= 1, got 0
+    """
+
+    name: str
+    default: bool | str | int | float
+    help: str
+    metavar: str | None = None
+    choices: tuple[str, ...] | None = None
+    low: float | None = None
+    high: float | None = None
+
+    def add_to(self, parser: argparse.ArgumentParser) -> None:
+        """Add the flag to ``parser``."""
+        kind = ({"action": argparse.BooleanOptionalAction} if isinstance(self.default, bool) else
+                {"choices": self.choices} if self.choices is not None else
+                {"type": type(self.default), "metavar": self.metavar})
+        parser.add_argument(self.name, default=self.default, help=self.help, **kind)
+
+    def read(self, args: argparse.Namespace) -> Any:
+        """The flag's parsed value, a number checked against its bounds (``ValueError`` naming the flag)."""
+        value = getattr(args, self.name.removeprefix("--").replace("-", "_"))
+        if isinstance(self.default, (bool, str)):
+            return value
+        if isinstance(self.default, int):
+            return check_int(value, self.name, self.low, self.high)
+        return check_real(value, self.name, self.low, self.high)
 
 
 @dataclass
@@ -99,6 +144,9 @@ class Section:
     key = ""
     title = ""
     checkpoint_dir: Path | None = None
+    flags: tuple[Flag, ...] = ()
+    """The section's command-line flags, in help order; the first one switches the section on or off, unless
+    :meth:`from_args` says otherwise."""
 
     def checkpoint(self, name: str = "") -> Path | None:
         """The checkpoint file of this section's estimator call ``name`` (None outside :func:`run_analysis`)."""
@@ -110,15 +158,25 @@ class Section:
         """The section's settings (its public attributes): a finished section is reused only if they match."""
         return {k: v for k, v in vars(self).items() if not k.startswith("_") and k != "checkpoint_dir"}
 
-    @staticmethod
-    def add_arguments(parser: argparse.ArgumentParser) -> None:
-        """Add this section's flags to the ``analyze`` parser."""
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        """Add this section's flags (:attr:`flags`) to the ``analyze`` parser."""
+        for flag in cls.flags:
+            flag.add_to(parser)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Section | None:
         """The section configured by the parsed flags, or None when it is switched off; ``ValueError`` for bad
-        flags."""
-        raise NotImplementedError
+        flags.  By default: off when the first of :attr:`flags` is ``False`` or ``"none"``; otherwise the section
+        built from the checked values of the others, after the first one's own when it is a choice (a method)."""
+        if not cls.flags:
+            raise NotImplementedError
+        switch, *options = cls.flags
+        value = switch.read(args)
+        if value is False or value == "none":
+            return None
+        chosen = [] if isinstance(switch.default, bool) else [value]
+        return cls(*chosen, *(flag.read(args) for flag in options))
 
     def run(self, H: HessianOperator, seed: int, tol: float | None) -> SectionOutput:
         """Compute the section on ``H``."""
@@ -135,15 +193,13 @@ class EigenvaluesSection(Section):
     def __init__(self, top: int, bottom: int) -> None:
         self.top, self.bottom = top, bottom
 
-    @staticmethod
-    def add_arguments(parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--top", type=int, default=5, metavar="K", help="largest eigenvalues (default 5; 0: none)")
-        parser.add_argument("--bottom", type=int, default=3, metavar="K",
-                            help="smallest (most negative) eigenvalues (default 3; 0: none)")
+    flags = (Flag("--top", 5, "largest eigenvalues (default 5; 0: none)", metavar="K", low=0),
+             Flag("--bottom", 3, "smallest (most negative) eigenvalues (default 3; 0: none)", metavar="K", low=0))
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Section | None:
-        top, bottom = check_int(args.top, "--top", 0), check_int(args.bottom, "--bottom", 0)
+        """Off when both ``--top`` and ``--bottom`` are 0."""
+        top, bottom = (flag.read(args) for flag in cls.flags)
         return cls(top, bottom) if top or bottom else None
 
     def run(self, H: HessianOperator, seed: int, tol: float | None) -> SectionOutput:
@@ -208,22 +264,12 @@ class TraceSection(Section):
     def __init__(self, method: str, rtol: float, max_hvp: int) -> None:
         self.method, self.rtol, self.max_hvp = method, rtol, max_hvp
 
-    @staticmethod
-    def add_arguments(parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--trace", choices=("auto", "hutchinson", "hutch++", "none"), default="auto",
-                            help="trace method of hessop.trace (default auto: Hutchinson or adaptive Hutch++, "
-                                 "chosen from the first products)")
-        parser.add_argument("--trace-rtol", type=float, default=0.01, metavar="R",
-                            help="stop when the 95%% interval half-width is <= R x |estimate| (default 0.01)")
-        parser.add_argument("--trace-hvp", type=int, default=2000, metavar="N",
-                            help="most products to spend on the trace (default 2000)")
-
-    @classmethod
-    def from_args(cls, args: argparse.Namespace) -> Section | None:
-        if args.trace == "none":
-            return None
-        return cls(args.trace, check_real(args.trace_rtol, "--trace-rtol", 0, 1),
-                   check_int(args.trace_hvp, "--trace-hvp", 32))
+    flags = (Flag("--trace", "auto", "trace method of hessop.trace (default auto: Hutchinson or adaptive Hutch++, "
+                                     "chosen from the first products)",
+                  choices=("auto", "hutchinson", "hutch++", "none")),
+             Flag("--trace-rtol", 0.01, "stop when the 95%% interval half-width is <= R x |estimate| (default 0.01)",
+                  metavar="R", low=0, high=1),
+             Flag("--trace-hvp", 2000, "most products to spend on the trace (default 2000)", metavar="N", low=32))
 
     def run(self, H: HessianOperator, seed: int, tol: float | None) -> SectionOutput:
         import warnings
@@ -260,20 +306,9 @@ class DensitySection(Section):
     def __init__(self, steps: int, draws: int) -> None:
         self.steps, self.draws = steps, draws
 
-    @staticmethod
-    def add_arguments(parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--density", action=argparse.BooleanOptionalAction, default=True,
-                            help="spectral density by SLQ (default on)")
-        parser.add_argument("--density-steps", type=int, default=80, metavar="M",
-                            help="Lanczos steps per SLQ draw (default 80)")
-        parser.add_argument("--density-draws", type=int, default=5, metavar="D", help="SLQ draws (default 5)")
-
-    @classmethod
-    def from_args(cls, args: argparse.Namespace) -> Section | None:
-        if not args.density:
-            return None
-        return cls(check_int(args.density_steps, "--density-steps", 1),
-                   check_int(args.density_draws, "--density-draws", 2))
+    flags = (Flag("--density", True, "spectral density by SLQ (default on)"),
+             Flag("--density-steps", 80, "Lanczos steps per SLQ draw (default 80)", metavar="M", low=1),
+             Flag("--density-draws", 5, "SLQ draws (default 5)", metavar="D", low=2))
 
     def run(self, H: HessianOperator, seed: int, tol: float | None) -> SectionOutput:
         t0 = time.perf_counter()
@@ -320,18 +355,8 @@ class LayersSection(Section):
     def __init__(self, k: int) -> None:
         self.k = k
 
-    @staticmethod
-    def add_arguments(parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--layers", action=argparse.BooleanOptionalAction, default=False,
-                            help="per-module table of top eigenvalues and traces (default off)")
-        parser.add_argument("--layers-k", type=int, default=1, metavar="K",
-                            help="top eigenvalues per module (default 1)")
-
-    @classmethod
-    def from_args(cls, args: argparse.Namespace) -> Section | None:
-        if not args.layers:
-            return None
-        return cls(check_int(args.layers_k, "--layers-k", 1))
+    flags = (Flag("--layers", False, "per-module table of top eigenvalues and traces (default off)"),
+             Flag("--layers-k", 1, "top eigenvalues per module (default 1)", metavar="K", low=1))
 
     def run(self, H: HessianOperator, seed: int, tol: float | None) -> SectionOutput:
         missing = _unavailable(H, "a per-layer table")
@@ -366,23 +391,23 @@ class LandscapeSection(Section):
     def __init__(self, shape: str, radius: float, points: int) -> None:
         self.shape, self.radius, self.points = shape, radius, points
 
-    @staticmethod
-    def add_arguments(parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--landscape", choices=("line", "grid", "none"), default="none",
-                            help="loss along the top eigenvector (line) or the top two (grid); default none")
-        parser.add_argument("--landscape-radius", type=float, default=1.0, metavar="R",
-                            help="steps in [-R, R] along each unit eigenvector (default 1)")
-        parser.add_argument("--landscape-points", type=int, default=21, metavar="P",
-                            help="odd number of steps per axis (default 21; a grid costs P x P loss passes)")
+    flags = (Flag("--landscape", "none", "loss along the top eigenvector (line) or the top two (grid); default none",
+                  choices=("line", "grid", "none")),
+             Flag("--landscape-radius", 1.0, "steps in [-R, R] along each unit eigenvector (default 1)", metavar="R",
+                  low=0),
+             Flag("--landscape-points", 21, "odd number of steps per axis (default 21; a grid costs P x P loss "
+                                            "passes)", metavar="P", low=3))
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Section | None:
+        """As :meth:`Section.from_args`, and ``--landscape-points`` must be odd (checked first)."""
         if args.landscape == "none":
             return None
-        points = check_int(args.landscape_points, "--landscape-points", 3)
-        if points % 2 == 0:
-            raise ValueError(f"--landscape-points must be odd, got {points}")
-        return cls(args.landscape, check_real(args.landscape_radius, "--landscape-radius", 0), points)
+        switch, radius, points = cls.flags
+        p = points.read(args)
+        if p % 2 == 0:
+            raise ValueError(f"--landscape-points must be odd, got {p}")
+        return cls(args.landscape, radius.read(args), p)
 
     def run(self, H: HessianOperator, seed: int, tol: float | None) -> SectionOutput:
         missing = _unavailable(H, "a loss landscape")
@@ -434,25 +459,12 @@ class CurvatureSection(Section):
     def __init__(self, k: int, steps: int, draws: int) -> None:
         self.k, self.steps, self.draws = k, steps, draws
 
-    @staticmethod
-    def add_arguments(parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--curvature", action=argparse.BooleanOptionalAction, default=False,
-                            help="spectra of H, the GGN G and R = H - G side by side (PyTorch, cross-entropy or "
-                                 "MSE loss; default off)")
-        parser.add_argument("--curvature-k", type=int, default=10, metavar="K",
-                            help="top eigenpairs of each of H, G, R (default 10)")
-        parser.add_argument("--curvature-steps", type=int, default=40, metavar="M",
-                            help="Lanczos steps per SLQ draw for each density (default 40)")
-        parser.add_argument("--curvature-draws", type=int, default=3, metavar="D",
-                            help="SLQ draws per density (default 3)")
-
-    @classmethod
-    def from_args(cls, args: argparse.Namespace) -> Section | None:
-        if not args.curvature:
-            return None
-        return cls(check_int(args.curvature_k, "--curvature-k", 1),
-                   check_int(args.curvature_steps, "--curvature-steps", 1),
-                   check_int(args.curvature_draws, "--curvature-draws", 1))
+    flags = (Flag("--curvature", False, "spectra of H, the GGN G and R = H - G side by side (PyTorch, cross-entropy "
+                                        "or MSE loss; default off)"),
+             Flag("--curvature-k", 10, "top eigenpairs of each of H, G, R (default 10)", metavar="K", low=1),
+             Flag("--curvature-steps", 40, "Lanczos steps per SLQ draw for each density (default 40)", metavar="M",
+                  low=1),
+             Flag("--curvature-draws", 3, "SLQ draws per density (default 3)", metavar="D", low=1))
 
     def run(self, H: HessianOperator, seed: int, tol: float | None) -> SectionOutput:
         try:

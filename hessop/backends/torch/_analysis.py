@@ -82,15 +82,18 @@ class TorchAnalysis:
     def _derived(self, cls: type, names: list[str], **options: Any) -> Any:
         """A ``cls`` backend of the same model, loss, data, reduction, loss form and batch sizes for the selected
         parameters ``names`` (a non-empty subset of :attr:`names`); the determinism check and the train-mode
-        warnings are not repeated (this backend passed them)."""
+        warnings are not repeated (this backend passed them).  Built from this backend's settings
+        (:meth:`hessop.backends.settings.TorchSettings.derived`): whole for a Hessian backend, or their problem's
+        keywords and ``options`` for a backend of another matrix (the curvature backend)."""
         unknown = [n for n in names if n not in self.names]
         if unknown or not names:
             raise ValueError(f"restrict takes a non-empty subset of this operator's parameters; unknown: {unknown}")
+        settings = self.settings.derived(names, self.hvp_method)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
-            return cls(self.model, self.loss_fn, DataView(self.data), params=list(names), reduction=self.reduction,
-                       loss_form=self.loss_form, check_deterministic=False, batch_size=self.loss.batch_size,
-                       **options)
+            if options:
+                return cls(self.model, self.loss_fn, DataView(self.data), **settings.problem(), **options)
+            return cls(self.model, self.loss_fn, DataView(self.data), settings)
 
     def restrict(self, names: list[str]) -> Any:
         """A backend for the diagonal block of the selected parameters ``names`` (a subset of :attr:`names`) of the

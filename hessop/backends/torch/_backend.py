@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from hessop.backends.base import ModelBackend
+from hessop.backends.settings import TorchSettings
 from hessop.backends.torch._analysis import TorchAnalysis
 from hessop.backends.torch._batches import BatchLoss, is_single_batch
 from hessop.backends.torch._graph_cache import GraphCache, default_cache_memory
@@ -48,43 +49,48 @@ class TorchBackend(TorchAnalysis, ModelBackend):
         One batch, or a re-iterable of batches (list, ``DataLoader``).  For ``loss_form="outputs"`` a batch is
         ``(inputs, targets)``; for ``"model"`` anything ``loss_fn`` accepts.  A one-shot iterator or generator is
         refused (the data are traversed once per product).
-    params :
-        ``None`` (all parameters with ``requires_grad``), a submodule, or a list of parameter names (a submodule
-        name selects all its parameters) or parameter tensors.  The operator is then the corresponding diagonal
-        block of the full Hessian; the flat vector follows the order of the selection.
-    reduction : {"mean", "sum"}
-        What ``loss_fn`` does over a batch.  ``"mean"``: the Hessian of the mean loss over all N samples,
-        ``H = sum_b (|b| / N) H_b`` (batches may differ in size).  ``"sum"``: ``H = sum_b H_b``.
-    check_deterministic : bool
-        At construction, compare the total loss over two passes and two products of one vector, and refuse data
-        or models that make ``H v`` random (dropout, augmentation, a sampler that changes the samples).
-        Costs two loss passes and two products.  Default True.
-    batch_size : callable, optional
-        ``batch_size(batch) -> int`` for the weights when ``loss_form="model"``; default: the first dimension of
-        the first tensor in the batch.
-    hvp_method : {"auto", "forward_over_reverse", "double_backward"}
-        How products are computed (module docstring).  ``"auto"`` (default): double backward (through the kept
-        graph where ``cache_memory`` allows), the fastest for single vectors and for blocks on every CPU model of
-        docs/benchmarks.md; on a GPU, blocks of k > 1 vectors forward-over-reverse (``vmap``: one batched pass
-        per batch; ``FOR_BLOCK_DEVICES``), falling back to double backward, once, with a warning naming the
-        cause, when the model uses an operation without a forward-mode derivative (e.g. a custom
-        ``torch.autograd.Function`` without ``jvp``).  ``"forward_over_reverse"`` never keeps graphs.
-    cache_memory : int, optional
-        Budget in bytes for keeping each batch's gradient graph (the forward pass and the ``create_graph``
-        backward pass: everything in a double-backward product that depends only on ``theta``) between products,
-        so that each later product is one backward pass through it (the product of PyHessian's kept graph, for
-        every batch).  Only when ``data`` is a list or tuple of batches; the graphs are dropped and rebuilt when a
-        parameter, buffer or batch tensor is modified in place or replaced, or a module switches train/eval mode
-        (:meth:`clear_cache` frees them).  What a graph holds is counted as it is built; a batch whose graph
-        would take the total over the budget is differentiated afresh at every product, so the kept bytes
-        (``cache_bytes``) never exceed it.  Default None: :func:`default_cache_memory` (1 GiB, or a quarter of
-        the device's free memory when that is less); 0 keeps nothing.
+    settings : hessop.backends.settings.TorchSettings
+        The keywords of :meth:`hessop.HessianOperator.from_torch` (whose defaults are given here), as fields:
+
+        * ``params``:
+          ``None`` (all parameters with ``requires_grad``), a submodule, or a list of parameter names (a submodule
+          name selects all its parameters) or parameter tensors.  The operator is then the corresponding diagonal
+          block of the full Hessian; the flat vector follows the order of the selection.
+        * ``reduction`` ({"mean", "sum"}):
+          What ``loss_fn`` does over a batch.  ``"mean"``: the Hessian of the mean loss over all N samples,
+          ``H = sum_b (|b| / N) H_b`` (batches may differ in size).  ``"sum"``: ``H = sum_b H_b``.
+        * ``check_deterministic`` (bool):
+          At construction, compare the total loss over two passes and two products of one vector, and refuse data
+          or models that make ``H v`` random (dropout, augmentation, a sampler that changes the samples).
+          Costs two loss passes and two products.  Default True.
+        * ``batch_size`` (callable, optional):
+          ``batch_size(batch) -> int`` for the weights when ``loss_form="model"``; default: the first dimension of
+          the first tensor in the batch.
+        * ``hvp_method`` ({"auto", "forward_over_reverse", "double_backward"}):
+          How products are computed (module docstring).  ``"auto"`` (default): double backward (through the kept
+          graph where ``cache_memory`` allows), the fastest for single vectors and for blocks on every CPU model of
+          docs/benchmarks.md; on a GPU, blocks of k > 1 vectors forward-over-reverse (``vmap``: one batched pass
+          per batch; ``FOR_BLOCK_DEVICES``), falling back to double backward, once, with a warning naming the
+          cause, when the model uses an operation without a forward-mode derivative (e.g. a custom
+          ``torch.autograd.Function`` without ``jvp``).  ``"forward_over_reverse"`` never keeps graphs.
+        * ``cache_memory`` (int, optional):
+          Budget in bytes for keeping each batch's gradient graph (the forward pass and the ``create_graph``
+          backward pass: everything in a double-backward product that depends only on ``theta``) between products,
+          so that each later product is one backward pass through it (the product of PyHessian's kept graph, for
+          every batch).  Only when ``data`` is a list or tuple of batches; the graphs are dropped and rebuilt when a
+          parameter, buffer or batch tensor is modified in place or replaced, or a module switches train/eval mode
+          (:meth:`clear_cache` frees them).  What a graph holds is counted as it is built; a batch whose graph
+          would take the total over the budget is differentiated afresh at every product, so the kept bytes
+          (``cache_bytes``) never exceed it.  Default None: :func:`default_cache_memory` (1 GiB, or a quarter of
+          the device's free memory when that is less); 0 keeps nothing.
 
     Examples
     --------
     >>> model = torch.nn.Linear(2, 1).double()
     >>> data = (torch.ones(4, 2, dtype=torch.float64), torch.zeros(4, 1, dtype=torch.float64))
-    >>> backend = TorchBackend(model, torch.nn.MSELoss(), data)
+    >>> settings = TorchSettings(params=None, reduction="mean", loss_form="outputs", check_deterministic=True,
+    ...                          batch_size=None, hvp_method="auto", cache_memory=None)
+    >>> backend = TorchBackend(model, torch.nn.MSELoss(), data, settings)
     >>> backend.n, backend.names, backend.n_samples
     (3, ['weight', 'bias'], 4)
     >>> backend.hvp(torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64)).tolist()  # d2/db2 of mean (w.x + b)^2
@@ -94,20 +100,9 @@ class TorchBackend(TorchAnalysis, ModelBackend):
     name = "torch"
     _randomness_hint = "dropout or other randomness in train mode (call model.eval())"
 
-    def __init__(
-        self,
-        model: nn.Module,
-        loss_fn: Callable,
-        data: Any,
-        *,
-        params: Any = None,
-        reduction: str = "mean",
-        loss_form: str = "outputs",
-        check_deterministic: bool = True,
-        batch_size: Callable[[Any], int] | None = None,
-        hvp_method: str = "auto",
-        cache_memory: int | None = None,
-    ) -> None:
+    def __init__(self, model: nn.Module, loss_fn: Callable, data: Any, settings: TorchSettings) -> None:
+        params, reduction, loss_form = settings.params, settings.reduction, settings.loss_form
+        hvp_method, cache_memory = settings.hvp_method, settings.cache_memory
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if not callable(loss_fn):
@@ -125,7 +120,7 @@ class TorchBackend(TorchAnalysis, ModelBackend):
                                          or cache_memory < 0):
             raise ValueError(f"cache_memory must be a number of bytes >= 0 (0 keeps nothing), got {cache_memory!r}")
         self.model, self.loss_fn, self.reduction, self.loss_form = model, loss_fn, reduction, loss_form
-        self.hvp_method = hvp_method
+        self.settings, self.hvp_method = settings, hvp_method
         self._checking = False
 
         self.names, self.params = select_params(model, params)
@@ -148,13 +143,13 @@ class TorchBackend(TorchAnalysis, ModelBackend):
         self.sizes = [p.numel() for p in self.params]
         self.offsets = np.concatenate([[0], np.cumsum(self.sizes)]).tolist()
         self.n = int(self.offsets[-1])
-        self.loss = BatchLoss(model, loss_fn, loss_form, self.device, self.torch_dtype, batch_size)
+        self.loss = BatchLoss(model, loss_fn, loss_form, self.device, self.torch_dtype, settings.batch_size)
         self.loss_module = LossModule(model, self.loss)
 
         self._set_data(data, is_single_batch(data, loss_form))
         warn_train_mode(model)
 
-        if check_deterministic:
+        if settings.check_deterministic:
             self._checking = True  # the check's two products are computed afresh, never through a kept graph
             try:
                 self._check_deterministic()
@@ -204,9 +199,10 @@ class TorchBackend(TorchAnalysis, ModelBackend):
             return out
 
     def _options(self) -> dict[str, Any]:
-        """The constructor's keywords beyond the problem's (model, loss, data, parameters, reduction, loss form,
-        batch size) that a backend derived from this one keeps (:meth:`restrict`)."""
-        return {"hvp_method": self.hvp_method}
+        """The keywords a backend of another matrix (a subclass taking the problem's keywords: the curvature
+        backend) derived from this one keeps (:meth:`restrict`); none here: the Hessian backend's options travel
+        in its :attr:`settings`."""
+        return {}
 
     # ------------------------------------------------------------------ the kept-graph cache
     def caching(self) -> bool:

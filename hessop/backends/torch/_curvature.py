@@ -30,6 +30,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from hessop.backends.settings import TorchSettings
 from hessop.backends.torch._backend import TorchBackend
 from hessop.backends.torch._batches import to_device
 from hessop.backends.torch._train_mode import buffers_preserved
@@ -112,8 +113,8 @@ class TorchCurvatureBackend(TorchBackend):
         self.curvature, self.mc_samples, self.fisher_seed = curvature, int(mc_samples), int(fisher_seed)
         self.output_loss = output_loss
         self.kind, self.label_smoothing = _recognise(loss_fn, output_loss, reduction)
-        super().__init__(model, loss_fn, data, params=params, reduction=reduction, loss_form=loss_form,
-                         check_deterministic=check_deterministic, batch_size=batch_size, cache_memory=0)
+        super().__init__(model, loss_fn, data, TorchSettings(params, reduction, loss_form, check_deterministic,
+                                                             batch_size, hvp_method="auto", cache_memory=0))
         self._check_loss(next(iter(self._batches())))
 
     def _options(self) -> dict[str, Any]:

@@ -11,8 +11,6 @@ def each_method(request, monkeypatch):
     rest of the suite)."""
     pytest.importorskip("torch")
     from hessop import HessianOperator
-    from hessop.backends.torch import TorchBackend
 
-    monkeypatch.setitem(TorchBackend.__init__.__kwdefaults__, "hvp_method", request.param)
     monkeypatch.setitem(HessianOperator.from_torch.__kwdefaults__, "hvp_method", request.param)
     return request.param
