@@ -101,7 +101,8 @@ class Krylov:
         h2 = B.T @ w
         w = w - B @ h2
         # one host synchronisation per step: alpha and beta together
-        alpha, beta = (float(x) for x in self.op.to_numpy(xp.stack([h1[j] + h2[j], xp.linalg.vector_norm(w)])))
+        with np.errstate(over="ignore"):  # NumPy's warning when the squares overflow: beta is rescaled below
+            alpha, beta = (float(x) for x in self.op.to_numpy(xp.stack([h1[j] + h2[j], xp.linalg.vector_norm(w)])))
         beta = vector_norm(self.op, w, plain=beta)  # scale-safe: a second transfer only near the range's ends
         check_finite(alpha, "the Lanczos coefficient alpha", j + 1)
         check_finite(beta, "the Lanczos coefficient beta", j + 1, products_finite=False)

@@ -121,6 +121,11 @@ def check_claims(A, truth, r, tol, which):
 @example(problem=build("uniform", 109, 1, 1.0, "float64"), which="LM", restart=True, data=3)  # 124 restarts
 @example(problem=build("uniform", 66, 239, 1.0, "float64"), which="LM", restart=True, data=3)  # partly converged
 @example(problem=build("clusters", 2, 0, 1.0, "float64"), which="LA", restart=False, data=1)  # stopped after 1 step
+# the ends of each dtype's range (issue 26, class 4: before, norms over- or underflowed here)
+@example(problem=build("outliers", 120, 2, 1e-33, "float32"), which="LA", restart=True, data=3)
+@example(problem=build("zero_negative", 90, 4, 1e36, "float32"), which="SA", restart=False, data=2)
+@example(problem=build("uniform", 150, 7, 1e-300, "float64"), which="LM", restart=True, data=2)
+@example(problem=build("clusters", 80, 9, 1e300, "float64"), which="LA", restart=False, data=1)
 def test_lanczos_claims_hold(problem, which, restart, data):
     A, truth, family, dtype = problem
     n = A.shape[0]
@@ -147,6 +152,8 @@ def test_lanczos_claims_hold(problem, which, restart, data):
 @PROFILE
 @given(problem=problems(max_n=min(MAX_N, 120)), data=st.data())
 @example(problem=build("uniform", 60, 1, 1e3, "float32"), data=None)
+@example(problem=build("outliers", 60, 3, 1e-33, "float32"), data=None)
+@example(problem=build("uniform", 60, 5, 1e300, "float64"), data=None)
 def test_power_iteration_claims_hold(problem, data):
     A, truth, family, dtype = problem
     n = A.shape[0]
