@@ -219,3 +219,26 @@ def test_running_moments_are_scale_safe(dtype):
     for b in blocks:
         acc.add(H.asarray(np.ldexp(b, hi).astype(dtype)))
     assert np.all(np.isfinite(np.asarray(acc.std_error(), dtype=np.float64)))
+
+
+@pytest.mark.parametrize("e", [-100, 100])
+def test_a_torch_model_at_either_end_of_float32(e):
+    """A float32 torch model whose loss is scaled by ``2**e``: the same eigenpairs times ``2**e``.  Before, at
+    ``2**100`` the determinism check at construction blamed "NaN or Inf" products (its norm overflowed), and at
+    ``2**-100`` lanczos returned 3.317 and 2.707 (times ``2**-100``) for eigenvalues 4.871 and 3.523, reported
+    converged with residuals of 1e-6: the squares in its norms had underflowed."""
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    X, y = torch.randn(16, 5), torch.randn(16, 1)
+    model = torch.nn.Linear(5, 1)
+    runs = {}
+    for s in (0, e):
+        H = HessianOperator.from_torch(model, lambda out, t, s=s: torch.nn.functional.mse_loss(out, t) * 2.0**s,
+                                       [(X, y)])
+        runs[s] = hessop.lanczos(H, 2)
+    r, r0 = runs[e], runs[0]
+    assert np.all(r.converged) and same_up_to_scale(r.eigenvalues, r0.eigenvalues, e, 1e-6)
+    assert same_up_to_scale(r.residuals, r0.residuals, e, 1e-3)
+    exact = np.linalg.eigvalsh(2 * np.c_[X.numpy(), np.ones(16)].T.astype(np.float64)
+                               @ np.c_[X.numpy(), np.ones(16)] / 16)[::-1][:2]
+    assert np.all(np.abs(np.ldexp(r.eigenvalues, -e) - exact) <= np.ldexp(r.residuals, -e))
