@@ -107,8 +107,13 @@ def check_symmetric_product(u: np.ndarray, w: np.ndarray, hu: np.ndarray, hw: np
     u, w, hu, hw = (np.asarray(x, dtype=np.float64) for x in (u, w, hu, hw))
     if not (np.all(np.isfinite(hu)) and np.all(np.isfinite(hw))):
         return
+    from hessop._array import host_norm  # scale-safe (norms of 1e-200s are not 0); imported here: _array needs us
+
     a, b = float(u @ hw), float(w @ hu)
-    scale = float(np.linalg.norm(u) * np.linalg.norm(hw) + np.linalg.norm(w) * np.linalg.norm(hu))
+    try:
+        scale = float(host_norm(u) * host_norm(hw) + host_norm(w) * host_norm(hu))
+    except FloatingPointError:  # a norm beyond float64: the solvers report it with the step
+        return
     if not (math.isfinite(a) and math.isfinite(b) and math.isfinite(scale)):
         return
     tol = math.sqrt(np.finfo(dtype).eps) * scale

@@ -242,3 +242,15 @@ def test_a_torch_model_at_either_end_of_float32(e):
     exact = np.linalg.eigvalsh(2 * np.c_[X.numpy(), np.ones(16)].T.astype(np.float64)
                                @ np.c_[X.numpy(), np.ones(16)] / 16)[::-1][:2]
     assert np.all(np.abs(np.ldexp(r.eigenvalues, -e) - exact) <= np.ldexp(r.residuals, -e))
+
+
+@pytest.mark.parametrize("s", [1e-300, 1e-200, 1e200, 1e300])
+def test_the_symmetry_check_works_at_every_scale(s):
+    """``from_function``'s symmetry check: before, at 1e-200 its norms underflowed to a tolerance of 0 and a
+    symmetric operator was refused as "not symmetric"; a non-symmetric one is still refused at every scale."""
+    A = matrix_with_spectrum(np.linspace(1.0, 2.0, 30), seed=1) * s
+    H = HessianOperator.from_function(lambda v: A @ v, 30)
+    assert H.n == 30
+    K = A + np.triu(np.full((30, 30), 0.1 * s), 1)  # a non-symmetric part of size 0.1 ||A||
+    with pytest.raises(ValueError, match="not symmetric"):
+        HessianOperator.from_function(lambda v: K @ v, 30)
