@@ -11,7 +11,7 @@ import numpy as np
 from array_api_compat import device
 
 __all__ = ["check_cast", "check_choice", "check_finite", "check_int", "check_k", "check_native", "check_real",
-           "check_seed", "check_shape", "check_symmetric_product", "check_tol"]
+           "check_seed", "check_shape", "check_symmetric_product", "check_tol", "norm_overflow"]
 
 
 def check_int(value: object, name: str, low: int, high: int | None = None) -> int:
@@ -107,8 +107,13 @@ def check_symmetric_product(u: np.ndarray, w: np.ndarray, hu: np.ndarray, hw: np
     u, w, hu, hw = (np.asarray(x, dtype=np.float64) for x in (u, w, hu, hw))
     if not (np.all(np.isfinite(hu)) and np.all(np.isfinite(hw))):
         return
+    from hessop._array import host_norm  # scale-safe (norms of 1e-200s are not 0); imported here: _array needs us
+
     a, b = float(u @ hw), float(w @ hu)
-    scale = float(np.linalg.norm(u) * np.linalg.norm(hw) + np.linalg.norm(w) * np.linalg.norm(hu))
+    try:
+        scale = float(host_norm(u) * host_norm(hw) + host_norm(w) * host_norm(hu))
+    except FloatingPointError:  # a norm beyond float64: the solvers report it with the step
+        return
     if not (math.isfinite(a) and math.isfinite(b) and math.isfinite(scale)):
         return
     tol = math.sqrt(np.finfo(dtype).eps) * scale
@@ -152,16 +157,50 @@ def _dtype_info(dtype: Any) -> tuple[str, int, str]:
         return kind, int(dtype.itemsize), name
 
 
-def check_finite(value: float, what: str, iteration: int) -> float:
-    """Raise a clear error if a scalar computed from a Hessian-vector product is NaN or infinite.
+def check_finite(value: float, what: str, iteration: int, products_finite: bool | None = None) -> float:
+    """Raise a clear error if a scalar computed from Hessian-vector products is NaN or infinite.
 
     A NaN or Inf anywhere in ``H v`` propagates into every inner product taken with it, so checking the scalars a
-    solver already brings to the host catches it without an extra device synchronisation.
+    solver already brings to the host catches it without an extra device synchronisation.  A sum of finite products
+    (a quadratic form ``v^T H v``, a trace) can also overflow the dtype's range: ``products_finite`` says which
+    happened when the caller knows (True: the products were finite, the value overflowed; False: a product was NaN
+    or Inf); left None, the message names both causes.  (Norms never overflow on their own: they are scaled, see
+    :func:`hessop._array.vector_norm`, and raise :func:`norm_overflow` when the norm itself is out of range.)
+
+    Examples
+    --------
+    >>> check_finite(1.0, "x", 1)  # doctest: +ELLIPSIS
+    1.0
+    >>> check_finite(float("inf"), "the quadratic form v^T H v", 3, products_finite=True)
+    Traceback (most recent call last):
+    ...
+    FloatingPointError: the quadratic form v^T H v is inf at iteration 3 although the Hessian-vector products are ...
     """
-    if not math.isfinite(value):
-        raise FloatingPointError(
-            f"{what} is {value} at iteration {iteration}: the Hessian-vector product returned NaN or Inf. "
-            "Check the loss for overflow (e.g. log of 0), the data for NaN, or use a smaller learning rate / "
-            "float64 parameters."
-        )
-    return value
+    if math.isfinite(value):
+        return value
+    overflow = ("it overflowed the dtype's range. The operator is too large for its dtype: scale the loss down by a "
+                "power of two (every eigenvalue, trace and diagonal scales with it) or use float64.")
+    products = ("the Hessian-vector product returned NaN or Inf. Check the loss for overflow (e.g. log of 0), the data "
+                "for NaN, or use a smaller learning rate / float64 parameters.")
+    head = f"{what} is {value} at iteration {iteration}"
+    if products_finite:
+        raise FloatingPointError(f"{head} although the Hessian-vector products are finite: {overflow}")
+    if products_finite is None and math.isinf(value):
+        raise FloatingPointError(f"{head}: either {products} Or the products are finite and a sum of them (such as "
+                                 f"v^T H v, of size about n ||H||) {overflow}")
+    raise FloatingPointError(f"{head}: {products}")
+
+
+def norm_overflow(largest: float) -> FloatingPointError:
+    """The error for a vector of finite entries (the largest ``largest`` in magnitude) whose 2-norm exceeds float64's
+    range, so that no scaling can represent it.
+
+    Examples
+    --------
+    >>> str(norm_overflow(1e308)).startswith("the norm of a vector overflowed float64")
+    True
+    """
+    return FloatingPointError(
+        f"the norm of a vector overflowed float64 although its entries are finite (the largest is {largest:.3g}); the "
+        "products are not NaN, but their size is beyond what the solvers can represent. Scale the loss down by a power "
+        "of two (every eigenvalue, residual and trace scales with it exactly).")

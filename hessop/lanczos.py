@@ -32,7 +32,7 @@ import numpy as np
 import scipy.linalg
 from array_api_compat import device
 
-from hessop._array import make_rng, set_column
+from hessop._array import make_rng, set_column, vector_norm
 from hessop._progress import Progress
 from hessop._validate import check_cast, check_choice, check_finite, check_int, check_k, check_shape, check_tol
 from hessop.operator import HessianOperator, as_operator
@@ -80,7 +80,7 @@ class Krylov:
         self.anorm = 0.0
         self.breakdown = False
         self.tridiagonal = True
-        nrm = float(xp.linalg.vector_norm(v0))
+        nrm = vector_norm(op, v0)
         check_finite(nrm, "the start vector's norm", 0)
         if nrm == 0.0:
             raise ValueError("the start vector is zero")
@@ -101,9 +101,11 @@ class Krylov:
         h2 = B.T @ w
         w = w - B @ h2
         # one host synchronisation per step: alpha and beta together
-        alpha, beta = (float(x) for x in self.op.to_numpy(xp.stack([h1[j] + h2[j], xp.linalg.vector_norm(w)])))
+        with np.errstate(over="ignore"):  # NumPy's warning when the squares overflow: beta is rescaled below
+            alpha, beta = (float(x) for x in self.op.to_numpy(xp.stack([h1[j] + h2[j], xp.linalg.vector_norm(w)])))
+        beta = vector_norm(self.op, w, plain=beta)  # scale-safe: a second transfer only near the range's ends
         check_finite(alpha, "the Lanczos coefficient alpha", j + 1)
-        check_finite(beta, "the Lanczos coefficient beta", j + 1)
+        check_finite(beta, "the Lanczos coefficient beta", j + 1, products_finite=False)
         self.T[j, j] = alpha
         self.anorm = max(self.anorm, abs(alpha) + beta + (self.T[j, j - 1] if j else 0.0))
         self.beta = beta
@@ -122,14 +124,14 @@ class Krylov:
 
         The coupling to the old block is zero, so Ritz pairs of the invariant block stay exact.  Returns False if
         the basis already spans the whole space."""
-        xp, j = self.xp, self.j
+        j = self.j
         if j >= self.op.n:
             return False
         B = self.Q  # columns j.. are zero
         v = self.op.cast(rng.standard_normal(self.op.n))
         for _ in range(2):
             v = v - B @ (B.T @ v)
-        nrm = float(xp.linalg.vector_norm(v))
+        nrm = vector_norm(self.op, v)
         if nrm <= 100 * self._eps:
             return False
         self.Q = set_column(self.Q, j, v / nrm)
@@ -365,9 +367,8 @@ def lanczos(
         raise RuntimeError("Lanczos basis smaller than k")
     vectors = kry.Q[:, : kry.j] @ op.cast(S[:, sel])
     if verify:
-        xp = op.xp
         R = op.hvp_block(vectors) - vectors * op.cast(theta[sel])
-        res = op.to_numpy(xp.linalg.vector_norm(R, axis=0)).astype(np.float64) + floor
+        res = vector_norm(op, R, axis=0) + floor
     conv = res <= residual_threshold(tol, default_tol, theta[sel], anorm, floor, eps23)
     return EigenResult(
         eigenvalues=theta[sel].astype(np.float64),

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from hessop._array import make_rng
+from hessop._array import make_rng, vector_norm
 from hessop._validate import check_finite, check_int, check_k, check_real, check_tol
 from hessop.lanczos import start_vector
 from hessop.operator import as_operator
@@ -123,7 +123,7 @@ def power_iteration(
                 w = w - shift * v
             theta = check_finite(float(xp.vecdot(v, w)), f"the Rayleigh quotient of pair {i + 1}", n_iter)
             wd = deflate(w)
-            res = float(xp.linalg.vector_norm(wd - theta * v))  # residual of the deflated operator
+            res = vector_norm(op, wd - theta * v)  # residual of the deflated operator
             anorm = max(anorm, abs(theta))
             floor = residual_floor(op, anorm + abs(shift))  # ||H|| <= ||H - shift I|| + |shift|
             res = res + floor
@@ -131,7 +131,7 @@ def power_iteration(
                 res <= residual_threshold(tol, default_tol, theta, anorm, floor, eps23))
             # a tol below the precision floor: stop once the residual is at the floor and the quotient settled
             ok = ok or (res <= 2 * floor and abs(theta - theta_prev) <= floor)
-            nrm = float(xp.linalg.vector_norm(wd))
+            nrm = vector_norm(op, wd)
             if ok or nrm == 0.0:  # nrm == 0: v spans the deflated null space, an exact pair with theta = 0
                 ok = True
                 break
@@ -150,7 +150,7 @@ def power_iteration(
     theta, S = theta[order], S[:, order]
     Sx = op.cast(S)
     Vb, Wb = Vb @ Sx, Wb @ Sx
-    residuals = op.to_numpy(xp.linalg.vector_norm(Wb - Vb * op.cast(theta), axis=0)).astype(np.float64)
+    residuals = vector_norm(op, Wb - Vb * op.cast(theta), axis=0)
     floor = residual_floor(op, anorm + abs(shift))
     residuals = residuals + floor
     converged = residuals <= residual_threshold(tol, default_tol, theta, anorm, floor, eps23)

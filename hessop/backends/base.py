@@ -5,10 +5,13 @@ analyses need beyond products (:class:`ParameterLayout`, :class:`ModelBackend`).
 from __future__ import annotations
 
 import abc
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 from array_api_compat import array_namespace
+
+from hessop._array import vector_norm
 
 
 class Backend(abc.ABC):
@@ -178,8 +181,10 @@ class DataBackend(Backend):
         xp = self.namespace
         v = self.asarray(np.random.default_rng(12345).standard_normal(self.n))
         h1, h2 = self.hvp(v), self.hvp(v)
-        norm1, diff = (float(x) for x in self.to_numpy(xp.stack([xp.linalg.vector_norm(h1),
-                                                                  xp.linalg.vector_norm(h1 - h2)])))
+        with np.errstate(over="ignore"):  # rescaled below when the squares over- or underflow
+            plain = self.to_numpy(xp.stack([xp.linalg.vector_norm(h1), xp.linalg.vector_norm(h1 - h2)]))
+        norm1, diff = (vector_norm(SimpleNamespace(xp=xp, to_numpy=self.to_numpy), x, plain=p)
+                       for x, p in ((h1, plain[0]), (h1 - h2, plain[1])))
         if not np.isfinite(norm1):
             raise ValueError("the Hessian-vector product is NaN or Inf at these parameters; check the loss.")
         if diff > rtol * norm1:

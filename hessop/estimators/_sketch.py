@@ -12,6 +12,7 @@ from hessop._array import make_rng
 from hessop._probes import DEFAULT_BLOCK, block_sizes, probe_block
 from hessop._validate import check_finite, check_int
 from hessop.estimators._run import check_budget
+from hessop.estimators._stats import mean_se
 from hessop.operator import as_operator
 
 __all__ = ["SketchResult", "sketch"]
@@ -124,6 +125,6 @@ def sketch(
     M = (M + M.T) / 2
     eigenvalues = np.linalg.eigvalsh(M)[::-1].copy()
     diag = np.diag(M)
-    se = math.sqrt(d) * float(np.std(diag, ddof=1)) if d > 1 else float("nan")
+    se = d * mean_se(diag)[1] if d > 1 else float("nan")  # sqrt(d) std(diag), scale-safe
     return SketchResult(matrix=M, eigenvalues=eigenvalues, trace=float(np.trace(M)), trace_std_error=se,
                         n_hvp=op.n_hvp - hvp0)

@@ -8,7 +8,9 @@ import warnings
 from typing import Any
 
 import numpy as np
+from array_api_compat import array_namespace
 
+from hessop._array import pow2_scale, vector_norm
 from hessop._validate import check_finite, check_tol
 
 MIN_RTOL_SAMPLES = 32
@@ -25,11 +27,22 @@ def t_quantile(level: float, dof: int) -> float:
 
 
 def mean_se(x: np.ndarray) -> tuple[float, float]:
-    """Sample mean and its standard error ``std(x, ddof=1) / sqrt(len(x))`` (NaN for a single sample)."""
-    mean = float(np.mean(x))
+    """Sample mean and its standard error ``std(x, ddof=1) / sqrt(len(x))`` (NaN for a single sample).
+
+    Computed on ``x / m`` and scaled back, ``m`` a power of two near ``max |x|`` (exact scalings): the squared
+    deviations of samples near 1e160 would overflow float64 and those near 1e-160 underflow to a zero error.
+
+    Examples
+    --------
+    >>> mean_se(np.array([1.0, 3.0]) * 2.0 ** -700) == (2 * 2.0 ** -700, 2.0 ** -700)
+    True
+    """
+    m = float(pow2_scale(np.max(np.abs(x), initial=0.0)))
+    y = x / m
+    mean = float(np.mean(y)) * m
     if x.size < 2:
         return mean, float("nan")
-    return mean, float(np.std(x, ddof=1) / math.sqrt(x.size))
+    return mean, float(np.std(y, ddof=1) / math.sqrt(x.size)) * m
 
 
 def bar_fields(samples: np.ndarray, offset: float = 0.0, **extra: Any) -> dict[str, Any]:
@@ -94,7 +107,20 @@ def jackknife_se(loo: Any, axis: int = 0) -> Any:
     ``1/m``, it is therefore a conservative estimate of the variance on m probes."""
     m = loo.shape[axis]
     dev = loo - loo.mean(axis=axis, keepdims=True)
-    return ((m - 1) / m * (dev**2).sum(axis=axis)) ** 0.5
+    s = _safe_divisor(dev, axis)  # 1 unless the squares would over- or underflow
+    return ((m - 1) / m * ((dev / s) ** 2).sum(axis=axis)) ** 0.5 * array_namespace(s).squeeze(s, axis=axis)
+
+
+def _safe_divisor(dev: Any, axis: int) -> Any:
+    """Per slice along ``axis``: 1 where the squares of ``dev`` (numpy or backend array) sum without over- or
+    underflow, else ``max |dev|`` (on the array's device, no transfer), so ``(dev / s)**2`` is safe."""
+    xp = array_namespace(dev)
+    fi = xp.finfo(dev.dtype)
+    count = dev.shape[axis]
+    amax = xp.max(xp.abs(dev), axis=axis, keepdims=True)
+    fine = (amax >= math.sqrt(count * float(fi.smallest_normal) / float(fi.eps))) & (amax <= math.sqrt(
+        float(fi.max) / count) / 2)
+    return xp.where(fine | ~(amax > 0) | ~xp.isfinite(amax), xp.ones_like(amax), amax)
 
 
 def _samples_needed(half_one: float, goal: float, count: int) -> float:
@@ -130,8 +156,11 @@ class _Samples:
         return other
 
     def variance(self) -> float:
-        """The per-sample variance (``ddof=1``)."""
-        return float(np.var(self.values, ddof=1))
+        """The per-sample variance (``ddof=1``; computed on the samples scaled by a power of two, so it over- or
+        underflows only where the variance itself is beyond float64's range)."""
+        x = self.values
+        m = float(pow2_scale(np.max(np.abs(x), initial=0.0)))
+        return (float(np.std(x / m, ddof=1)) * m) ** 2
 
     def interval(self, offset: Any = 0.0) -> tuple[float, float, float]:
         """The 95% half-width of the mean, the estimate ``offset + mean`` and the 95% half-width of one sample."""
@@ -150,41 +179,67 @@ class _Samples:
 class _Moments:
     """Running entrywise mean and sum of squared deviations of n x k sample blocks on the backend (the samples of the
     diagonal estimators; the pairwise update of Chan, Golub, LeVeque, Amer. Statist. 37(3), 1983, stable for large
-    means)."""
+    means).
+
+    The sum of squared deviations is held in units of ``scale**2``, ``scale`` a power of two at or above the largest
+    ``|sample|`` so far (raised, and the sum rescaled exactly, when a block brings larger ones): squares of samples
+    near the ends of the dtype's range (float32 beyond 1.8e19 or below 1.1e-19) would over- or underflow and give an
+    infinite or a zero standard error.  The largest ``|sample|`` of each block comes to the host with its finiteness
+    check (one scalar per block)."""
 
     def __init__(self, op: Any) -> None:
         self.op, self.xp = op, op.xp
         self.mean: Any = None
         self.m2: Any = None
         self.count = 0
+        self.scale = 1.0
 
     def add(self, X: Any, what: str | None = None) -> None:
-        """Add the columns of ``X``; with ``what``, first check their sum is finite (one scalar to the host)."""
+        """Add the columns of ``X``; with ``what``, first check they are finite (naming the first bad block)."""
         xp, k = self.xp, int(X.shape[1])
+        amax = float(self.op.to_numpy(xp.max(xp.abs(X))))
         if what is not None:
-            check_finite(float(self.op.to_numpy(xp.sum(X))), what, self.count + 1)
-        bmean = xp.mean(X, axis=1)
-        bm2 = xp.sum((X - bmean[:, None]) ** 2, axis=1)
+            check_finite(amax, what, self.count + 1, products_finite=False)
+        scale = max(self.scale, float(pow2_scale(amax, X.dtype, xp))) if self.count else float(
+            pow2_scale(amax, X.dtype, xp))
+        inv = 1.0 / scale
+        Xs = X * inv
+        bmean_s = xp.mean(Xs, axis=1)
+        bm2 = xp.sum((Xs - bmean_s[:, None]) ** 2, axis=1)
         if self.mean is None:
-            self.mean, self.m2 = bmean, bm2
+            self.mean, self.m2 = bmean_s * scale, bm2
         else:
+            if scale != self.scale:  # larger samples: the stored sum in the new units (negligible below eps)
+                r2 = (self.scale / scale) ** 2
+                self.m2 = self.m2 * (r2 if r2 > float(xp.finfo(X.dtype).eps) ** 2 else 0.0)
             total = self.count + k
-            delta = bmean - self.mean
-            self.mean = self.mean + delta * (k / total)
+            mean_s = self.mean * inv
+            delta = bmean_s - mean_s
+            self.mean = (mean_s + delta * (k / total)) * scale
             self.m2 = self.m2 + bm2 + delta**2 * (self.count * k / total)
+        self.scale = scale
         self.count += k
 
     def copy(self) -> _Moments:
         other = _Moments(self.op)
-        other.mean, other.m2, other.count = self.mean, self.m2, self.count
+        other.mean, other.m2, other.count, other.scale = self.mean, self.m2, self.count, self.scale
         return other
 
-    def summary(self, offset: Any = 0.0) -> tuple[float, float]:
-        """Two scalars in one transfer to the host: the entries' mean per-sample variance and the root mean square
-        of ``offset + mean``."""
+    def spread(self, offset: Any = 0.0) -> tuple[float, float]:
+        """Two scalars in one transfer to the host (a second only when the norm needs rescaling): the root mean
+        square over the entries of the per-sample standard deviation, and the root mean square of
+        ``offset + mean``."""
         xp = self.xp
-        v = self.op.to_numpy(xp.stack([xp.mean(self.m2), xp.mean((offset + self.mean) ** 2)]))
-        return float(v[0]) / max(self.count - 1, 1), math.sqrt(float(v[1]))
+        est = offset + self.mean
+        with np.errstate(over="ignore", under="ignore"):  # NumPy's warnings; the norm is checked below
+            v = self.op.to_numpy(xp.stack([xp.mean(self.m2), xp.linalg.vector_norm(est)]))
+        rms = vector_norm(self.op, est, plain=v[1]) / math.sqrt(est.shape[0])
+        return math.sqrt(float(v[0]) / max(self.count - 1, 1)) * self.scale, rms
+
+    def summary(self, offset: Any = 0.0) -> tuple[float, float]:
+        """The entries' mean per-sample variance and the root mean square of ``offset + mean``."""
+        sd, rms = self.spread(offset)
+        return sd**2, rms
 
     def variance(self) -> float:
         """The entries' mean per-sample variance."""
@@ -193,19 +248,20 @@ class _Moments:
     def interval(self, offset: Any = 0.0) -> tuple[float, float, float]:
         """Root mean squares over the entries: the 95% half-width of the mean, the estimate ``offset + mean`` and
         the 95% half-width of one sample."""
-        var, rms = self.summary(offset)
+        sd, rms = self.spread(offset)
         t = t_quantile(0.95, self.count - 1)
-        return t * math.sqrt(var / self.count), rms, t * math.sqrt(var)
+        return t * sd / math.sqrt(self.count), rms, t * sd
 
     def state(self) -> dict[str, Any]:
-        return {"mean": self.mean, "m2": self.m2, "count": self.count} if self.count else {}
+        return {"mean": self.mean, "m2": self.m2, "count": self.count, "scale": self.scale} if self.count else {}
 
     def restore(self, state: dict[str, Any]) -> None:
         self.mean, self.m2 = self.op.cast(state["mean"]), self.op.cast(state["m2"])
         self.count = int(state["count"])
+        self.scale = float(state.get("scale", 1.0))  # checkpoints written before the scaling held m2 unscaled
 
     def std_error(self) -> Any:
         """Each entry's standard error of the mean (NaN for a single sample)."""
         if self.count > 1:
-            return self.xp.sqrt(self.m2 / (self.count - 1) / self.count)
+            return self.xp.sqrt(self.m2 / (self.count - 1) / self.count) * self.scale
         return self.xp.full_like(self.mean, float("nan"))

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import scipy.linalg
 
-from hessop._array import make_rng
+from hessop._array import host_norm, make_rng
 from hessop._probes import probe_block
 from hessop._validate import check_finite
 from hessop.estimators._deflation import orthonormal_range
@@ -61,7 +61,7 @@ def xdiag(op: Any, n_hvp: int, seed: Any) -> DiagonalEstimate:
         diag, count = exact, 1
     else:
         X = scipy.linalg.solve_triangular(R, np.eye(m), trans="T", lower=False)  # R^{-T}
-        S = X / np.linalg.norm(X, axis=0)
+        S = X / host_norm(X, axis=0)
         c = np.sum(S * T, axis=0)
         S_native = op.cast(S)
         QS, ZS = Q @ S_native, Z @ S_native

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import scipy.linalg
 
-from hessop._array import make_rng
+from hessop._array import host_norm, make_rng
 from hessop._probes import column_dots, probe_block
 from hessop._validate import check_finite
 from hessop.estimators._deflation import orthonormal_range
@@ -145,7 +145,7 @@ def _estimate(small: np.ndarray, m: int, n: int, dtype: Any) -> TraceEstimate:
                              method="xtrace", stop_reason="exact: the sketch spans the range of H", rank=m,
                              exact=True)
     X = scipy.linalg.solve_triangular(R, np.eye(m), trans="T", lower=False)  # X = R^{-T}
-    S = X / np.linalg.norm(X, axis=0)
+    S = X / host_norm(X, axis=0)
     c = np.sum(S * W, axis=0)
     A = W - S * c
     low_rank = np.trace(B) - np.sum(S * (B @ S), axis=0)
