@@ -57,7 +57,7 @@ def rayleigh_noise(op: Any, anorm: float) -> float:
     --------
     >>> import numpy as np
     >>> from hessop import HessianOperator
-    >>> rayleigh_noise(HessianOperator.from_matrix(np.eye(3)), 1.0) == 4 * np.finfo(np.float64).eps
+    >>> rayleigh_noise(HessianOperator.from_matrix(np.eye(3)), 1.0) == 4 * float(np.finfo(np.float64).eps)
     True
     """
     info = getattr(op, "product_error_info", None)
