@@ -134,12 +134,12 @@ def test_exact_fallbacks_cover_the_truth(saturated):
 
 
 def test_trace_fallback_through_the_public_function(saturated):
-    """``trace(rtol=1e-4)`` on the saturated network falls back to the identity columns; its interval must hold
-    the truth (issue 26: it missed by 222 half-widths in float32)."""
+    """``trace`` with a budget of ``n`` products takes the identity columns (``exact=True``); the interval must
+    hold the truth (issue 26: ``trace(rtol=1e-4)``'s fallback missed by 222 half-widths in float32)."""
     op, ref = saturated["op"], saturated["ref"]
-    est = hessop.trace(op, rtol=1e-4, seed=0)
+    est = hessop.trace(op, max_hvp=op.n)
     lo, hi = est.interval()
-    assert lo <= np.trace(ref) <= hi, (est, np.trace(ref))
+    assert est.exact and lo <= np.trace(ref) <= hi, (est, np.trace(ref))
 
 
 def test_ordinary_operators_keep_the_usual_floor():
