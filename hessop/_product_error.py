@@ -72,8 +72,8 @@ class ProductError:
         defect, or the largest ``|u . (fl(H u) - H_64 u)|``): a change of a Rayleigh quotient below a few of these
         is noise.
     method : str
-        ``"float64 products"``, ``"witnesses"`` (symmetry and linearity defects), ``"stored matrix"``, ``"given"``
-        or ``"not measurable"`` (non-finite products).
+        ``"float64 products"``, ``"witnesses"`` (symmetry and linearity defects), ``"stored matrix"`` or
+        ``"given"``.
     n_hvp : int
         Products the measurement took (not counted in the operator's ``n_hvp``).
 
@@ -105,6 +105,11 @@ def measure_product_error(op: Any) -> ProductError:
     ProductError
         ``bound`` is an absolute bound on ``||fl(H v) - H v||`` for unit ``v``.
 
+    Raises
+    ------
+    FloatingPointError
+        A product was NaN or Inf.
+
     Examples
     --------
     A function operator whose products carry a random error of norm about ``1e-5 * sqrt(100) = 1e-4``:
@@ -131,7 +136,10 @@ def measure_product_error(op: Any) -> ProductError:
     S = _C * U.sum(axis=1, keepdims=True)
     Y = np.asarray(op.to_numpy(op.backend.hvp_block(op.cast(np.concatenate([U, S], axis=1)))), dtype=np.float64)
     if not np.all(np.isfinite(Y)):
-        return ProductError(0.0, 0.0, 0.0, "not measurable", 4)
+        raise FloatingPointError(
+            "a Hessian-vector product returned NaN or Inf while hessop measured the operator's product error (its "
+            "first use of the precision floor). Check the loss for overflow (e.g. log of 0), the data for NaN, or "
+            "use float64 parameters.")
     U = np.asarray(op.to_numpy(op.cast(U)), dtype=np.float64)  # the vectors as the products saw them
     G = U.T @ Y[:, :3]
     sym = np.abs(G - G.T)[np.triu_indices(3, 1)]

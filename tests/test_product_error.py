@@ -196,3 +196,14 @@ def test_narrow_loss_is_reported():
                                        data)
         H @ np.ones(H.n)
     assert sum("float32 loss for float64 parameters" in str(w.message) for w in caught) == 1
+
+
+def test_nan_in_the_measurement_is_reported():
+    calls = {"n": 0}
+
+    def hvp(v):
+        calls["n"] += 1
+        return v * (np.nan if calls["n"] == 2 else 1.0)
+
+    with pytest.raises(FloatingPointError, match="NaN or Inf while hessop measured"):
+        hessop.lanczos(HessianOperator.from_function(hvp, 30, check_symmetric=False), 2)
