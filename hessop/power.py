@@ -48,11 +48,16 @@ def power_iteration(
     not bound the error), and results are sorted.
 
     Pair ``i`` stops when both
-    ``|theta_t - theta_{t-1}| <= tol * |theta_t|`` and
+    ``|theta_t - theta_{t-1}| <= max(tol * |theta_t|, noise)`` (``tol`` as given, 1e-6 by default; ``noise``
+    four times the measured rounding of a Rayleigh quotient, :func:`hessop.results.still_moving`) and
     ``||H v - lambda v|| <= tol * max(|lambda|, eps**(2/3) * ||H||)``, the same residual rule as :func:`lanczos`
-    (residuals never below the precision floor ``sqrt(n) * eps * ||H||``, :func:`hessop.results.residual_floor`;
-    with the default ``tol`` a residual within ``10 * floor`` also counts, see
-    :func:`hessop.results.residual_threshold`).
+    (residuals never below the precision floor, the larger of ``sqrt(n) * eps * ||H||`` and the operator's measured
+    product error, :func:`hessop.results.residual_floor`; with the default ``tol`` a residual within
+    ``10 * floor`` also counts, see :func:`hessop.results.residual_threshold`), or when the residual is at the
+    floor and the quotient has settled.  A floor above every tolerance (a bfloat16 model, a saturated float32
+    network) therefore no longer stops the iteration while the quotient still moves; such pairs are marked
+    ``precision_limited`` and a warning names the remedies (:func:`hessop.results.warn_result`, which also warns
+    about unconverged pairs).
 
     Parameters
     ----------
@@ -86,9 +91,11 @@ def power_iteration(
     -------
     EigenResult
         Pairs sorted by decreasing ``|lambda - shift|`` (the order power iteration finds them in), residuals
-        ``||H v - lambda v||`` (from products), per-pair ``converged`` (pair ``i`` meets the residual rule; the
-        iteration's Rayleigh-quotient test decides only when to stop), ``n_hvp`` and ``n_iter`` (total
-        iterations).
+        ``||H v - lambda v||`` (from products, plus the floor), per-pair ``converged`` (pair ``i`` meets the
+        residual rule; the iteration's Rayleigh-quotient test decides only when to stop), ``precision_limited``
+        (:func:`hessop.results.precision_limited`), ``n_hvp`` and ``n_iter`` (total iterations).  The first
+        call on an operator measures its product error (:attr:`HessianOperator.product_error`; not in
+        ``n_hvp``).
 
     Examples
     --------

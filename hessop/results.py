@@ -230,8 +230,9 @@ class EigenResult:
     residuals : numpy.ndarray, shape (k,)
         ``||H v_i - lambda_i v_i||_2`` for each pair, computed from products (``verify=True``, the default of
         :func:`hessop.lanczos`; :func:`hessop.power_iteration` always) or the Ritz estimate ``|beta s_{j,i}|``,
-        plus the precision floor ``sqrt(n) * eps * ||H||`` (:func:`residual_floor`) that covers the rounding of
-        the products and of the residual's own computation.  For a symmetric
+        plus the precision floor (:func:`residual_floor`: the larger of ``sqrt(n) * eps * ||H||`` and the
+        operator's measured product error) that covers the rounding of the products and of the residual's own
+        computation.  For a symmetric
         H, ``|lambda_i - lambda_true| <= residual`` and the error is usually far smaller (about residual**2 / gap).
     converged : numpy.ndarray of bool, shape (k,)
         Whether pair ``i`` meets the rule ``residual <= tol * max(|lambda_i|, eps**(2/3) * ||H||)`` with the
