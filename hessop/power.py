@@ -10,9 +10,20 @@ from hessop._array import make_rng, vector_norm
 from hessop._validate import check_finite, check_int, check_k, check_real, check_tol
 from hessop.lanczos import start_vector
 from hessop.operator import as_operator
-from hessop.results import EigenResult, residual_floor, residual_threshold, resolve_tol
+from hessop.results import (
+    EigenResult,
+    precision_limited,
+    rayleigh_noise,
+    residual_floor,
+    residual_threshold,
+    resolve_tol,
+    still_moving,
+    warn_result,
+)
 
 __all__ = ["power_iteration"]
+
+_DEFAULT_TOL = 1e-6
 
 
 def power_iteration(
@@ -37,11 +48,16 @@ def power_iteration(
     not bound the error), and results are sorted.
 
     Pair ``i`` stops when both
-    ``|theta_t - theta_{t-1}| <= tol * |theta_t|`` and
+    ``|theta_t - theta_{t-1}| <= max(tol * |theta_t|, noise)`` (``tol`` as given, 1e-6 by default; ``noise``
+    four times the measured rounding of a Rayleigh quotient, :func:`hessop.results.still_moving`) and
     ``||H v - lambda v|| <= tol * max(|lambda|, eps**(2/3) * ||H||)``, the same residual rule as :func:`lanczos`
-    (residuals never below the precision floor ``sqrt(n) * eps * ||H||``, :func:`hessop.results.residual_floor`;
-    with the default ``tol`` a residual within ``10 * floor`` also counts, see
-    :func:`hessop.results.residual_threshold`).
+    (residuals never below the precision floor, the larger of ``sqrt(n) * eps * ||H||`` and the operator's measured
+    product error, :func:`hessop.results.residual_floor`; with the default ``tol`` a residual within
+    ``10 * floor`` also counts, see :func:`hessop.results.residual_threshold`), or when the residual is at the
+    floor and the quotient has settled.  A floor above every tolerance (a bfloat16 model, a saturated float32
+    network) therefore no longer stops the iteration while the quotient still moves; such pairs are marked
+    ``precision_limited`` and a warning names the remedies (:func:`hessop.results.warn_result`, which also warns
+    about unconverged pairs).
 
     Parameters
     ----------
@@ -75,9 +91,11 @@ def power_iteration(
     -------
     EigenResult
         Pairs sorted by decreasing ``|lambda - shift|`` (the order power iteration finds them in), residuals
-        ``||H v - lambda v||`` (from products), per-pair ``converged`` (pair ``i`` meets the residual rule; the
-        iteration's Rayleigh-quotient test decides only when to stop), ``n_hvp`` and ``n_iter`` (total
-        iterations).
+        ``||H v - lambda v||`` (from products, plus the floor), per-pair ``converged`` (pair ``i`` meets the
+        residual rule; the iteration's Rayleigh-quotient test decides only when to stop), ``precision_limited``
+        (:func:`hessop.results.precision_limited`), ``n_hvp`` and ``n_iter`` (total iterations).  The first
+        call on an operator measures its product error (:attr:`HessianOperator.product_error`; not in
+        ``n_hvp``).
 
     Examples
     --------
@@ -94,7 +112,10 @@ def power_iteration(
     n = op.n
     k = check_k(k, n)
     default_tol = tol is None
-    tol = resolve_tol(None if default_tol else check_tol(tol), 1e-6, op)
+    tol = resolve_tol(None if default_tol else check_tol(tol), _DEFAULT_TOL, op)
+    # what the Rayleigh quotients must settle to (and what precision_limited compares the floor with): the asked
+    # tol, not the default raised to the floor (10 sqrt(n) eps is above 1 for a bfloat16 model)
+    tol_asked = _DEFAULT_TOL if default_tol else tol
     max_iter = check_int(max_iter, "max_iter", 1)
     shift = check_real(shift, "shift")
     rng = make_rng(seed)
@@ -127,10 +148,11 @@ def power_iteration(
             anorm = max(anorm, abs(theta))
             floor = residual_floor(op, anorm + abs(shift))  # ||H|| <= ||H - shift I|| + |shift|
             res = res + floor
-            ok = abs(theta - theta_prev) <= tol * abs(theta) and bool(
-                res <= residual_threshold(tol, default_tol, theta, anorm, floor, eps23))
-            # a tol below the precision floor: stop once the residual is at the floor and the quotient settled
-            ok = ok or (res <= 2 * floor and abs(theta - theta_prev) <= floor)
+            settled = not still_moving(theta, theta_prev, tol_asked, rayleigh_noise(op, anorm))[0]
+            ok = settled and bool(res <= residual_threshold(tol, default_tol, theta, anorm, floor, eps23))
+            # the residual at the precision floor (a tol below it, or a floor above every tolerance as for a
+            # half-precision model): stop once the quotient has settled to its rounding noise, not before
+            ok = ok or (res <= 2 * floor and settled)
             nrm = vector_norm(op, wd)
             if ok or nrm == 0.0:  # nrm == 0: v spans the deflated null space, an exact pair with theta = 0
                 ok = True
@@ -154,7 +176,7 @@ def power_iteration(
     floor = residual_floor(op, anorm + abs(shift))
     residuals = residuals + floor
     converged = residuals <= residual_threshold(tol, default_tol, theta, anorm, floor, eps23)
-    return EigenResult(
+    result = EigenResult(
         eigenvalues=theta + shift,
         eigenvectors=Vb,
         residuals=residuals,
@@ -162,4 +184,7 @@ def power_iteration(
         n_hvp=op.n_hvp - hvp0,
         n_iter=n_iter,
         method="power_iteration" + (f"(shift={shift:g})" if shift else ""),
+        precision_limited=precision_limited(residuals, floor, tol_asked, theta, anorm, eps23),
     )
+    warn_result(result, op, tol)
+    return result

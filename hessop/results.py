@@ -9,20 +9,28 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["EigenResult", "residual_floor", "resolve_tol"]
+__all__ = ["EigenResult", "precision_limited", "rayleigh_noise", "residual_floor", "resolve_tol", "still_moving",
+           "warn_result"]
 
 
 def residual_floor(op: Any, anorm: float) -> float:
-    """The precision floor added to every residual a solver reports: ``sqrt(n) * eps * ||H||``.
+    """The precision floor added to every residual a solver reports: the larger of ``sqrt(n) * eps * ||H||`` and
+    the operator's measured product error (:attr:`HessianOperator.product_error`).
 
     ``eps`` is the unit roundoff of the products (:attr:`HessianOperator.product_eps`: float32's for a float32
     model even when the solver runs in float64) and ``||H||`` the solver's estimate of the norm.  Below it a
-    residual says nothing: one product ``H v`` in floating point already carries an error of about
-    ``eps * ||H||_F <= sqrt(n) * eps * ||H||``, and the Ritz estimate ``|beta s_j|`` ignores that error, the loss
-    of orthogonality of the basis and the rounding of ``Q s``, so it can fall to 0 where the true
-    ``||H v - lambda v||`` is 1e12 times larger; a residual computed from products carries the same rounding.
-    Every reported residual is the computed one (from products, or the Ritz estimate) plus this floor, and no
-    pair is reported converged unless the floor alone meets its tolerance.
+    residual says nothing: one product ``H v`` in floating point carries an error ``e = fl(H v) - H v``, so a
+    residual computed from products is wrong by up to ``||e||``; and the Ritz estimate ``|beta s_j|`` ignores
+    that error, the loss of orthogonality of the basis and the rounding of ``Q s``, so it can fall to 0 where the
+    true ``||H v - lambda v||`` is 1e12 times larger.  For a stored matrix ``||e||`` is about
+    ``eps * ||H||_F <= sqrt(n) * eps * ||H||``; for autograd products at a well-fit network (softmax saturated)
+    it is ``eps`` times the intermediate terms, which can be 1e5 times larger (a float32 MLP at loss 1e-8: 5% of
+    ``||H||``), so it is measured, once per operator (:mod:`hessop._product_error`), and the floor is never below
+    the measured bound.  Every reported residual is the computed one (from products, or the Ritz estimate) plus
+    this floor, and no pair is reported converged unless the floor alone meets its tolerance.
+
+    The first call on an operator may take the measurement's products (4, or 7 for a float32 PyTorch model; not
+    counted in ``n_hvp``).
 
     Examples
     --------
@@ -31,8 +39,130 @@ def residual_floor(op: Any, anorm: float) -> float:
     >>> H = HessianOperator.from_matrix(np.eye(4, dtype=np.float32))
     >>> residual_floor(H, 2.0) == 2 * float(np.finfo(np.float32).eps) * 2.0
     True
+    >>> H.product_error = 1e-3  # e.g. measured elsewhere
+    >>> residual_floor(H, 2.0)
+    0.001
     """
-    return math.sqrt(op.n) * op.product_eps * anorm
+    return max(math.sqrt(op.n) * op.product_eps * anorm, float(getattr(op, "product_error", 0.0)))
+
+
+def rayleigh_noise(op: Any, anorm: float) -> float:
+    """How much a Rayleigh quotient ``v . fl(H v)`` of a unit vector moves from rounding alone: 4 times the larger
+    of the measured rounding of a Rayleigh quotient (:attr:`hessop._product_error.ProductError.rayleigh`, 0 for a
+    stored matrix) and ``eps * ||H||`` with ``eps`` the solver vectors' unit roundoff (the rounding of the dot
+    product itself).  A change of a Ritz value below it is noise, above it the iteration still moves
+    (:func:`still_moving`).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from hessop import HessianOperator
+    >>> rayleigh_noise(HessianOperator.from_matrix(np.eye(3)), 1.0) == 4 * float(np.finfo(np.float64).eps)
+    True
+    """
+    info = getattr(op, "product_error_info", None)
+    measured = float(info.rayleigh) if info is not None else 0.0
+    return 4.0 * max(measured, float(np.finfo(op.dtype).eps) * anorm)
+
+
+def still_moving(theta: Any, theta_prev: Any, tol: float, noise: float) -> np.ndarray:
+    """Per Ritz value, whether it still moves: ``|theta - theta_prev| > max(tol * |theta|, noise)``.
+
+    The rule that keeps an iteration going when the precision floor is so high that every residual already meets
+    it (a bfloat16 model: a floor of 39 for eigenvalues of 12 makes every pair "converged" after two products).
+    A residual at the floor says only that the residual cannot be resolved further; the Ritz values can still
+    improve (the iteration's own progress is far larger than the products' noise), so a solver stops at the floor
+    only once the values it reports have settled: a change below ``tol`` relative, or below the rounding noise of
+    a Rayleigh quotient (``noise``: :func:`rayleigh_noise`).  Solvers call it per step with the previous step's
+    values (``inf`` where there is none: that value moves).
+
+    Examples
+    --------
+    >>> still_moving([12.1, 5.0], [12.1, 4.0], 1e-6, 0.01).tolist()
+    [False, True]
+    >>> still_moving([12.1], [float("inf")], 1e-6, 0.01).tolist()
+    [True]
+    """
+    theta = np.atleast_1d(np.asarray(theta, dtype=np.float64))
+    step = np.abs(theta - np.asarray(theta_prev, dtype=np.float64))
+    step = np.where(np.isfinite(step), step, np.inf)
+    return step > np.maximum(tol * np.abs(theta), noise)
+
+
+def precision_limited(residuals: Any, floor: float, tol: float, theta: Any, anorm: float,
+                      eps23: float) -> np.ndarray:
+    """Per pair, whether the precision of the products (not the iteration) limits it: the floor is at least half
+    its reported residual and above what ``tol`` asks (``tol * max(|theta|, eps**(2/3) ||H||)``), so no number of
+    iterations can meet the tolerance; only a more accurate product can.
+
+    Examples
+    --------
+    >>> precision_limited([2e-6, 5e-3], 1e-6, 1e-6, [0.1, 3.0], 12.0, 1e-5).tolist()
+    [True, False]
+    """
+    res = np.asarray(residuals, dtype=np.float64)
+    need = tol * np.maximum(np.abs(np.asarray(theta, dtype=np.float64)), eps23 * anorm)
+    return (2 * floor >= res) & (floor > need)
+
+
+def warn_result(result: EigenResult, op: Any, tol: float, stacklevel: int = 3) -> None:
+    """Warn when a result returns pairs that are not converged, or pairs whose accuracy the products' precision
+    limits (:attr:`EigenResult.precision_limited`) beyond the usual rounding (half-precision products, or a
+    measured product error above ``sqrt(n) eps ||H||``: the flag alone marks the usual float32 floor), naming the
+    pairs, the floor and the remedies; silent otherwise.  Shared by the eigensolvers (one warning per call).
+
+    Examples
+    --------
+    >>> import warnings
+    >>> import numpy as np
+    >>> from hessop import HessianOperator
+    >>> r = EigenResult(np.array([2.0]), None, np.array([0.5]), np.array([False]), 10, 10, "power_iteration")
+    >>> with warnings.catch_warnings(record=True) as caught:
+    ...     warnings.simplefilter("always")
+    ...     warn_result(r, HessianOperator.from_matrix(np.eye(2)), 1e-6)
+    >>> print(caught[0].message)  # doctest: +ELLIPSIS
+    power_iteration: pair 1 of 1 is returned unconverged (residual 5e-01 ...
+    """
+    bad = np.flatnonzero(~np.asarray(result.converged))
+    limited = np.flatnonzero(np.asarray(result.precision_limited))
+    if len(limited) and not _unusual_precision(op, result):
+        limited = limited[:0]  # the usual float32 / float64 floor: the flag says it, a warning would be noise
+    if not len(bad) and not len(limited):
+        return
+    k = len(result.converged)
+    parts = []
+    if len(bad):
+        i = bad[0]
+        parts.append(f"{_pairs(bad)} of {k} {'is' if len(bad) == 1 else 'are'} returned unconverged (residual "
+                     f"{result.residuals[i]:.0e} for eigenvalue {result.eigenvalues[i]:.6g}; tol={tol:g}): raise "
+                     "max_iter, or loosen tol")
+    if len(limited):
+        i = limited[0]
+        info = getattr(op, "product_error_info", None)
+        how = f"the products are {getattr(op.backend, 'product_dtype', op.dtype)}" + (
+            f" with a measured error of {info.bound:.1e} per unit vector ({info.method})"
+            if info is not None and info.bound > 0 else "")
+        parts.append(
+            f"{_pairs(limited)} of {k} {'is' if len(limited) == 1 else 'are'} limited by the precision of the "
+            f"products, not by the iteration: {how}, so residuals cannot fall below {result.residuals[i]:.1e} "
+            f"(eigenvalue {result.eigenvalues[i]:.6g}) and the eigenvalues are accurate to about that. More "
+            "iterations or solver_dtype=float64 do not help; products of the same model in a wider dtype (a "
+            "float32 or float64 copy), or Hessian-vector products from gradient differences, do")
+    warnings.warn(f"{result.method}: " + "; ".join(parts) + ".", UserWarning, stacklevel=stacklevel)
+
+
+def _unusual_precision(op: Any, result: EigenResult) -> bool:
+    """Whether the floor comes from more than the usual rounding: products narrower than float32 (half
+    precision), or a measured product error above ``sqrt(n) eps ||H||`` (a saturated network)."""
+    if op.product_eps > float(np.finfo(np.float32).eps):
+        return True
+    anorm = float(np.max(np.abs(result.eigenvalues))) if len(result.eigenvalues) else 0.0
+    return float(getattr(op, "product_error", 0.0)) > math.sqrt(op.n) * op.product_eps * anorm
+
+
+def _pairs(idx: np.ndarray) -> str:
+    shown = ", ".join(str(int(i) + 1) for i in idx[:5]) + (", ..." if len(idx) > 5 else "")
+    return f"pair {shown}" if len(idx) == 1 else f"pairs {shown}"
 
 
 def resolve_tol(tol: float | None, default: float, op: Any) -> float:
@@ -100,8 +230,9 @@ class EigenResult:
     residuals : numpy.ndarray, shape (k,)
         ``||H v_i - lambda_i v_i||_2`` for each pair, computed from products (``verify=True``, the default of
         :func:`hessop.lanczos`; :func:`hessop.power_iteration` always) or the Ritz estimate ``|beta s_{j,i}|``,
-        plus the precision floor ``sqrt(n) * eps * ||H||`` (:func:`residual_floor`) that covers the rounding of
-        the products and of the residual's own computation.  For a symmetric
+        plus the precision floor (:func:`residual_floor`: the larger of ``sqrt(n) * eps * ||H||`` and the
+        operator's measured product error) that covers the rounding of the products and of the residual's own
+        computation.  For a symmetric
         H, ``|lambda_i - lambda_true| <= residual`` and the error is usually far smaller (about residual**2 / gap).
     converged : numpy.ndarray of bool, shape (k,)
         Whether pair ``i`` meets the rule ``residual <= tol * max(|lambda_i|, eps**(2/3) * ||H||)`` with the

@@ -65,3 +65,29 @@ def test_nan_is_reported():
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         hessop.power_iteration(np.eye(10) * np.arange(1, 11), **kwargs)
+
+
+def test_unconverged_pairs_are_returned_with_a_warning(outlier_matrix):
+    A, _ = outlier_matrix
+    with pytest.warns(UserWarning, match=r"pairs 1, 2 of 2 are returned unconverged .*raise max_iter"):
+        r = hessop.power_iteration(A, 2, tol=1e-12, max_iter=5)
+    assert not r.converged.any()
+
+
+def test_a_floor_above_every_tolerance_keeps_iterating():
+    """Issue 26, class 9: when the product error puts the floor above every residual (a bfloat16 model), the
+    residual test passes at once; power iteration used to stop after 2 products.  It now runs until the Rayleigh
+    quotient settles, flags the pair precision-limited and warns with the remedies."""
+    lam = np.concatenate([[10.0, 9.0], np.linspace(0.0, 5.0, 98)])
+    H = HessianOperator.from_matrix(matrix_with_spectrum(lam, seed=0))
+    H.product_error = 5.0  # as measured for a half-precision model: half the top eigenvalue
+    with pytest.warns(UserWarning, match="precision of the products.*gradient differences"):
+        r = hessop.power_iteration(H, 1)
+    assert r.n_hvp > 20 and r.precision_limited.all() and r.all_converged
+    assert abs(r.eigenvalues[0] - 10.0) <= 1e-3 and r.residuals[0] >= 5.0
+
+
+def test_ordinary_results_are_not_flagged(outlier_matrix):
+    A, lam = outlier_matrix
+    r = hessop.power_iteration(A, 1)
+    assert r.all_converged and not r.precision_limited.any()

@@ -4,6 +4,7 @@ a batch (checked to be a differentiable scalar)."""
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -158,4 +159,14 @@ class BatchLoss:
         if not loss.is_floating_point():
             raise TypeError(f"loss_fn returned a {loss.dtype} tensor; the loss must be floating point (an integer "
                             "has no derivative: compute it from the model's floating-point outputs).")
+        if not getattr(self, "_narrow_warned", False) and (
+                torch.finfo(loss.dtype).eps > torch.finfo(self.torch_dtype).eps):
+            self._narrow_warned = True  # once per operator
+            warnings.warn(
+                f"loss_fn returns a {str(loss.dtype).removeprefix('torch.')} loss for "
+                f"{str(self.torch_dtype).removeprefix('torch.')} parameters (e.g. a Hugging Face model's .loss, "
+                "computed in float32): every product, eigenvalue, trace and residual is then only as accurate as "
+                f"{str(loss.dtype).removeprefix('torch.')}, whatever the parameters' dtype. Compute the loss in the "
+                "parameters' dtype (e.g. from the logits: loss_fn(model(x).logits.double(), y)).",
+                UserWarning, stacklevel=2)
         return loss.reshape(())

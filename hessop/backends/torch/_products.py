@@ -115,3 +115,54 @@ def forward_over_reverse(backend: TorchBackend, V: torch.Tensor) -> torch.Tensor
             hv = tangent(V[:, 0])[:, None] if V.shape[1] == 1 else vmap(tangent, in_dims=1, out_dims=1)(V)
             out.add_(hv, alpha=w)
     return out
+
+
+def _widen(batch: Any) -> Any:
+    """``batch`` with every floating tensor (nested in tuples, lists, dicts) in float64."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(torch.float64) if batch.is_floating_point() else batch
+    if isinstance(batch, dict):
+        return {k: _widen(v) for k, v in batch.items()}
+    if isinstance(batch, tuple) and hasattr(batch, "_fields"):  # namedtuple
+        return type(batch)(*(_widen(x) for x in batch))
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(_widen(x) for x in batch)
+    return batch
+
+
+def reference_products(backend: TorchBackend, U: Any) -> Any:
+    """``H U`` in float64 for host columns ``U`` (NumPy, (n, k)): forward-over-reverse through float64 copies of
+    every parameter, floating buffer and floating batch tensor (``functional_call``; the model is not changed).
+    For measuring the rounding of a float32 or half-precision model's own products
+    (:mod:`hessop._product_error`).  Returns a host float64 array, or None when the loss cannot be evaluated in
+    float64 (a ``loss_fn`` that builds tensors of a fixed dtype): the caller then measures without it."""
+    import numpy as np
+
+    module, model = backend.loss_module, backend.model
+    wide = {"m." + k: p.detach().to(torch.float64) for k, p in model.named_parameters()}
+    wide.update({"m." + k: b.to(torch.float64) if b.is_floating_point() else b for k, b in model.named_buffers()})
+    fnames = ["m." + name for name in backend.names]
+    offsets, shapes = backend.offsets, backend.shapes
+    primals = {name: wide[name] for name in fnames}
+    V = torch.as_tensor(np.asarray(U, dtype=np.float64), device=backend.device)
+    out = torch.zeros_like(V)
+    try:
+        with (torch.no_grad(), buffers_preserved(model), batch_statistics_only(model), sdpa_kernel(SDPBackend.MATH)):
+            for batch, w in backend._weighted():
+                batch = _widen(to_device(batch, backend.device))
+
+                def loss(q: dict, batch: Any = batch) -> torch.Tensor:
+                    return functional_call(module, {**wide, **q}, (batch,))
+
+                if loss(primals).dtype != torch.float64:  # the loss narrows on its own: no wider product
+                    return None
+
+                for j in range(V.shape[1]):
+                    v = V[:, j]
+                    tangent = {name: v[offsets[i]: offsets[i + 1]].reshape(shape)
+                               for i, (name, shape) in enumerate(zip(fnames, shapes, strict=True))}
+                    hv = jvp(grad(loss), (primals,), (tangent,))[1]
+                    out[:, j] += w * torch.cat([hv[name].reshape(-1) for name in fnames]).to(torch.float64)
+    except (RuntimeError, TypeError, NotImplementedError):
+        return None
+    return out.cpu().numpy()
