@@ -25,6 +25,7 @@ the first restart, ``eigh`` after), never a general eigensolver.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -75,6 +76,17 @@ class Krylov:
         xp = self.xp
         self.Q = xp.zeros((op.n, m + 1), dtype=v0.dtype, device=device(v0))
         self.T = np.zeros((m + 1, m + 1))
+        # C: every coefficient the Gram-Schmidt passes computed (column i: ``Q^T w`` of step i, and beta below the
+        # diagonal); T is its symmetric tridiagonal / arrowhead part.  err_units[i] (in units of one product's error)
+        # and err_other[i] bound the error column f_i of the computed relation H Q = Q C + F (see residual_bounds)
+        self.C = np.zeros((m + 1, m + 1))
+        self.err_units = np.zeros(m + 1)
+        self.err_other = np.zeros(m + 1)
+        # after a thick restart the error of the kept block is bounded as a whole: ||F_kept||_2 <= carried_units *
+        # (one product's error) + carried_other (||F S||_2 <= ||F||_2 for orthonormal S: no growth per restart)
+        self.carried = 0  # columns under the block bound
+        self.carried_units = self.carried_other = 0.0
+        self.u = float(np.finfo(np.dtype(op.dtype)).eps)  # unit roundoff of the basis and recurrences
         self.j = 0
         self.beta = 0.0
         self.anorm = 0.0
@@ -100,10 +112,20 @@ class Krylov:
         w = w - B @ h1
         h2 = B.T @ w
         w = w - B @ h2
-        # one host synchronisation per step: alpha and beta together
-        alpha, beta = (float(x) for x in self.op.to_numpy(xp.stack([h1[j] + h2[j], xp.linalg.vector_norm(w)])))
+        # one host synchronisation per step: the coefficients h = h1 + h2 and beta together
+        hb = self.op.to_numpy(xp.concat([h1 + h2, xp.reshape(xp.linalg.vector_norm(w), (1,))])).astype(np.float64)
+        h, alpha, beta = hb[: j + 1], float(hb[j]), float(hb[-1])
         check_finite(alpha, "the Lanczos coefficient alpha", j + 1)
         check_finite(beta, "the Lanczos coefficient beta", j + 1)
+        if not np.all(np.isfinite(h)):
+            check_finite(float(np.sum(h)), "a Gram-Schmidt coefficient", j + 1)
+        self.C[: j + 1, j] = h
+        self.C[j + 1, j] = beta
+        # rounding of the two Gram-Schmidt passes, of h1 + h2 and of w / beta (probabilistic model, as the floor's
+        # sqrt(n) eps: sqrt(terms) u times the sizes involved); the product's own error is one unit
+        self.err_units[j] = 1.0
+        self.err_other[j] = self.u * (2 * np.sqrt(j + 2) * (np.sqrt(np.sum(h**2) + beta**2) + np.sum(np.abs(h)))
+                                      + beta)
         self.T[j, j] = alpha
         self.anorm = max(self.anorm, abs(alpha) + beta + (self.T[j, j - 1] if j else 0.0))
         self.beta = beta
@@ -114,6 +136,9 @@ class Krylov:
         self.breakdown = beta <= min(100 * residual_floor(self.op, self.anorm), 1e-2 * self.anorm)
         if not self.breakdown:
             self.Q = set_column(self.Q, j + 1, w / beta)
+        else:  # the remainder w (norm beta) is dropped from the relation: it joins column j's error
+            self.C[j + 1, j] = 0.0
+            self.err_other[j] += beta
         self.j = j + 1
         return beta
 
@@ -125,18 +150,56 @@ class Krylov:
         xp, j = self.xp, self.j
         if j >= self.op.n:
             return False
-        B = self.Q  # columns j.. are zero
+        B = set_column(self.Q, j, 0.0)  # columns j.. are zero
         v = self.op.cast(rng.standard_normal(self.op.n))
         for _ in range(2):
             v = v - B @ (B.T @ v)
         nrm = float(xp.linalg.vector_norm(v))
         if nrm <= 100 * self._eps:
             return False
-        self.Q = set_column(self.Q, j, v / nrm)
-        self.T[j, j - 1] = self.T[j - 1, j] = 0.0
+        self.Q = set_column(B, j, v / nrm)
+        # the next Lanczos vector is replaced: its coupling to the basis joins the columns' error
+        self.err_other[:j] += np.abs(self.C[j, :j])
+        self.T[j, :j] = self.T[:j, j] = 0.0
+        self.C[j, :j] = self.C[:j, j] = 0.0
         self.beta = 0.0
         self.breakdown = False
         return True
+
+    def lock_and_explore(self, S: np.ndarray, theta: np.ndarray, keep: np.ndarray, rng: np.random.Generator) -> bool:
+        """Keep the Ritz vectors ``Q S[:, keep]`` and continue from a fresh random vector orthogonal to them (the
+        multiplicity check): a Krylov space holds one copy of each distinct eigenvalue, so copies of a converged
+        eigenvalue can only be found from a new start.  The coupling ``b = beta S_{j,keep}`` of the kept vectors to
+        the dropped Lanczos vector joins their error bound.  Returns False if the space is exhausted."""
+        self.thick_restart(S, theta, keep)
+        return self.restart_with_random(rng)
+
+    def residual_bounds(self, S: np.ndarray, theta: np.ndarray, unit: float, anorm: float,
+                        qnorm: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+        """Bounds on ``||H y_i - theta_i y_i||`` for the Ritz vectors ``y_i = fl(Q_j s_i)``, from no product.
+
+        In floating point the run satisfies ``H Q_j = Q_{j+1} C + F`` exactly, with ``C`` the coefficients it
+        computed (:attr:`C`) and ``F`` the error of the products and of the Gram-Schmidt rounding, column ``i``
+        bounded by ``err_units[i] * unit + err_other[i]`` (``unit``: one product's error for a unit vector, the
+        precision floor of :func:`hessop.results.residual_floor`).  Then for ``T s = theta s`` (Paige 1976, 1980;
+        Parlett, *The Symmetric Eigenvalue Problem*, ch. 13)
+
+            ||H y - theta y|| <= ||Q_{j+1}|| ||C s - [theta s; 0]|| + sum_i |s_i| ||f_i|| + 2 ||H|| ||fl(Q s) - Q s||
+
+        whose first term holds the Ritz estimate ``|beta_j s_j|``, the coefficients the tridiagonal / arrowhead
+        ``T`` leaves out (loss of orthogonality, asymmetry of the computed coefficients) and the error of the small
+        eigensolver.  ``qnorm`` bounds ``||Q_{j+1}||`` (1 + O(u) under full reorthogonalisation; measured from
+        ``Q^T Q`` for the reported residuals).  Returns ``(bound, floor_part)``: the bound and the part of it the
+        iteration cannot reduce (the error terms)."""
+        j = self.j
+        Cs = self.C[: j + 1, :j] @ S
+        Cs[:j] -= S * theta
+        coef = np.linalg.norm(Cs, axis=0)
+        err = np.abs(S).T @ (self.err_units[:j] * unit + self.err_other[:j])
+        err += (self.carried_units * unit + self.carried_other) * np.linalg.norm(S[: self.carried], axis=0)
+        yerr = 2 * anorm * np.sqrt(j + 1) * self.u * qnorm
+        floor_part = err + yerr
+        return qnorm * coef + floor_part, floor_part
 
     def ritz(self) -> tuple[np.ndarray, np.ndarray]:
         """Eigenpairs ``(theta, S)`` of the current projected matrix ``T_j`` (ascending)."""
@@ -149,6 +212,14 @@ class Krylov:
         """Keep Ritz vectors ``Q S[:, keep]`` and the next Lanczos vector (Wu & Simon 2000)."""
         j, p = self.j, len(keep)
         Sk = S[:, keep]
+        # the relation of the kept vectors: H y = theta y + b q_next + (Q_j (C s - theta s) + F s + rounding of Q s),
+        # the bracket joining their error bound (in product-error units and in absolute terms)
+        Cs = self.C[:j, :j] @ Sk - Sk * theta[keep]
+        other = 1.01 * np.linalg.norm(Cs, axis=0) + 2 * self.anorm * np.sqrt(j + 1) * self.u
+        # ||[F_kept, F_new] S|| <= ||[F_kept, F_new]||_2 <= hypot(block bound + ||per-column part||_F, ||F_new||_F)
+        c = self.carried
+        cu = np.hypot(self.carried_units + np.linalg.norm(self.err_units[:c]), np.linalg.norm(self.err_units[c:j]))
+        co = np.hypot(self.carried_other + np.linalg.norm(self.err_other[:c]), np.linalg.norm(self.err_other[c:j]))
         Y = self.Q[:, :j] @ self.op.cast(Sk)
         nxt = self.Q[:, j]
         self.Q = set_column(self.Q, slice(0, p), Y)
@@ -159,6 +230,11 @@ class Krylov:
         T[np.arange(p), np.arange(p)] = theta[keep]
         T[p, :p] = T[:p, p] = b
         self.T = T
+        self.C = T.copy()
+        self.err_units = np.zeros_like(self.err_units)
+        self.err_other = np.zeros_like(self.err_other)
+        self.err_other[:p] = other
+        self.carried, self.carried_units, self.carried_other = p, float(cu), float(co)
         self.j = p
         self.tridiagonal = False
 
@@ -207,7 +283,8 @@ def lanczos(
     seed: int | np.random.Generator | None = 0,
     v0: Any = None,
     callback: Callable[[int, np.ndarray, np.ndarray], None] | None = None,
-    verify: bool = True,
+    verify: bool | str = "auto",
+    check_multiplicity: bool = True,
     solver_dtype: Any = None,
     progress: bool | None = None,
 ) -> EigenResult:
@@ -309,49 +386,87 @@ def lanczos(
         max_iter = max(1000, 20 * m)
     max_iter = check_int(max_iter, "max_iter", 1)
     rng = make_rng(seed)
+    if verify not in (True, False, "auto"):
+        raise ValueError(f"verify must be True, False or 'auto', got {verify!r}")
 
     hvp0 = op.n_hvp
     kry = Krylov(op, start_vector(op, v0, rng), m)
-    eps23 = op.product_eps ** (2.0 / 3.0)
-    n_iter = n_restarts = 0
-    explore_from = None  # basis index where the block opened after an invariant-subspace breakdown starts
+    eps_p = op.product_eps
+    eps23 = eps_p ** (2.0 / 3.0)
+    n_iter = n_restarts = n_checks = 0
+    max_checks = k + 1 if check_multiplicity else 0  # each check that finds a copy adds a wanted pair: <= k + 1
+    checked = False
+    may_check = True
+    explore_from = None  # basis index where the newest block (after a breakdown or a multiplicity check) starts
+    prev = None  # the wanted Ritz values of the previous step (do they still move?)
     bar = Progress(progress, op, f"lanczos {which}", None, "step")
     while True:
         kry.step()
         n_iter += 1
         theta, S = kry.ritz()
         order = _order(theta, which)
+        rank = np.argsort(order)
         sel = order[:k]
-        ritz_all = np.abs(kry.beta * S[kry.j - 1, :])
         anorm = max(kry.anorm, float(np.max(np.abs(theta))))
-        floor = residual_floor(op, anorm)
-        res_all = ritz_all + floor
-        ok_all = res_all <= residual_threshold(tol, False, theta, anorm, floor, eps23)  # the stopping rule
-        res, conv = res_all[sel], ok_all[sel]
+        unit = residual_floor(op, anorm)
+        res_all, floor_all = kry.residual_bounds(S, theta, unit, anorm)
+        ritz_all = np.abs(kry.beta * S[kry.j - 1, :])
+        strict_all = residual_threshold(tol, False, theta, anorm, unit, eps23)
+        thr_all = residual_threshold(tol, default_tol, theta, anorm, unit, eps23)
+        limited_all = strict_all < floor_all  # tol is below what the products resolve for this pair
+        # a pair is finished when it meets tol, or (precision-limited) when its Ritz value has stopped moving or its
+        # Ritz estimate is at working precision: the iteration can no longer improve it
+        settled = np.zeros(theta.size, dtype=bool)
+        if prev is not None and prev.size == sel.size:
+            settled[sel] = ritz_values_settled(prev, theta[sel], eps_p, anorm, 0.0 if default_tol else tol)
+        prev = theta[sel].copy()
+        finished_all = (res_all <= strict_all) | (limited_all & (settled | (ritz_all <= eps_p * anorm)))
+        res, conv = res_all[sel], res_all[sel] <= thr_all[sel]
         if callback is not None:
             callback(n_iter, theta[sel].copy(), res.copy())
         bar.update(1, {"converged": f"{int(np.sum(conv))}/{len(sel)}", "worst residual": float(np.max(res))})
-        # converged, or at the precision floor for a tol it cannot reach (nothing more to gain)
         # never stop before 2k + 1 vectors (ARPACK's default basis): a converged Ritz pair of a smaller basis
         # may be an unwanted eigenvalue (found by the property tests: n = 2 with a gap of 4e-7, one step)
-        done = kry.j >= min(n, 2 * k + 1) and bool(np.all(conv | (ritz_all[sel] <= floor)))
-        block_joins_wanted = explore_from is None
+        wanted_done = bool(np.all(finished_all[sel])) and (explore_from is not None or kry.j >= min(n, 2 * k + 1))
+        joins = block_done = False
         if explore_from is not None:
-            # Ritz pairs living in the newest block (T is block diagonal across a breakdown)
+            # Ritz pairs living in the newest block (T is block diagonal across a breakdown or a check)
             in_new = np.flatnonzero(np.sum(S[explore_from:, :] ** 2, axis=0) > 0.5)
             if in_new.size:
-                best = in_new[np.argmin(np.argsort(order)[in_new])]
-                block_joins_wanted = bool(np.isin(best, sel))
-                done = done and bool(ok_all[best]) and not block_joins_wanted
+                best = in_new[np.argmin(rank[in_new])]
+                joins = bool(np.isin(best, sel))
+                if joins and len(order) > k and limited_all[best]:
+                    # a new value more wanted than the one it displaces by less than the products resolve is no
+                    # new eigenvalue (below the precision floor every random start gives a slightly different one)
+                    joins = abs(theta[best] - theta[order[k]]) > floor_all[best]
+                # the block's best pair is resolved (finished, or its residual a quarter of its distance to the
+                # least wanted selected value) and is not wanted: the new start found no further copy
+                gap = abs(theta[best] - theta[sel[-1]])
+                block_done = not joins and bool(finished_all[best] or res_all[best] <= gap / 4)
+        stop = wanted_done and explore_from is not None and block_done
         if kry.breakdown:
             # Invariant subspace: its Ritz pairs are exact, but a Krylov space holds one copy of each distinct
-            # eigenvalue, so a repeated wanted eigenvalue can hide in the complement.  While the block that just
-            # closed contributed to the wanted set, explore the complement from a fresh random vector.
-            if (done and not block_joins_wanted) or not kry.restart_with_random(rng):
+            # eigenvalue, so a repeated wanted eigenvalue can hide in the complement: explore it from a fresh vector
+            if stop or (wanted_done and checked and explore_from is None) or not kry.restart_with_random(rng):
+                checked = checked or stop
                 break
             explore_from = kry.j
-        elif done:
+        elif stop:
+            checked = True
             break
+        elif wanted_done and (explore_from is None or joins):
+            # converged: look for further copies of the wanted eigenvalues from a fresh random start orthogonal to
+            # the converged Ritz vectors (a copy found joins the wanted set, and the check is repeated)
+            # (a check whose block a thick restart interrupted is not repeated unless it had found a copy)
+            keep = order[np.isin(order, sel) | finished_all[order]][: m - 2]
+            if (n_checks >= max_checks or len(keep) < k or not (may_check or joins)
+                    or not kry.lock_and_explore(S, theta, keep, rng)):
+                break
+            may_check = False
+            n_checks += 1
+            explore_from = len(keep)
+            prev = None
+            continue
         if n_iter >= max_iter:
             break
         if kry.j >= m:
@@ -363,12 +478,25 @@ def lanczos(
     bar.close()
     if kry.j < k:  # only possible when the whole space was exhausted before k vectors: cannot happen for k < n
         raise RuntimeError("Lanczos basis smaller than k")
+    xp = op.xp
+    # ||Q_{j+1}|| from the measured loss of orthogonality (plus the rounding of Q^T Q itself)
+    Qj = kry.Q[:, : kry.j + 1]
+    G = op.to_numpy(Qj.T @ Qj).astype(np.float64)
+    qnorm = float(np.sqrt(1.0 + np.linalg.norm(G - np.eye(G.shape[0]), 2) + (kry.j + 1) * np.sqrt(n) * kry.u))
+    res, floor_part = kry.residual_bounds(S[:, sel], theta[sel], unit, anorm, qnorm)
     vectors = kry.Q[:, : kry.j] @ op.cast(S[:, sel])
-    if verify:
-        xp = op.xp
-        R = op.hvp_block(vectors) - vectors * op.cast(theta[sel])
-        res = op.to_numpy(xp.linalg.vector_norm(R, axis=0)).astype(np.float64) + floor
-    conv = res <= residual_threshold(tol, default_tol, theta[sel], anorm, floor, eps23)
+    thr = residual_threshold(tol, default_tol, theta[sel], anorm, unit, eps23)
+    strict = residual_threshold(tol, False, theta[sel], anorm, unit, eps23)
+    redo = np.ones(k, dtype=bool) if verify is True else res > thr if verify == "auto" else np.zeros(k, dtype=bool)
+    if np.any(redo):  # products only where the bound does not already meet the rule
+        idx = np.flatnonzero(redo)
+        V = kry.Q[:, : kry.j] @ op.cast(S[:, sel[idx]])
+        R = op.hvp_block(V) - V * op.cast(theta[sel][idx])
+        measured = op.to_numpy(xp.linalg.vector_norm(R, axis=0)).astype(np.float64) + unit
+        res[idx] = np.minimum(res[idx], measured)  # both are bounds
+    conv = res <= thr
+    limited = strict < floor_part
+    warn_unconverged(conv, limited, res, theta[sel], floor_part, tol, default_tol, n_iter, max_iter, op)
     return EigenResult(
         eigenvalues=theta[sel].astype(np.float64),
         eigenvectors=vectors,
@@ -378,4 +506,45 @@ def lanczos(
         n_iter=n_iter,
         method=f"lanczos(which={which!r})",
         n_restarts=n_restarts,
+        precision_limited=limited,
+        multiplicity_checked=checked,
     )
+
+
+def ritz_values_settled(prev: np.ndarray, cur: np.ndarray, eps: float, scale: float,
+                        rtol: float = 0.0) -> np.ndarray:
+    """Whether each Ritz value moved by at most ``max(eps * max(|theta|, scale), rtol * |theta|)`` in the last step
+    (``eps``: the products' unit roundoff, ``scale``: ``||H||`` in lanczos, the size of the rounding of one
+    product's Rayleigh quotient; ``rtol``: the relative accuracy asked for, an explicit ``tol``).  Where the
+    products' error dominates the residual bound, the bound stops saying how far a Ritz value still is from its
+    eigenvalue; Lanczos then keeps iterating until its Ritz values stop moving.
+
+    Examples
+    --------
+    >>> ritz_values_settled(np.array([2.0, 1.0]), np.array([2.0, 1.1]), 1e-3, 1e-6).tolist()
+    [True, False]
+    """
+    return np.abs(cur - prev) <= np.maximum(eps * np.maximum(np.abs(cur), scale), rtol * np.abs(cur))
+
+
+def warn_unconverged(conv: np.ndarray, limited: np.ndarray, res: np.ndarray, theta: np.ndarray,
+                     floor_part: np.ndarray, tol: float, default_tol: bool, n_iter: int, max_iter: int,
+                     op: HessianOperator) -> None:
+    """Warn about pairs returned unconverged, and (for an explicit ``tol``) pairs the products' precision limits:
+    the reachable accuracy and the remedy."""
+    lim = limited & (~conv | (not default_tol))
+    if np.any(lim):
+        rel = float(np.max(floor_part[lim] / np.maximum(np.abs(theta[lim]), np.finfo(np.float64).tiny)))
+        warnings.warn(
+            f"lanczos: pair(s) {np.flatnonzero(lim).tolist()} are limited by the precision of the "
+            f"{np.dtype(op.dtype).name} products (eps {op.product_eps:.1e}): their residuals cannot fall below "
+            f"{np.min(floor_part[lim]):.2e} .. {np.max(floor_part[lim]):.2e} (relative accuracy {rel:.1e} at best), "
+            f"so tol={tol:g} cannot be met; they are returned with precision_limited=True. Products in a wider dtype "
+            "(a float32 or float64 copy of the model, or gradient differences) would resolve them; or ask for "
+            f"tol >= {rel:.0e}.", UserWarning, stacklevel=3)
+    late = ~conv & ~limited
+    if np.any(late):
+        warnings.warn(
+            f"lanczos: pair(s) {np.flatnonzero(late).tolist()} did not converge in {n_iter} steps "
+            f"(max_iter={max_iter}; worst residual {np.max(res[late]):.2e}); they are returned with converged=False. "
+            "Raise max_iter or max_basis, or loosen tol.", UserWarning, stacklevel=3)
