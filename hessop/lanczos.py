@@ -82,6 +82,9 @@ class Krylov:
         self.C = np.zeros((m + 1, m + 1))
         self.err_units = np.zeros(m + 1)
         self.err_other = np.zeros(m + 1)
+        # err_coupled: couplings dropped from the relation (a replaced Lanczos vector, a breakdown's remainder); it is
+        # carried through a restart per column (sum |s_i| err_i), so a pair's own small residual stays its own
+        self.err_coupled = np.zeros(m + 1)
         # after a thick restart the error of the kept block is bounded as a whole: ||F_kept||_2 <= carried_units *
         # (one product's error) + carried_other (||F S||_2 <= ||F||_2 for orthonormal S: no growth per restart)
         self.carried = 0  # columns under the block bound
@@ -138,7 +141,7 @@ class Krylov:
             self.Q = set_column(self.Q, j + 1, w / beta)
         else:  # the remainder w (norm beta) is dropped from the relation: it joins column j's error
             self.C[j + 1, j] = 0.0
-            self.err_other[j] += beta
+            self.err_coupled[j] += beta
         self.j = j + 1
         return beta
 
@@ -159,7 +162,7 @@ class Krylov:
             return False
         self.Q = set_column(B, j, v / nrm)
         # the next Lanczos vector is replaced: its coupling to the basis joins the columns' error
-        self.err_other[:j] += np.abs(self.C[j, :j])
+        self.err_coupled[:j] += np.abs(self.C[j, :j])
         self.T[j, :j] = self.T[:j, j] = 0.0
         self.C[j, :j] = self.C[:j, j] = 0.0
         self.beta = 0.0
@@ -190,7 +193,8 @@ class Krylov:
         ``T`` leaves out (loss of orthogonality, asymmetry of the computed coefficients) and the error of the small
         eigensolver.  ``qnorm`` bounds ``||Q_{j+1}||`` (1 + O(u) under full reorthogonalisation; measured from
         ``Q^T Q`` for the reported residuals).  Returns ``(bound, floor_part)``: the bound and the part of it the
-        iteration cannot reduce (the error terms)."""
+        iteration cannot reduce because of the precision (the rounding terms; couplings dropped from the relation,
+        :attr:`err_coupled`, are in the bound but not in this part)."""
         j = self.j
         Cs = self.C[: j + 1, :j] @ S
         Cs[:j] -= S * theta
@@ -199,7 +203,7 @@ class Krylov:
         err += (self.carried_units * unit + self.carried_other) * np.linalg.norm(S[: self.carried], axis=0)
         yerr = 2 * anorm * np.sqrt(j + 1) * self.u * qnorm
         floor_part = err + yerr
-        return qnorm * coef + floor_part, floor_part
+        return qnorm * coef + floor_part + np.abs(S).T @ self.err_coupled[:j], floor_part
 
     def ritz(self) -> tuple[np.ndarray, np.ndarray]:
         """Eigenpairs ``(theta, S)`` of the current projected matrix ``T_j`` (ascending)."""
@@ -233,7 +237,9 @@ class Krylov:
         self.C = T.copy()
         self.err_units = np.zeros_like(self.err_units)
         self.err_other = np.zeros_like(self.err_other)
-        self.err_other[:p] = other
+        coupled = np.abs(Sk).T @ self.err_coupled[:j]
+        self.err_coupled = np.zeros_like(self.err_coupled)
+        self.err_other[:p], self.err_coupled[:p] = other, coupled
         self.carried, self.carried_units, self.carried_other = p, float(cu), float(co)
         self.j = p
         self.tridiagonal = False
