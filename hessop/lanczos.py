@@ -42,6 +42,7 @@ from hessop.results import EigenResult, residual_floor, residual_threshold, reso
 __all__ = ["lanczos", "Krylov"]
 
 WHICH = ("LA", "SA", "LM")
+ERROR_MODEL = "operator"
 
 
 class Krylov:
@@ -88,6 +89,8 @@ class Krylov:
         # after a thick restart the error of the kept block is bounded as a whole: ||F_kept||_2 <= carried_units *
         # (one product's error) + carried_other (||F S||_2 <= ||F||_2 for orthonormal S: no growth per restart)
         self.carried = 0  # columns under the block bound
+        self.n_mult = 0  # products taken into the basis (all steps, across restarts)
+        self.max_other = 0.0  # largest rounding error of one column so far
         self.carried_units = self.carried_other = 0.0
         self.u = float(np.finfo(np.dtype(op.dtype)).eps)  # unit roundoff of the basis and recurrences
         self.j = 0
@@ -129,6 +132,8 @@ class Krylov:
         self.err_units[j] = 1.0
         self.err_other[j] = self.u * (2 * np.sqrt(j + 2) * (np.sqrt(np.sum(h**2) + beta**2) + np.sum(np.abs(h)))
                                       + beta)
+        self.n_mult += 1
+        self.max_other = max(self.max_other, self.err_other[j])
         self.T[j, j] = alpha
         self.anorm = max(self.anorm, abs(alpha) + beta + (self.T[j, j - 1] if j else 0.0))
         self.beta = beta
@@ -199,8 +204,11 @@ class Krylov:
         Cs = self.C[: j + 1, :j] @ S
         Cs[:j] -= S * theta
         coef = np.linalg.norm(Cs, axis=0)
-        err = np.abs(S).T @ (self.err_units[:j] * unit + self.err_other[:j])
-        err += (self.carried_units * unit + self.carried_other) * np.linalg.norm(S[: self.carried], axis=0)
+        if ERROR_MODEL == "operator":
+            err = np.full(S.shape[1], (1 + np.sqrt(j / self.op.n)) * (unit + self.max_other) * qnorm)
+        else:
+            err = np.abs(S).T @ (self.err_units[:j] * unit + self.err_other[:j])
+            err += (self.carried_units * unit + self.carried_other) * np.linalg.norm(S[: self.carried], axis=0)
         yerr = 2 * anorm * np.sqrt(j + 1) * self.u * qnorm
         floor_part = err + yerr
         return qnorm * coef + floor_part + np.abs(S).T @ self.err_coupled[:j], floor_part
@@ -240,6 +248,7 @@ class Krylov:
         coupled = np.abs(Sk).T @ self.err_coupled[:j]
         self.err_coupled = np.zeros_like(self.err_coupled)
         self.err_other[:p], self.err_coupled[:p] = other, coupled
+        self.max_other = max(self.max_other, float(np.max(other, initial=0.0)))
         self.carried, self.carried_units, self.carried_other = p, float(cu), float(co)
         self.j = p
         self.tridiagonal = False
@@ -403,6 +412,7 @@ def lanczos(
     max_checks = k + 1 if check_multiplicity else 0  # each check that finds a copy adds a wanted pair: <= k + 1
     checked = False
     may_check = True
+    snapshot = None  # the wanted pairs when a multiplicity check started
     explore_from = None  # basis index where the newest block (after a breakdown or a multiplicity check) starts
     prev = None  # the wanted Ritz values of the previous step (do they still move?)
     bar = Progress(progress, op, f"lanczos {which}", None, "step")
@@ -433,7 +443,7 @@ def lanczos(
         bar.update(1, {"converged": f"{int(np.sum(conv))}/{len(sel)}", "worst residual": float(np.max(res))})
         # never stop before 2k + 1 vectors (ARPACK's default basis): a converged Ritz pair of a smaller basis
         # may be an unwanted eigenvalue (found by the property tests: n = 2 with a gap of 4e-7, one step)
-        wanted_done = bool(np.all(finished_all[sel])) and (explore_from is not None or kry.j >= min(n, 2 * k + 1))
+        wanted_done = bool(np.all(finished_all[sel])) and (explore_from is not None or n_iter >= min(n, 2 * k + 1))
         joins = block_done = False
         if explore_from is not None:
             # Ritz pairs living in the newest block (T is block diagonal across a breakdown or a check)
@@ -449,6 +459,8 @@ def lanczos(
                 # least wanted selected value) and is not wanted: the new start found no further copy
                 gap = abs(theta[best] - theta[sel[-1]])
                 block_done = not joins and bool(finished_all[best] or res_all[best] <= gap / 4)
+                if joins:  # the check found a copy: the pairs as they were when it began lack it
+                    snapshot = None
         stop = wanted_done and explore_from is not None and block_done
         if kry.breakdown:
             # Invariant subspace: its Ritz pairs are exact, but a Krylov space holds one copy of each distinct
@@ -457,6 +469,7 @@ def lanczos(
                 checked = checked or stop
                 break
             explore_from = kry.j
+            snapshot = None
         elif stop:
             checked = True
             break
@@ -465,8 +478,12 @@ def lanczos(
             # the converged Ritz vectors (a copy found joins the wanted set, and the check is repeated)
             # (a check whose block a thick restart interrupted is not repeated unless it had found a copy)
             keep = order[np.isin(order, sel) | finished_all[order]][: m - 2]
-            if (n_checks >= max_checks or len(keep) < k or not (may_check or joins)
-                    or not kry.lock_and_explore(S, theta, keep, rng)):
+            if n_checks >= max_checks or len(keep) < k or not (may_check or joins):
+                break
+            # the wanted pairs as they are now (their bounds use the basis about to be replaced): the answer if the
+            # check finds no copy, since locking freezes their residuals
+            snapshot = (theta[sel].copy(), *kry.residual_bounds(S[:, sel], theta[sel], unit, anorm, _qnorm(kry)))
+            if not kry.lock_and_explore(S, theta, keep, rng):
                 break
             may_check = False
             n_checks += 1
@@ -476,35 +493,39 @@ def lanczos(
         if n_iter >= max_iter:
             break
         if kry.j >= m:
+            if snapshot is not None:  # the check could not resolve within the basis: return the locked pairs
+                break
             p = min(k + (m - k) // 2, m - 1)
             kry.thick_restart(S, theta, order[:p])
             n_restarts += 1
-            explore_from = None
+            explore_from = snapshot = None
 
     bar.close()
     if kry.j < k:  # only possible when the whole space was exhausted before k vectors: cannot happen for k < n
         raise RuntimeError("Lanczos basis smaller than k")
     xp = op.xp
-    # ||Q_{j+1}|| from the measured loss of orthogonality (plus the rounding of Q^T Q itself)
-    Qj = kry.Q[:, : kry.j + 1]
-    G = op.to_numpy(Qj.T @ Qj).astype(np.float64)
-    qnorm = float(np.sqrt(1.0 + np.linalg.norm(G - np.eye(G.shape[0]), 2) + (kry.j + 1) * np.sqrt(n) * kry.u))
-    res, floor_part = kry.residual_bounds(S[:, sel], theta[sel], unit, anorm, qnorm)
-    vectors = kry.Q[:, : kry.j] @ op.cast(S[:, sel])
-    thr = residual_threshold(tol, default_tol, theta[sel], anorm, unit, eps23)
-    strict = residual_threshold(tol, False, theta[sel], anorm, unit, eps23)
+    if snapshot is not None:  # the check found no copy (or was inconclusive): the locked pairs as they were
+        theta_sel, res, floor_part = snapshot
+        basis, coef = kry.Q[:, :k], np.eye(k)
+    else:
+        theta_sel = theta[sel]
+        res, floor_part = kry.residual_bounds(S[:, sel], theta_sel, unit, anorm, _qnorm(kry))
+        basis, coef = kry.Q[:, : kry.j], S[:, sel]
+    vectors = basis @ op.cast(coef)
+    thr = residual_threshold(tol, default_tol, theta_sel, anorm, unit, eps23)
+    strict = residual_threshold(tol, False, theta_sel, anorm, unit, eps23)
     redo = np.ones(k, dtype=bool) if verify is True else res > thr if verify == "auto" else np.zeros(k, dtype=bool)
     if np.any(redo):  # products only where the bound does not already meet the rule
         idx = np.flatnonzero(redo)
-        V = kry.Q[:, : kry.j] @ op.cast(S[:, sel[idx]])
-        R = op.hvp_block(V) - V * op.cast(theta[sel][idx])
+        V = basis @ op.cast(coef[:, idx])
+        R = op.hvp_block(V) - V * op.cast(theta_sel[idx])
         measured = op.to_numpy(xp.linalg.vector_norm(R, axis=0)).astype(np.float64) + unit
         res[idx] = np.minimum(res[idx], measured)  # both are bounds
     conv = res <= thr
     limited = strict < floor_part
-    warn_unconverged(conv, limited, res, theta[sel], floor_part, tol, default_tol, n_iter, max_iter, op)
+    warn_unconverged(conv, limited, res, theta_sel, floor_part, tol, default_tol, n_iter, max_iter, op)
     return EigenResult(
-        eigenvalues=theta[sel].astype(np.float64),
+        eigenvalues=theta_sel.astype(np.float64),
         eigenvectors=vectors,
         residuals=res,
         converged=conv,
@@ -515,6 +536,14 @@ def lanczos(
         precision_limited=limited,
         multiplicity_checked=checked,
     )
+
+
+def _qnorm(kry: Krylov) -> float:
+    """A bound on ``||Q_{j+1}||`` from the measured loss of orthogonality ``||Q^T Q - I||`` (plus the rounding of
+    ``Q^T Q`` itself): one (n x j) x (j x n) product, once per run."""
+    Qj = kry.Q[:, : kry.j + 1]
+    G = kry.op.to_numpy(Qj.T @ Qj).astype(np.float64)
+    return float(np.sqrt(1.0 + np.linalg.norm(G - np.eye(G.shape[0]), 2) + (kry.j + 1) * np.sqrt(kry.op.n) * kry.u))
 
 
 def ritz_values_settled(prev: np.ndarray, cur: np.ndarray, eps: float, scale: float,
