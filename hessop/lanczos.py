@@ -426,6 +426,7 @@ def lanczos(
         anorm = max(kry.anorm, float(np.max(np.abs(theta))))
         unit = residual_floor(op, anorm)
         res_all, floor_all = kry.residual_bounds(S, theta, unit, anorm)
+        fixed_all = floor_all + np.abs(S).T @ kry.err_coupled[: kry.j]  # what further steps cannot reduce
         ritz_all = np.abs(kry.beta * S[kry.j - 1, :])
         strict_all = residual_threshold(tol, False, theta, anorm, unit, eps23)
         thr_all = residual_threshold(tol, default_tol, theta, anorm, unit, eps23)
@@ -436,7 +437,8 @@ def lanczos(
         if prev is not None and prev.size == sel.size:
             settled[sel] = ritz_values_settled(prev, theta[sel], eps_p, anorm, 0.0 if default_tol else tol)
         prev = theta[sel].copy()
-        finished_all = (res_all <= strict_all) | (limited_all & (settled | (ritz_all <= eps_p * anorm)))
+        stuck_all = strict_all < fixed_all  # precision-limited, or a locked pair whose residual is frozen
+        finished_all = (res_all <= strict_all) | (stuck_all & (settled | (ritz_all <= eps_p * anorm)))
         res, conv = res_all[sel], res_all[sel] <= thr_all[sel]
         if callback is not None:
             callback(n_iter, theta[sel].copy(), res.copy())
@@ -459,8 +461,8 @@ def lanczos(
                 # least wanted selected value) and is not wanted: the new start found no further copy
                 gap = abs(theta[best] - theta[sel[-1]])
                 block_done = not joins and bool(finished_all[best] or res_all[best] <= gap / 4)
-                if joins:  # the check found a copy: the pairs as they were when it began lack it
-                    snapshot = None
+                if joins:  # the check found a copy: the pairs as they were when it began lack it; check again
+                    snapshot, may_check = None, True
         stop = wanted_done and explore_from is not None and block_done
         if kry.breakdown:
             # Invariant subspace: its Ritz pairs are exact, but a Krylov space holds one copy of each distinct
