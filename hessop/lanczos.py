@@ -70,8 +70,9 @@ class Krylov:
     (3, [1.0, 2.0, 3.0])
     """
 
-    def __init__(self, op: HessianOperator, v0: Any, m: int) -> None:
+    def __init__(self, op: HessianOperator, v0: Any, m: int, breakdown_floors: float = 100.0) -> None:
         self.op = op
+        self.breakdown_floors = breakdown_floors
         self.xp = op.xp
         self.m = m
         xp = self.xp
@@ -138,10 +139,11 @@ class Krylov:
         self.anorm = max(self.anorm, abs(alpha) + beta + (self.T[j, j - 1] if j else 0.0))
         self.beta = beta
         self.T[j + 1, j] = self.T[j, j + 1] = beta
-        # a beta within 100 times the precision floor sqrt(n) eps ||H|| is rounding: the space is invariant.
+        # a beta within breakdown_floors (100 for SLQ, 1 for lanczos) times the precision floor sqrt(n) eps ||H|| is
+        # rounding: the space is invariant.
         # Capped at 1e-2 ||H||: with half-precision products the floor itself is a few percent of ||H||, and every
         # step would otherwise count as a breakdown (a random restart each step, no convergence)
-        self.breakdown = beta <= min(100 * residual_floor(self.op, self.anorm), 1e-2 * self.anorm)
+        self.breakdown = beta <= min(self.breakdown_floors * residual_floor(self.op, self.anorm), 1e-2 * self.anorm)
         if not self.breakdown:
             self.Q = set_column(self.Q, j + 1, w / beta)
         else:  # the remainder w (norm beta) is dropped from the relation: it joins column j's error
@@ -405,7 +407,11 @@ def lanczos(
         raise ValueError(f"verify must be True, False or 'auto', got {verify!r}")
 
     hvp0 = op.n_hvp
-    kry = Krylov(op, start_vector(op, v0, rng), m)
+    # breakdown at beta <= 10 eps ||H|| (not 100 floors = 100 sqrt(n) eps ||H|| as for SLQ): a near-breakdown that
+    # hides a copy is the multiplicity check's business, and where the floor is a sizeable part of the wanted
+    # spectrum (half precision, a dominant eigenvalue in float32) 100 floors would call every step a breakdown
+    kry = Krylov(op, start_vector(op, v0, rng), m,
+                 breakdown_floors=10 / np.sqrt(n) if check_multiplicity else 100.0)
     eps_p = op.product_eps
     eps23 = eps_p ** (2.0 / 3.0)
     n_iter = n_restarts = n_checks = 0
