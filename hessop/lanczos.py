@@ -189,12 +189,19 @@ class Krylov:
         """Bounds on ``||H y_i - theta_i y_i||`` for the Ritz vectors ``y_i = fl(Q_j s_i)``, from no product.
 
         In floating point the run satisfies ``H Q_j = Q_{j+1} C + F`` exactly, with ``C`` the coefficients it
-        computed (:attr:`C`) and ``F`` the error of the products and of the Gram-Schmidt rounding, column ``i``
-        bounded by ``err_units[i] * unit + err_other[i]`` (``unit``: one product's error for a unit vector, the
-        precision floor of :func:`hessop.results.residual_floor`).  Then for ``T s = theta s`` (Paige 1976, 1980;
-        Parlett, *The Symmetric Eigenvalue Problem*, ch. 13)
+        computed (:attr:`C`) and ``F`` the error of the products and of the Gram-Schmidt rounding (``unit``: one
+        product's error for a unit vector, the precision floor of :func:`hessop.results.residual_floor`; the
+        rounding of step ``i``, :attr:`err_other`).  Then for ``T s = theta s`` (Paige 1976, 1980; Parlett, *The
+        Symmetric Eigenvalue Problem*, ch. 13)
 
-            ||H y - theta y|| <= ||Q_{j+1}|| ||C s - [theta s; 0]|| + sum_i |s_i| ||f_i|| + 2 ||H|| ||fl(Q s) - Q s||
+            ||H y - theta y|| <= ||Q_{j+1}|| ||C s - [theta s; 0]|| + ||F s|| + 2 ||H|| ||fl(Q s) - Q s||
+
+        ``||F s||`` is bounded (``ERROR_MODEL = "operator"``, the default) as the error of a perturbed operator,
+        ``F = E Q`` with ``||E||`` one product's error, or independent columns of at most that size, whose norm is
+        within ``1 + sqrt(j / n)`` of one column's: ``(1 + sqrt(j / n)) (unit + max_i err_other[i]) ||Q||``; the
+        worst case for adversarial columns (``"columns"``: ``sum_i |s_i| ||f_i||``, carried through restarts as a
+        block norm) is up to ``sqrt(j)`` times larger and made runs converge less often for no measured gain
+        (docs/reliability.md).
 
         whose first term holds the Ritz estimate ``|beta_j s_j|``, the coefficients the tridiagonal / arrowhead
         ``T`` leaves out (loss of orthogonality, asymmetry of the computed coefficients) and the error of the small
@@ -344,14 +351,31 @@ def lanczos(
     callback : callable, optional
         Called after every step as ``callback(step, ritz_values, residuals)`` with the wanted Ritz values and their
         residuals so far (host arrays, most wanted first, at most k); for convergence plots.  Costs nothing extra.
-    verify : bool
-        Compute the reported residuals ``||H v_i - theta_i v_i||`` from ``k`` more products of the returned
-        vectors (one block product), instead of the Ritz estimates ``|beta_j s_{j,i}|``.  The Ritz estimate
-        misses the rounding of the products and the loss of orthogonality of the basis: on float32 models it can
-        be 1e5 .. 1e16 times below the true residual.  Default True (cost: ``k`` products, 8-37% of a run on a
-        matrix that converges in 2-3 k steps, see docs/reliability.md); ``converged`` is then decided on them.  With
-        ``verify=False`` the residual (Ritz estimate plus the floor) is an estimate, not a bound: measured up to
-        4x (float32) and 69x (float64) below the true residual on the property-test families.
+    verify : {"auto", True, False}
+        How the reported residuals are obtained.  Every run computes, from no product, the bound
+        (:meth:`Krylov.residual_bounds`; Paige 1976, 1980; Parlett, *The Symmetric Eigenvalue Problem*, ch. 13)
+
+            ||H y_i - theta_i y_i|| <= ||Q_{j+1}|| ||C s_i - [theta_i s_i; 0]|| + ||F s_i|| + 2 ||H|| ||dy_i||
+
+        (``dy_i = fl(Q s_i) - Q s_i``) from the computed relation ``H Q_j = Q_{j+1} C + F``: ``C`` holds every
+        Gram-Schmidt coefficient the run computed (so the Ritz estimate ``|beta_j s_{j,i}|``, the coefficients the
+        tridiagonal ``T`` leaves out and their asymmetry), ``||Q_{j+1}||`` is measured from ``Q^T Q`` once at the end,
+        and ``F`` (the products' error and the Gram-Schmidt rounding) is bounded by ``(1 + sqrt(j / n))`` times one
+        product's error (:func:`hessop.results.residual_floor`) plus the largest rounding of one step: the product
+        error is taken as that of a perturbed operator ``H + E`` with ``||E||`` at most the floor (a fixed ``E``, or
+        independent columns, whose norm is within ``1 + sqrt(j / n)`` of one column's).  ``"auto"`` (default) spends
+        products only on the pairs whose bound does not meet the convergence rule: ``||H v - theta v||`` from one
+        block product of those vectors, plus the floor, and the smaller of the two bounds is reported.  ``True``
+        verifies every pair (``k`` products), ``False`` none.  Measured on the property-test families (float32 and
+        float64, with and without restarts): the bound was never below the dense float64 residual
+        (docs/reliability.md).
+    check_multiplicity : bool
+        After the wanted pairs converge, keep them (locked) and continue from a fresh random vector orthogonal to
+        them; a copy of a wanted eigenvalue the Krylov space missed (a single start vector finds one copy of each
+        distinct eigenvalue) shows up in that block, joins the wanted set, and the check is repeated, so
+        multiplicities up to ``k`` are found.  The check ends when the fresh block's best Ritz pair is resolved
+        and less wanted than the k-th pair; it is reported in ``EigenResult.multiplicity_checked`` (False when it
+        was not run or the basis filled before it resolved).  Default True; cost in docs/benchmarks.md.
     solver_dtype : numpy dtype, optional
         Dtype of the basis, the recurrences and the returned vectors (default: the operator's).  ``numpy.float64``
         over a float32 model runs Lanczos in float64 while each product is still taken in float32 (cast on the
@@ -365,10 +389,18 @@ def lanczos(
     Memory: ``max_basis + 4`` n-vectors (the basis, the product and two Gram-Schmidt temporaries).
 
     A Krylov space holds one copy of each distinct eigenvalue.  When the basis closes (an invariant subspace,
-    ``beta ~ 0``), Lanczos continues from a random vector orthogonal to it and stops once the newest block's best
-    Ritz pair has converged and adds nothing to the wanted eigenvalues, so repeated eigenvalues of low-rank or
-    degenerate operators are found with their multiplicity.  Without a breakdown, a wanted eigenvalue of
-    multiplicity > 1 is resolved only slowly (through rounding); this is the usual limit of single-vector Lanczos.
+    ``beta <= 10 eps ||H||``), Lanczos continues from a random vector orthogonal to it; without a breakdown, the
+    multiplicity check (``check_multiplicity``) does the same from the converged pairs.  Either way the run stops
+    once the newest block's best Ritz pair is resolved and adds nothing to the wanted eigenvalues, so repeated
+    eigenvalues are found with their multiplicity (up to k), as reliably as Lanczos finds an extreme eigenvalue
+    from a random start (a probabilistic guarantee: a start vector with no component on an eigenvector cannot see
+    it, and a fresh random one has such a component with probability 1).
+
+    Precision: a pair whose ``tol`` is below what the products resolve (its bound's rounding part exceeds
+    ``tol * |theta|``) is not iterated towards ``tol``: it is finished when its Ritz value stops moving (by at
+    most ``eps * max(|theta|, ||H||)``, or ``tol * |theta|`` for an explicit ``tol``) and returned with
+    ``precision_limited=True``; for an explicit ``tol``, or when it is not converged, a warning gives the
+    reachable accuracy and the remedy (products in a wider dtype).  Pairs returned unconverged draw a warning.
 
     Returns
     -------
@@ -388,6 +420,8 @@ def lanczos(
     array([-1.])
     >>> bool(np.all(top.residuals < 1e-8 * np.abs(top.eigenvalues)))  # |error| <= residual
     True
+    >>> top.n_hvp == top.n_iter, top.multiplicity_checked  # the bound needed no product; no copy of 5 or 4
+    (True, True)
     """
     op = as_operator(H).with_solver_dtype(solver_dtype)
     n = op.n
