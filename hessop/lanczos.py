@@ -91,7 +91,6 @@ class Krylov:
         # (one product's error) + carried_other (||F S||_2 <= ||F||_2 for orthonormal S: no growth per restart)
         self.carried = 0  # columns under the block bound
         self.n_mult = 0  # products taken into the basis (all steps, across restarts)
-        self.max_other = 0.0  # largest rounding error of one column so far
         self.carried_units = self.carried_other = 0.0
         self.u = float(np.finfo(np.dtype(op.dtype)).eps)  # unit roundoff of the basis and recurrences
         self.j = 0
@@ -134,7 +133,6 @@ class Krylov:
         self.err_other[j] = self.u * (2 * np.sqrt(j + 2) * (np.sqrt(np.sum(h**2) + beta**2) + np.sum(np.abs(h)))
                                       + beta)
         self.n_mult += 1
-        self.max_other = max(self.max_other, self.err_other[j])
         self.T[j, j] = alpha
         self.anorm = max(self.anorm, abs(alpha) + beta + (self.T[j, j - 1] if j else 0.0))
         self.beta = beta
@@ -198,7 +196,9 @@ class Krylov:
 
         ``||F s||`` is bounded (``ERROR_MODEL = "operator"``, the default) as the error of a perturbed operator,
         ``F = E Q`` with ``||E||`` one product's error, or independent columns of at most that size, whose norm is
-        within ``1 + sqrt(j / n)`` of one column's: ``(1 + sqrt(j / n)) (unit + max_i err_other[i]) ||Q||``; the
+        within ``1 + sqrt(j / n)`` of one column's: ``(1 + sqrt(j / n)) (unit + max_i err_other[i]) ||Q||``, plus
+        the rounding of the vector updates of earlier thick restarts (not a product error: it accumulates, as a
+        block norm carried from restart to restart, :attr:`carried_other`); the
         worst case for adversarial columns (``"columns"``: ``sum_i |s_i| ||f_i||``, carried through restarts as a
         block norm) is up to ``sqrt(j)`` times larger and made runs converge less often for no measured gain
         (docs/reliability.md).
@@ -214,7 +214,10 @@ class Krylov:
         Cs[:j] -= S * theta
         coef = np.linalg.norm(Cs, axis=0)
         if ERROR_MODEL == "operator":
-            err = np.full(S.shape[1], (1 + np.sqrt(j / self.op.n)) * (unit + self.max_other) * qnorm)
+            # the products' error as a perturbed operator; the rounding of the vector updates of earlier restarts
+            # (not a product error, it accumulates) as the carried block bound
+            err = (1 + np.sqrt(j / self.op.n)) * (unit + float(np.max(self.err_other[:j], initial=0.0))) * qnorm
+            err = err + self.carried_other * np.linalg.norm(S[: self.carried], axis=0)
         else:
             err = np.abs(S).T @ (self.err_units[:j] * unit + self.err_other[:j])
             err += (self.carried_units * unit + self.carried_other) * np.linalg.norm(S[: self.carried], axis=0)
@@ -257,7 +260,6 @@ class Krylov:
         coupled = np.abs(Sk).T @ self.err_coupled[:j]
         self.err_coupled = np.zeros_like(self.err_coupled)
         self.err_other[:p], self.err_coupled[:p] = other, coupled
-        self.max_other = max(self.max_other, float(np.max(other, initial=0.0)))
         self.carried, self.carried_units, self.carried_other = p, float(cu), float(co)
         self.j = p
         self.tridiagonal = False
