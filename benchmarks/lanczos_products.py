@@ -34,7 +34,8 @@ def cnn():
     if cache and os.path.exists(cache):
         dense = np.load(cache)
     else:
-        dense = H.matmat(np.eye(H.n))
+        eye = np.eye(H.n)
+        dense = np.concatenate([H.matmat(eye[:, i: i + 64]) for i in range(0, H.n, 64)], axis=1)
         dense = (dense + dense.T) / 2
         if cache:
             np.save(cache, dense)
