@@ -25,6 +25,7 @@ the first restart, ``eigh`` after), never a general eigensolver.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -32,7 +33,7 @@ import numpy as np
 import scipy.linalg
 from array_api_compat import device
 
-from hessop._array import make_rng, set_column, vector_norm
+from hessop._array import host_norm, make_rng, set_column, vector_norm
 from hessop._progress import Progress
 from hessop._validate import check_cast, check_choice, check_finite, check_int, check_k, check_shape, check_tol
 from hessop.operator import HessianOperator, as_operator
@@ -41,6 +42,7 @@ from hessop.results import EigenResult, residual_floor, residual_threshold, reso
 __all__ = ["lanczos", "Krylov"]
 
 WHICH = ("LA", "SA", "LM")
+ERROR_MODEL = "operator"
 
 
 class Krylov:
@@ -68,13 +70,29 @@ class Krylov:
     (3, [1.0, 2.0, 3.0])
     """
 
-    def __init__(self, op: HessianOperator, v0: Any, m: int) -> None:
+    def __init__(self, op: HessianOperator, v0: Any, m: int, breakdown_floors: float = 100.0) -> None:
         self.op = op
+        self.breakdown_floors = breakdown_floors
         self.xp = op.xp
         self.m = m
         xp = self.xp
         self.Q = xp.zeros((op.n, m + 1), dtype=v0.dtype, device=device(v0))
         self.T = np.zeros((m + 1, m + 1))
+        # C: every coefficient the Gram-Schmidt passes computed (column i: ``Q^T w`` of step i, and beta below the
+        # diagonal); T is its symmetric tridiagonal / arrowhead part.  err_units[i] (in units of one product's error)
+        # and err_other[i] bound the error column f_i of the computed relation H Q = Q C + F (see residual_bounds)
+        self.C = np.zeros((m + 1, m + 1))
+        self.err_units = np.zeros(m + 1)
+        self.err_other = np.zeros(m + 1)
+        # err_coupled: couplings dropped from the relation (a replaced Lanczos vector, a breakdown's remainder); it is
+        # carried through a restart per column (sum |s_i| err_i), so a pair's own small residual stays its own
+        self.err_coupled = np.zeros(m + 1)
+        # after a thick restart the error of the kept block is bounded as a whole: ||F_kept||_2 <= carried_units *
+        # (one product's error) + carried_other (||F S||_2 <= ||F||_2 for orthonormal S: no growth per restart)
+        self.carried = 0  # columns under the block bound
+        self.n_mult = 0  # products taken into the basis (all steps, across restarts)
+        self.carried_units = self.carried_other = 0.0
+        self.u = float(np.finfo(np.dtype(op.dtype)).eps)  # unit roundoff of the basis and recurrences
         self.j = 0
         self.beta = 0.0
         self.anorm = 0.0
@@ -100,22 +118,37 @@ class Krylov:
         w = w - B @ h1
         h2 = B.T @ w
         w = w - B @ h2
-        # one host synchronisation per step: alpha and beta together
+        # one host synchronisation per step: the coefficients h = h1 + h2 and beta together
         with np.errstate(over="ignore"):  # NumPy's warning when the squares overflow: beta is rescaled below
-            alpha, beta = (float(x) for x in self.op.to_numpy(xp.stack([h1[j] + h2[j], xp.linalg.vector_norm(w)])))
-        beta = vector_norm(self.op, w, plain=beta)  # scale-safe: a second transfer only near the range's ends
+            hb = self.op.to_numpy(xp.concat([h1 + h2, xp.reshape(xp.linalg.vector_norm(w), (1,))])).astype(np.float64)
+        h, alpha = hb[: j + 1], float(hb[j])
+        beta = vector_norm(self.op, w, plain=float(hb[-1]))  # scale-safe: a second transfer only near the range's ends
         check_finite(alpha, "the Lanczos coefficient alpha", j + 1)
         check_finite(beta, "the Lanczos coefficient beta", j + 1, products_finite=False)
+        if not np.all(np.isfinite(h)):
+            check_finite(float(np.sum(h)), "a Gram-Schmidt coefficient", j + 1)
+        self.C[: j + 1, j] = h
+        self.C[j + 1, j] = beta
+        # rounding of the two Gram-Schmidt passes, of h1 + h2 and of w / beta (probabilistic model, as the floor's
+        # sqrt(n) eps: sqrt(terms) u times the sizes involved); the product's own error is one unit
+        self.err_units[j] = 1.0
+        self.err_other[j] = self.u * (2 * np.sqrt(j + 2) * (host_norm(np.append(h, beta)) + np.sum(np.abs(h)))
+                                      + beta)
+        self.n_mult += 1
         self.T[j, j] = alpha
         self.anorm = max(self.anorm, abs(alpha) + beta + (self.T[j, j - 1] if j else 0.0))
         self.beta = beta
         self.T[j + 1, j] = self.T[j, j + 1] = beta
-        # a beta within 100 times the precision floor sqrt(n) eps ||H|| is rounding: the space is invariant.
+        # a beta within breakdown_floors (100 for SLQ, 1 for lanczos) times the precision floor sqrt(n) eps ||H|| is
+        # rounding: the space is invariant.
         # Capped at 1e-2 ||H||: with half-precision products the floor itself is a few percent of ||H||, and every
         # step would otherwise count as a breakdown (a random restart each step, no convergence)
-        self.breakdown = beta <= min(100 * residual_floor(self.op, self.anorm), 1e-2 * self.anorm)
+        self.breakdown = beta <= min(self.breakdown_floors * residual_floor(self.op, self.anorm), 1e-2 * self.anorm)
         if not self.breakdown:
             self.Q = set_column(self.Q, j + 1, w / beta)
+        else:  # the remainder w (norm beta) is dropped from the relation: it joins column j's error
+            self.C[j + 1, j] = 0.0
+            self.err_coupled[j] += beta
         self.j = j + 1
         return beta
 
@@ -127,18 +160,72 @@ class Krylov:
         j = self.j
         if j >= self.op.n:
             return False
-        B = self.Q  # columns j.. are zero
+        B = set_column(self.Q, j, 0.0)  # columns j.. are zero
         v = self.op.cast(rng.standard_normal(self.op.n))
         for _ in range(2):
             v = v - B @ (B.T @ v)
         nrm = vector_norm(self.op, v)
         if nrm <= 100 * self._eps:
             return False
-        self.Q = set_column(self.Q, j, v / nrm)
-        self.T[j, j - 1] = self.T[j - 1, j] = 0.0
+        self.Q = set_column(B, j, v / nrm)
+        # the next Lanczos vector is replaced: its coupling to the basis joins the columns' error
+        self.err_coupled[:j] += np.abs(self.C[j, :j])
+        self.T[j, :j] = self.T[:j, j] = 0.0
+        self.C[j, :j] = self.C[:j, j] = 0.0
         self.beta = 0.0
         self.breakdown = False
         return True
+
+    def lock_and_explore(self, S: np.ndarray, theta: np.ndarray, keep: np.ndarray, rng: np.random.Generator) -> bool:
+        """Keep the Ritz vectors ``Q S[:, keep]`` and continue from a fresh random vector orthogonal to them (the
+        multiplicity check): a Krylov space holds one copy of each distinct eigenvalue, so copies of a converged
+        eigenvalue can only be found from a new start.  The coupling ``b = beta S_{j,keep}`` of the kept vectors to
+        the dropped Lanczos vector joins their error bound.  Returns False if the space is exhausted."""
+        self.thick_restart(S, theta, keep)
+        return self.restart_with_random(rng)
+
+    def residual_bounds(self, S: np.ndarray, theta: np.ndarray, unit: float, anorm: float,
+                        qnorm: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+        """Bounds on ``||H y_i - theta_i y_i||`` for the Ritz vectors ``y_i = fl(Q_j s_i)``, from no product.
+
+        In floating point the run satisfies ``H Q_j = Q_{j+1} C + F`` exactly, with ``C`` the coefficients it
+        computed (:attr:`C`) and ``F`` the error of the products and of the Gram-Schmidt rounding (``unit``: one
+        product's error for a unit vector, the precision floor of :func:`hessop.results.residual_floor`; the
+        rounding of step ``i``, :attr:`err_other`).  Then for ``T s = theta s`` (Paige 1976, 1980; Parlett, *The
+        Symmetric Eigenvalue Problem*, ch. 13)
+
+            ||H y - theta y|| <= ||Q_{j+1}|| ||C s - [theta s; 0]|| + ||F s|| + 2 ||H|| ||fl(Q s) - Q s||
+
+        ``||F s||`` is bounded (``ERROR_MODEL = "operator"``, the default) as the error of a perturbed operator,
+        ``F = E Q`` with ``||E||`` one product's error, or independent columns of at most that size, whose norm is
+        within ``1 + sqrt(j / n)`` of one column's: ``(1 + sqrt(j / n)) (unit + max_i err_other[i]) ||Q||``, plus
+        the rounding of the vector updates of earlier thick restarts (not a product error: it accumulates, as a
+        block norm carried from restart to restart, :attr:`carried_other`); the
+        worst case for adversarial columns (``"columns"``: ``sum_i |s_i| ||f_i||``, carried through restarts as a
+        block norm) is up to ``sqrt(j)`` times larger and made runs converge less often for no measured gain
+        (docs/reliability.md).
+
+        whose first term holds the Ritz estimate ``|beta_j s_j|``, the coefficients the tridiagonal / arrowhead
+        ``T`` leaves out (loss of orthogonality, asymmetry of the computed coefficients) and the error of the small
+        eigensolver.  ``qnorm`` bounds ``||Q_{j+1}||`` (1 + O(u) under full reorthogonalisation; measured from
+        ``Q^T Q`` for the reported residuals).  Returns ``(bound, floor_part)``: the bound and the part of it the
+        iteration cannot reduce because of the precision (the rounding terms; couplings dropped from the relation,
+        :attr:`err_coupled`, are in the bound but not in this part)."""
+        j = self.j
+        Cs = self.C[: j + 1, :j] @ S
+        Cs[:j] -= S * theta
+        coef = host_norm(Cs, axis=0)
+        if ERROR_MODEL == "operator":
+            # the products' error as a perturbed operator; the rounding of the vector updates of earlier restarts
+            # (not a product error, it accumulates) as the carried block bound
+            err = (1 + np.sqrt(j / self.op.n)) * (unit + float(np.max(self.err_other[:j], initial=0.0))) * qnorm
+            err = err + self.carried_other * host_norm(S[: self.carried], axis=0)
+        else:
+            err = np.abs(S).T @ (self.err_units[:j] * unit + self.err_other[:j])
+            err += (self.carried_units * unit + self.carried_other) * host_norm(S[: self.carried], axis=0)
+        yerr = 2 * anorm * np.sqrt(j + 1) * self.u * qnorm
+        floor_part = err + yerr
+        return qnorm * coef + floor_part + np.abs(S).T @ self.err_coupled[:j], floor_part
 
     def ritz(self) -> tuple[np.ndarray, np.ndarray]:
         """Eigenpairs ``(theta, S)`` of the current projected matrix ``T_j`` (ascending)."""
@@ -151,6 +238,14 @@ class Krylov:
         """Keep Ritz vectors ``Q S[:, keep]`` and the next Lanczos vector (Wu & Simon 2000)."""
         j, p = self.j, len(keep)
         Sk = S[:, keep]
+        # the relation of the kept vectors: H y = theta y + b q_next + (Q_j (C s - theta s) + F s + rounding of Q s),
+        # the bracket joining their error bound (in product-error units and in absolute terms)
+        Cs = self.C[:j, :j] @ Sk - Sk * theta[keep]
+        other = 1.01 * host_norm(Cs, axis=0) + 2 * self.anorm * np.sqrt(j + 1) * self.u
+        # ||[F_kept, F_new] S|| <= ||[F_kept, F_new]||_2 <= hypot(block bound + ||per-column part||_F, ||F_new||_F)
+        c = self.carried
+        cu = np.hypot(self.carried_units + host_norm(self.err_units[:c]), host_norm(self.err_units[c:j]))
+        co = np.hypot(self.carried_other + host_norm(self.err_other[:c]), host_norm(self.err_other[c:j]))
         Y = self.Q[:, :j] @ self.op.cast(Sk)
         nxt = self.Q[:, j]
         self.Q = set_column(self.Q, slice(0, p), Y)
@@ -161,6 +256,13 @@ class Krylov:
         T[np.arange(p), np.arange(p)] = theta[keep]
         T[p, :p] = T[:p, p] = b
         self.T = T
+        self.C = T.copy()
+        self.err_units = np.zeros_like(self.err_units)
+        self.err_other = np.zeros_like(self.err_other)
+        coupled = np.abs(Sk).T @ self.err_coupled[:j]
+        self.err_coupled = np.zeros_like(self.err_coupled)
+        self.err_other[:p], self.err_coupled[:p] = other, coupled
+        self.carried, self.carried_units, self.carried_other = p, float(cu), float(co)
         self.j = p
         self.tridiagonal = False
 
@@ -209,7 +311,8 @@ def lanczos(
     seed: int | np.random.Generator | None = 0,
     v0: Any = None,
     callback: Callable[[int, np.ndarray, np.ndarray], None] | None = None,
-    verify: bool = True,
+    verify: bool | str = "auto",
+    check_multiplicity: bool = True,
     solver_dtype: Any = None,
     progress: bool | None = None,
 ) -> EigenResult:
@@ -252,14 +355,31 @@ def lanczos(
     callback : callable, optional
         Called after every step as ``callback(step, ritz_values, residuals)`` with the wanted Ritz values and their
         residuals so far (host arrays, most wanted first, at most k); for convergence plots.  Costs nothing extra.
-    verify : bool
-        Compute the reported residuals ``||H v_i - theta_i v_i||`` from ``k`` more products of the returned
-        vectors (one block product), instead of the Ritz estimates ``|beta_j s_{j,i}|``.  The Ritz estimate
-        misses the rounding of the products and the loss of orthogonality of the basis: on float32 models it can
-        be 1e5 .. 1e16 times below the true residual.  Default True (cost: ``k`` products, 8-37% of a run on a
-        matrix that converges in 2-3 k steps, see docs/reliability.md); ``converged`` is then decided on them.  With
-        ``verify=False`` the residual (Ritz estimate plus the floor) is an estimate, not a bound: measured up to
-        4x (float32) and 69x (float64) below the true residual on the property-test families.
+    verify : {"auto", True, False}
+        How the reported residuals are obtained.  Every run computes, from no product, the bound
+        (:meth:`Krylov.residual_bounds`; Paige 1976, 1980; Parlett, *The Symmetric Eigenvalue Problem*, ch. 13)
+
+            ||H y_i - theta_i y_i|| <= ||Q_{j+1}|| ||C s_i - [theta_i s_i; 0]|| + ||F s_i|| + 2 ||H|| ||dy_i||
+
+        (``dy_i = fl(Q s_i) - Q s_i``) from the computed relation ``H Q_j = Q_{j+1} C + F``: ``C`` holds every
+        Gram-Schmidt coefficient the run computed (so the Ritz estimate ``|beta_j s_{j,i}|``, the coefficients the
+        tridiagonal ``T`` leaves out and their asymmetry), ``||Q_{j+1}||`` is measured from ``Q^T Q`` once at the end,
+        and ``F`` (the products' error and the Gram-Schmidt rounding) is bounded by ``(1 + sqrt(j / n))`` times one
+        product's error (:func:`hessop.results.residual_floor`) plus the largest rounding of one step: the product
+        error is taken as that of a perturbed operator ``H + E`` with ``||E||`` at most the floor (a fixed ``E``, or
+        independent columns, whose norm is within ``1 + sqrt(j / n)`` of one column's).  ``"auto"`` (default) spends
+        products only on the pairs whose bound does not meet the convergence rule: ``||H v - theta v||`` from one
+        block product of those vectors, plus the floor, and the smaller of the two bounds is reported.  ``True``
+        verifies every pair (``k`` products), ``False`` none.  Measured on the property-test families (float32 and
+        float64, with and without restarts): the bound was never below the dense float64 residual
+        (docs/reliability.md).
+    check_multiplicity : bool
+        After the wanted pairs converge, keep them (locked) and continue from a fresh random vector orthogonal to
+        them; a copy of a wanted eigenvalue the Krylov space missed (a single start vector finds one copy of each
+        distinct eigenvalue) shows up in that block, joins the wanted set, and the check is repeated, so
+        multiplicities up to ``k`` are found.  The check ends when the fresh block's best Ritz pair is resolved
+        and less wanted than the k-th pair; it is reported in ``EigenResult.multiplicity_checked`` (False when it
+        was not run or the basis filled before it resolved).  Default True; cost in docs/benchmarks.md.
     solver_dtype : numpy dtype, optional
         Dtype of the basis, the recurrences and the returned vectors (default: the operator's).  ``numpy.float64``
         over a float32 model runs Lanczos in float64 while each product is still taken in float32 (cast on the
@@ -273,10 +393,18 @@ def lanczos(
     Memory: ``max_basis + 4`` n-vectors (the basis, the product and two Gram-Schmidt temporaries).
 
     A Krylov space holds one copy of each distinct eigenvalue.  When the basis closes (an invariant subspace,
-    ``beta ~ 0``), Lanczos continues from a random vector orthogonal to it and stops once the newest block's best
-    Ritz pair has converged and adds nothing to the wanted eigenvalues, so repeated eigenvalues of low-rank or
-    degenerate operators are found with their multiplicity.  Without a breakdown, a wanted eigenvalue of
-    multiplicity > 1 is resolved only slowly (through rounding); this is the usual limit of single-vector Lanczos.
+    ``beta <= 10 eps ||H||``), Lanczos continues from a random vector orthogonal to it; without a breakdown, the
+    multiplicity check (``check_multiplicity``) does the same from the converged pairs.  Either way the run stops
+    once the newest block's best Ritz pair is resolved and adds nothing to the wanted eigenvalues, so repeated
+    eigenvalues are found with their multiplicity (up to k), as reliably as Lanczos finds an extreme eigenvalue
+    from a random start (a probabilistic guarantee: a start vector with no component on an eigenvector cannot see
+    it, and a fresh random one has such a component with probability 1).
+
+    Precision: a pair whose ``tol`` is below what the products resolve (its bound's rounding part exceeds
+    ``tol * |theta|``) is not iterated towards ``tol``: it is finished when its Ritz value stops moving (by at
+    most ``eps * max(|theta|, ||H||)``, or ``tol * |theta|`` for an explicit ``tol``) and returned with
+    ``precision_limited=True``; for an explicit ``tol``, or when it is not converged, a warning gives the
+    reachable accuracy and the remedy (products in a wider dtype).  Pairs returned unconverged draw a warning.
 
     Returns
     -------
@@ -296,6 +424,8 @@ def lanczos(
     array([-1.])
     >>> bool(np.all(top.residuals < 1e-8 * np.abs(top.eigenvalues)))  # |error| <= residual
     True
+    >>> top.n_hvp == top.n_iter, top.multiplicity_checked  # the bound needed no product; no copy of 5 or 4
+    (True, True)
     """
     op = as_operator(H).with_solver_dtype(solver_dtype)
     n = op.n
@@ -311,67 +441,136 @@ def lanczos(
         max_iter = max(1000, 20 * m)
     max_iter = check_int(max_iter, "max_iter", 1)
     rng = make_rng(seed)
+    if verify not in (True, False, "auto"):
+        raise ValueError(f"verify must be True, False or 'auto', got {verify!r}")
 
     hvp0 = op.n_hvp
-    kry = Krylov(op, start_vector(op, v0, rng), m)
-    eps23 = op.product_eps ** (2.0 / 3.0)
-    n_iter = n_restarts = 0
-    explore_from = None  # basis index where the block opened after an invariant-subspace breakdown starts
+    # breakdown at beta <= 10 eps ||H|| (not 100 floors = 100 sqrt(n) eps ||H|| as for SLQ): a near-breakdown that
+    # hides a copy is the multiplicity check's business, and where the floor is a sizeable part of the wanted
+    # spectrum (half precision, a dominant eigenvalue in float32) 100 floors would call every step a breakdown
+    kry = Krylov(op, start_vector(op, v0, rng), m,
+                 breakdown_floors=10 / np.sqrt(n) if check_multiplicity else 100.0)
+    eps_p = op.product_eps
+    eps23 = eps_p ** (2.0 / 3.0)
+    n_iter = n_restarts = n_checks = 0
+    max_checks = k + 1 if check_multiplicity else 0  # each check that finds a copy adds a wanted pair: <= k + 1
+    checked = False
+    may_check = True
+    snapshot = None  # the wanted pairs when a multiplicity check started
+    explore_from = None  # basis index where the newest block (after a breakdown or a multiplicity check) starts
+    prev = None  # the wanted Ritz values of the previous step (do they still move?)
     bar = Progress(progress, op, f"lanczos {which}", None, "step")
     while True:
         kry.step()
         n_iter += 1
         theta, S = kry.ritz()
         order = _order(theta, which)
+        rank = np.argsort(order)
         sel = order[:k]
-        ritz_all = np.abs(kry.beta * S[kry.j - 1, :])
         anorm = max(kry.anorm, float(np.max(np.abs(theta))))
-        floor = residual_floor(op, anorm)
-        res_all = ritz_all + floor
-        ok_all = res_all <= residual_threshold(tol, False, theta, anorm, floor, eps23)  # the stopping rule
-        res, conv = res_all[sel], ok_all[sel]
+        unit = residual_floor(op, anorm)
+        res_all, floor_all = kry.residual_bounds(S, theta, unit, anorm)
+        fixed_all = floor_all + np.abs(S).T @ kry.err_coupled[: kry.j]  # what further steps cannot reduce
+        ritz_all = np.abs(kry.beta * S[kry.j - 1, :])
+        strict_all = residual_threshold(tol, False, theta, anorm, unit, eps23)
+        thr_all = residual_threshold(tol, default_tol, theta, anorm, unit, eps23)
+        limited_all = strict_all < floor_all  # tol is below what the products resolve for this pair
+        # a pair is finished when it meets tol, or (precision-limited) when its Ritz value has stopped moving or its
+        # Ritz estimate is at working precision: the iteration can no longer improve it
+        settled = np.zeros(theta.size, dtype=bool)
+        if prev is not None and prev.size == sel.size:
+            settled[sel] = ritz_values_settled(prev, theta[sel], eps_p, anorm, 0.0 if default_tol else tol)
+        prev = theta[sel].copy()
+        stuck_all = strict_all < fixed_all  # precision-limited, or a locked pair whose residual is frozen
+        finished_all = (res_all <= strict_all) | (stuck_all & (settled | (ritz_all <= eps_p * anorm)))
+        res, conv = res_all[sel], res_all[sel] <= thr_all[sel]
         if callback is not None:
             callback(n_iter, theta[sel].copy(), res.copy())
         bar.update(1, {"converged": f"{int(np.sum(conv))}/{len(sel)}", "worst residual": float(np.max(res))})
-        # converged, or at the precision floor for a tol it cannot reach (nothing more to gain)
         # never stop before 2k + 1 vectors (ARPACK's default basis): a converged Ritz pair of a smaller basis
         # may be an unwanted eigenvalue (found by the property tests: n = 2 with a gap of 4e-7, one step)
-        done = kry.j >= min(n, 2 * k + 1) and bool(np.all(conv | (ritz_all[sel] <= floor)))
-        block_joins_wanted = explore_from is None
+        wanted_done = bool(np.all(finished_all[sel])) and (explore_from is not None or n_iter >= min(n, 2 * k + 1))
+        joins = block_done = False
         if explore_from is not None:
-            # Ritz pairs living in the newest block (T is block diagonal across a breakdown)
+            # Ritz pairs living in the newest block (T is block diagonal across a breakdown or a check)
             in_new = np.flatnonzero(np.sum(S[explore_from:, :] ** 2, axis=0) > 0.5)
             if in_new.size:
-                best = in_new[np.argmin(np.argsort(order)[in_new])]
-                block_joins_wanted = bool(np.isin(best, sel))
-                done = done and bool(ok_all[best]) and not block_joins_wanted
+                best = in_new[np.argmin(rank[in_new])]
+                joins = bool(np.isin(best, sel))
+                if joins and len(order) > k and limited_all[best]:
+                    # a new value more wanted than the one it displaces by less than the products resolve is no
+                    # new eigenvalue (below the precision floor every random start gives a slightly different one)
+                    joins = abs(theta[best] - theta[order[k]]) > floor_all[best]
+                # the block's best pair is resolved (finished, or its residual a quarter of its distance to the
+                # least wanted selected value) and is not wanted: the new start found no further copy
+                gap = abs(theta[best] - theta[sel[-1]])
+                block_done = not joins and bool(finished_all[best] or res_all[best] <= gap / 4)
+                if joins:  # the check found a copy: the pairs as they were when it began lack it; check again
+                    snapshot, may_check = None, True
+        stop = wanted_done and explore_from is not None and block_done
         if kry.breakdown:
             # Invariant subspace: its Ritz pairs are exact, but a Krylov space holds one copy of each distinct
-            # eigenvalue, so a repeated wanted eigenvalue can hide in the complement.  While the block that just
-            # closed contributed to the wanted set, explore the complement from a fresh random vector.
-            if (done and not block_joins_wanted) or not kry.restart_with_random(rng):
+            # eigenvalue, so a repeated wanted eigenvalue can hide in the complement: explore it from a fresh vector
+            if stop or (wanted_done and checked and explore_from is None) or not kry.restart_with_random(rng):
+                checked = checked or stop
                 break
             explore_from = kry.j
-        elif done:
+            snapshot = None
+        elif stop:
+            checked = True
             break
+        elif wanted_done and (explore_from is None or joins):
+            # converged: look for further copies of the wanted eigenvalues from a fresh random start orthogonal to
+            # the converged Ritz vectors (a copy found joins the wanted set, and the check is repeated)
+            # (a check whose block a thick restart interrupted is not repeated unless it had found a copy)
+            keep = order[np.isin(order, sel) | finished_all[order]][: m - 2]
+            if n_checks >= max_checks or len(keep) < k or not (may_check or joins):
+                break
+            # the wanted pairs as they are now (their bounds use the basis about to be replaced): the answer if the
+            # check finds no copy, since locking freezes their residuals
+            snapshot = (theta[sel].copy(), *kry.residual_bounds(S[:, sel], theta[sel], unit, anorm, _qnorm(kry)))
+            if not kry.lock_and_explore(S, theta, keep, rng):
+                break
+            may_check = False
+            n_checks += 1
+            explore_from = len(keep)
+            prev = None
+            continue
         if n_iter >= max_iter:
             break
         if kry.j >= m:
+            if snapshot is not None:  # the check could not resolve within the basis: return the locked pairs
+                break
             p = min(k + (m - k) // 2, m - 1)
             kry.thick_restart(S, theta, order[:p])
             n_restarts += 1
-            explore_from = None
+            explore_from = snapshot = None
 
     bar.close()
     if kry.j < k:  # only possible when the whole space was exhausted before k vectors: cannot happen for k < n
         raise RuntimeError("Lanczos basis smaller than k")
-    vectors = kry.Q[:, : kry.j] @ op.cast(S[:, sel])
-    if verify:
-        R = op.hvp_block(vectors) - vectors * op.cast(theta[sel])
-        res = vector_norm(op, R, axis=0) + floor
-    conv = res <= residual_threshold(tol, default_tol, theta[sel], anorm, floor, eps23)
+    if snapshot is not None:  # the check found no copy (or was inconclusive): the locked pairs as they were
+        theta_sel, res, floor_part = snapshot
+        basis, coef = kry.Q[:, :k], np.eye(k)
+    else:
+        theta_sel = theta[sel]
+        res, floor_part = kry.residual_bounds(S[:, sel], theta_sel, unit, anorm, _qnorm(kry))
+        basis, coef = kry.Q[:, : kry.j], S[:, sel]
+    vectors = basis @ op.cast(coef)
+    thr = residual_threshold(tol, default_tol, theta_sel, anorm, unit, eps23)
+    strict = residual_threshold(tol, False, theta_sel, anorm, unit, eps23)
+    redo = np.ones(k, dtype=bool) if verify is True else res > thr if verify == "auto" else np.zeros(k, dtype=bool)
+    if np.any(redo):  # products only where the bound does not already meet the rule
+        idx = np.flatnonzero(redo)
+        V = basis @ op.cast(coef[:, idx])
+        R = op.hvp_block(V) - V * op.cast(theta_sel[idx])
+        measured = vector_norm(op, R, axis=0) + unit
+        res[idx] = np.minimum(res[idx], measured)  # both are bounds
+    conv = res <= thr
+    limited = strict < floor_part
+    warn_unconverged(conv, limited, res, theta_sel, floor_part, tol, default_tol, n_iter, max_iter, op)
     return EigenResult(
-        eigenvalues=theta[sel].astype(np.float64),
+        eigenvalues=theta_sel.astype(np.float64),
         eigenvectors=vectors,
         residuals=res,
         converged=conv,
@@ -379,4 +578,53 @@ def lanczos(
         n_iter=n_iter,
         method=f"lanczos(which={which!r})",
         n_restarts=n_restarts,
+        precision_limited=limited,
+        multiplicity_checked=checked,
     )
+
+
+def _qnorm(kry: Krylov) -> float:
+    """A bound on ``||Q_{j+1}||`` from the measured loss of orthogonality ``||Q^T Q - I||`` (plus the rounding of
+    ``Q^T Q`` itself): one (n x j) x (j x n) product, once per run."""
+    Qj = kry.Q[:, : kry.j + 1]
+    G = kry.op.to_numpy(Qj.T @ Qj).astype(np.float64)
+    return float(np.sqrt(1.0 + np.linalg.norm(G - np.eye(G.shape[0]), 2) + (kry.j + 1) * np.sqrt(kry.op.n) * kry.u))
+
+
+def ritz_values_settled(prev: np.ndarray, cur: np.ndarray, eps: float, scale: float,
+                        rtol: float = 0.0) -> np.ndarray:
+    """Whether each Ritz value moved by at most ``max(eps * max(|theta|, scale), rtol * |theta|)`` in the last step
+    (``eps``: the products' unit roundoff, ``scale``: ``||H||`` in lanczos, the size of the rounding of one
+    product's Rayleigh quotient; ``rtol``: the relative accuracy asked for, an explicit ``tol``).  Where the
+    products' error dominates the residual bound, the bound stops saying how far a Ritz value still is from its
+    eigenvalue; Lanczos then keeps iterating until its Ritz values stop moving.
+
+    Examples
+    --------
+    >>> ritz_values_settled(np.array([2.0, 1.0]), np.array([2.0, 1.1]), 1e-3, 1e-6).tolist()
+    [True, False]
+    """
+    return np.abs(cur - prev) <= np.maximum(eps * np.maximum(np.abs(cur), scale), rtol * np.abs(cur))
+
+
+def warn_unconverged(conv: np.ndarray, limited: np.ndarray, res: np.ndarray, theta: np.ndarray,
+                     floor_part: np.ndarray, tol: float, default_tol: bool, n_iter: int, max_iter: int,
+                     op: HessianOperator) -> None:
+    """Warn about pairs returned unconverged, and (for an explicit ``tol``) pairs the products' precision limits:
+    the reachable accuracy and the remedy."""
+    lim = limited & (~conv | (not default_tol))
+    if np.any(lim):
+        rel = float(np.max(floor_part[lim] / np.maximum(np.abs(theta[lim]), np.finfo(np.float64).tiny)))
+        warnings.warn(
+            f"lanczos: pair(s) {np.flatnonzero(lim).tolist()} are limited by the precision of the "
+            f"{np.dtype(op.dtype).name} products (eps {op.product_eps:.1e}): their residuals cannot fall below "
+            f"{np.min(floor_part[lim]):.2e} .. {np.max(floor_part[lim]):.2e} (relative accuracy {rel:.1e} at best), "
+            f"so tol={tol:g} cannot be met; they are returned with precision_limited=True. Products in a wider dtype "
+            "(a float32 or float64 copy of the model, or gradient differences) would resolve them; or ask for "
+            f"tol >= {rel:.0e}.", UserWarning, stacklevel=3)
+    late = ~conv & ~limited
+    if np.any(late):
+        warnings.warn(
+            f"lanczos: pair(s) {np.flatnonzero(late).tolist()} did not converge in {n_iter} steps "
+            f"(max_iter={max_iter}; worst residual {np.max(res[late]):.2e}); they are returned with converged=False. "
+            "Raise max_iter or max_basis, or loosen tol.", UserWarning, stacklevel=3)

@@ -249,6 +249,11 @@ class EigenResult:
         Pair ``i``'s accuracy is limited by the precision of the products, not by the iteration: its residual is
         at the floor the products allow (see :func:`residual_floor`), so running longer cannot improve it; a
         product in a wider dtype can.  Default: all False.
+    multiplicity_checked : bool
+        Lanczos only: after the wanted pairs converged, a fresh random start orthogonal to them found no further
+        copy of a wanted eigenvalue, so repeated eigenvalues are returned with their multiplicity (up to k) as
+        reliably as single-vector Lanczos finds an extreme eigenvalue from a random start.  False when the check
+        was not run (``check_multiplicity=False``, the space or the budget exhausted).
 
     Examples
     --------
@@ -270,6 +275,7 @@ class EigenResult:
     method: str
     n_restarts: int = 0
     precision_limited: np.ndarray | None = None
+    multiplicity_checked: bool = False
 
     def __post_init__(self) -> None:
         if self.precision_limited is None:
