@@ -68,7 +68,8 @@ def test_hutchinson_gaussian_probes_within_two_standard_errors(flat):
 def test_rtol_stops_with_small_true_error(request, name, rtol):
     """rtol stops when the 95% half-width of a fresh batch (two stages) is below rtol * |estimate|: the true error
     is then below 2 rtol in at least 90% of seeds.  outlier_small at rtol=0.03 (~1,100 samples; 0.01 needs ~10^4
-    per run and, with the pilot and the planned batch, 50 runs took 6 minutes).  On the network rtol=0.1: its Rademacher variance 2(||H||_F^2 - sum H_ii^2) = 58.7 against
+    per run and, with the pilot and the planned batch, 50 runs took 6 minutes).
+    On the network rtol=0.1: its Rademacher variance 2(||H||_F^2 - sum H_ii^2) = 58.7 against
     tr H = 14.0 needs ~11,500 samples per run at rtol=0.01 (more than max_hvp), too many for 50 runs here."""
     A, tr = request.getfixturevalue(name)
     good = 0
