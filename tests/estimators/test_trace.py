@@ -177,3 +177,23 @@ def test_trace_on_the_torch_operator_matches_the_dense_hessian(torch_op, network
     assert (got.method, got.n_hvp, got.rank) == (want.method, want.n_hvp, want.rank)
     assert got.estimate == pytest.approx(want.estimate, rel=1e-9)
     assert got.std_error == pytest.approx(want.std_error, rel=1e-6)
+
+
+# -------------------------------------------------------------------------------------------- issue 26, class 8
+def test_out_of_reach_target_stops_early_and_says_what_would_do():
+    """An indefinite spectrum (-8.2 .. 9.5) whose trace is about 1: rtol=0.05 needs ~10^6 samples.  The run
+    stopped at the 10,000-product budget (issue 26, on a BERT-sized model: 12 minutes) and advised "use
+    hessop.trace", the function running; now the pilot shows the target out of reach and the run stops, naming a
+    budget and an atol that would do."""
+    rng = np.random.default_rng(0)
+    lam = np.linspace(-8.2, 9.5, 400)
+    lam += (1.0 - lam.sum()) / lam.size
+    A = matrix_with_spectrum(rng.permutation(lam), seed=3)
+    with pytest.warns(RuntimeWarning, match=r"out of reach.*max_hvp >= .*atol=") as w:
+        r = hessop.trace(A, rtol=0.05, seed=0)
+    message = str(w[0].message)
+    assert "use hessop.trace" not in message
+    assert not r.converged and r.stop_reason == "target out of reach" and r.n_hvp <= 64
+    atol = float(message.rsplit("atol=", 1)[1].rstrip(").").rstrip(")"))
+    ok = hessop.trace(A, atol=atol, seed=1)  # the atol it names is reached within the default budget
+    assert ok.converged and ok.n_hvp <= 10_000
