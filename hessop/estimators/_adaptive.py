@@ -260,6 +260,11 @@ class _Engine:
         left = self.budget - run.spent
         if left <= 0:
             return f"budget of {self.budget} products spent"
+        if target is not None and loop.mode == "hutchinson" and not enough:  # a stop that reports no interval as
+            self.reach = out_of_reach(self.plain, target, run.spent, self.budget,  # met may look at every sample
+                                      have=self.batch.count if loop.planned else 0)
+            if self.reach:
+                return "target out of reach"
         if not enough or (target is None and loop.mode == "hutchinson"):
             return ""
         more = _samples_needed(half_one, target(scale), samples.count) if target is not None else left

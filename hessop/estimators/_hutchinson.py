@@ -135,6 +135,14 @@ def hutchinson(
             samples.add(x, "the quadratic form v^T H v", bound)
             if targeted:
                 batch.add(x, None, bound)
+                if plan["planned"] and batch.count < plan["size"]:
+                    # while a batch fills, every sample may show the target out of reach (no interval is then
+                    # reported as met, so looking does not bias one)
+                    reach = out_of_reach(samples, target, samples.count, total, have=batch.count)
+                    if reach:
+                        run.save(samples=samples, batch=batch, converged=converged, rng=rng, plan=plan["size"],
+                                 planned=plan["planned"], reach=reach)
+                        break
                 if batch.count >= plan["size"]:  # two stages: a pilot plans a fresh batch whose interval stops
                     half, estimate, half_one = batch.interval()
                     converged = plan["planned"] and half <= target(estimate)

@@ -160,14 +160,15 @@ REACH_MARGIN = 2.0
 left."""
 
 
-def out_of_reach(samples: _Samples, target: Any, spent: int, budget: int, offset: Any = 0.0) -> str:
+def out_of_reach(samples: _Samples, target: Any, spent: int, budget: int, offset: Any = 0.0, have: int = 0) -> str:
     """Why a target cannot be met within the products left, or "" while it may be.
 
     From ``MIN_RTOL_SAMPLES`` samples on (a pilot), the next fresh batch of the two-stage rule needs
     ``(t s / goal)^2`` samples; optimistically ``s`` is the lower end of its 95% chi-square interval and ``goal``
     the target at the top of the estimate's 95% interval.  If even that exceeds ``REACH_MARGIN`` times the
     products left, the run stops and says what would reach a target: the point projection of the budget needed,
-    and the absolute half-width (``atol``) the whole budget buys."""
+    and the absolute half-width (``atol``) a fresh run with this budget reaches (``t s sqrt(2 / budget)``: its
+    planned batch, 1.28 (t s / atol)^2 samples, then takes about 0.64 of the budget)."""
     N = samples.count
     left = budget - spent
     if N < MIN_RTOL_SAMPLES:
@@ -178,11 +179,11 @@ def out_of_reach(samples: _Samples, target: Any, spent: int, budget: int, offset
     sd_low = half_one * math.sqrt((N - 1) / float(chi2.ppf(0.975, N - 1)))
     goal_high = target(abs(estimate) + half)
     optimistic = math.inf if goal_high <= 0 else (sd_low / goal_high) ** 2
-    if optimistic <= REACH_MARGIN * left:
+    if optimistic - have <= REACH_MARGIN * left:  # ``have``: samples of a batch being filled count towards it
         return ""
     goal = target(estimate)
     need = math.inf if goal <= 0 else (half_one / goal) ** 2
-    reachable = half_one / math.sqrt(max(budget - N, MIN_RTOL_SAMPLES))
+    reachable = half_one * math.sqrt(2 / budget)  # a fresh run: its pilot, then a planned batch of ~0.64 budget
     return (f"The target is out of reach: after {spent} products the samples predict ~{need:.3g} more (at least "
             f"~{optimistic:.3g} even at the low end of their variance and the high end of |estimate|), over "
             f"{REACH_MARGIN:g}x the {left} left, so the run stopped early. A budget max_hvp >= {spent + need:.3g} "
