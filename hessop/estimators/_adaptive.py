@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from hessop._probes import column_dots, probe_block
+from hessop._probes import probe_block
 from hessop.estimators._deflation import _Deflation
 from hessop.estimators._estimates import DiagonalEstimate, TraceEstimate
 from hessop.estimators._exact import exact_diagonal_estimate, exact_trace
@@ -26,7 +26,10 @@ from hessop.estimators._stats import (
     _Moments,
     _Samples,
     _samples_needed,
+    batch_size,
     mean_se,
+    out_of_reach,
+    quadratic_forms,
     target_rule,
     warn_not_converged,
 )
@@ -63,13 +66,15 @@ class _TraceKind:
     def store(self) -> _Samples:
         return _Samples()
 
-    def hutchinson_block(self, rng: np.random.Generator, k: int, plain: _Samples) -> Any:
-        """``k`` Rademacher probes: their samples added to ``plain``; returns their products ``H V``."""
+    def hutchinson_block(self, rng: np.random.Generator, k: int, plain: _Samples, *more: _Samples) -> Any:
+        """``k`` Rademacher probes: their samples (with rounding bounds) added to ``plain`` and ``more``; returns
+        their products ``H V``."""
         op = self.op
         V = probe_block(op, rng, k)
         Y = op.hvp_block(V)
-        plain.add(np.asarray(op.to_numpy(column_dots(op.xp, V, Y)), dtype=np.float64).reshape(-1),
-                  "the quadratic form v^T H v")
+        x, bound = quadratic_forms(op, V, Y)
+        for i, store in enumerate((plain, *more)):
+            store.add(x, None if i else "the quadratic form v^T H v", bound)
         return Y
 
     def deflated_block(self, defl: _Deflation, G: Any, plain: bool) -> tuple[Any, Any]:
@@ -88,7 +93,8 @@ class _TraceKind:
     def result(self, samples: _Samples, offset: float, **fields: Any) -> TraceEstimate:
         x = samples.values
         mean, se = mean_se(x) if x.size else (float("nan"), float("nan"))
-        return TraceEstimate(estimate=offset + mean, std_error=se, samples=x, **fields)
+        return TraceEstimate(estimate=offset + mean, std_error=se, samples=x, skewness=samples.skewness(),
+                             rounding=samples.rounding(), **fields)
 
 
 class _DiagonalKind(_TraceKind):
@@ -102,10 +108,11 @@ class _DiagonalKind(_TraceKind):
     def store(self) -> _Moments:
         return _Moments(self.op)
 
-    def hutchinson_block(self, rng: np.random.Generator, k: int, plain: _Moments) -> Any:
+    def hutchinson_block(self, rng: np.random.Generator, k: int, plain: _Moments, *more: _Moments) -> Any:
         V = probe_block(self.op, rng, k)
         Y = self.op.hvp_block(V)
-        plain.add(V * Y, "the sum of v * (H v)")
+        for i, store in enumerate((plain, *more)):
+            store.add(V * Y, None if i else "the sum of v * (H v)")
         return Y
 
     def deflated_block(self, defl: _Deflation, G: Any, plain: bool) -> tuple[Any, Any]:
@@ -159,6 +166,7 @@ class _Engine:
         self.plain, self.since, self.batch = kind.store(), kind.store(), kind.store()  # plain; residual since Q; batch
         self.loop = _Loop(method, f"method={method!r} asked for")
         self.offset: Any = 0.0
+        self.reach = ""
 
     # ------------------------------------------------------------------------------------------------ the choice
     def choose(self) -> None:
@@ -227,7 +235,9 @@ class _Engine:
 
     def current(self) -> tuple[Any, bool]:
         """The samples an interval is taken on now, and whether there are enough of them."""
-        two_stage = self.target is not None and self.loop.mode == self.kind.deflated
+        two_stage = self.target is not None and self.loop.mode in (self.kind.deflated, "hutchinson")
+        if two_stage and self.loop.mode == "hutchinson" and not self.loop.planned:  # the pilot: every plain sample
+            return self.plain, self.plain.count >= MIN_RTOL_SAMPLES
         if two_stage:
             return self.batch, self.batch.count >= self.loop.plan
         samples = self.plain if self.loop.mode == "hutchinson" else self.since
@@ -241,7 +251,7 @@ class _Engine:
             self.judge_trial()
             return "again"
         samples, enough = self.current()
-        two_stage = target is not None and loop.mode == self.kind.deflated
+        two_stage = target is not None and loop.mode in (self.kind.deflated, "hutchinson")
         half, scale, half_one = samples.interval(self.offset) if enough else (math.nan, math.nan, math.nan)
         run.bar.to(run.spent, {"method": loop.mode, "rank": self.defl.rank,
                                **(self.kind.bar_fields(half, scale) if enough else {})})
@@ -250,6 +260,11 @@ class _Engine:
         left = self.budget - run.spent
         if left <= 0:
             return f"budget of {self.budget} products spent"
+        if target is not None and loop.mode == "hutchinson" and not enough:  # a stop that reports no interval as
+            self.reach = out_of_reach(self.plain, target, run.spent, self.budget,  # met may look at every sample
+                                      have=self.batch.count if loop.planned else 0)
+            if self.reach:
+                return "target out of reach"
         if not enough or (target is None and loop.mode == "hutchinson"):
             return ""
         more = _samples_needed(half_one, target(scale), samples.count) if target is not None else left
@@ -258,8 +273,13 @@ class _Engine:
                 f"{loop.mode}: ~{more:.0f} more products predicted, exact costs n = {run.op.n}"))
         if loop.mode == self.kind.deflated and self.try_doubling(more):
             return "again"
+        if target is not None and isinstance(samples, _Samples):
+            self.reach = out_of_reach(samples, target, run.spent, self.budget, self.offset)
+            if self.reach:
+                return "target out of reach"
         if two_stage:  # a fresh batch, its size fixed now, gives the interval
-            loop.plan, loop.planned = max(MIN_RTOL_SAMPLES, math.ceil(samples.count + more)), True
+            loop.plan = batch_size(half_one, target(scale), samples.count, self.budget)
+            loop.planned = True
             self.batch = self.kind.store()
         return ""
 
@@ -267,7 +287,8 @@ class _Engine:
         """One block of probes: plain samples, or residual (and on trial also plain) samples of the deflation."""
         k = min(self.b, self.budget - self.run.spent)
         if self.loop.mode == "hutchinson":
-            self.kind.hutchinson_block(self.rng, k, self.plain)
+            planned = self.target is not None and self.loop.planned
+            self.kind.hutchinson_block(self.rng, k, self.plain, *((self.batch,) if planned else ()))
             return
         trial = self.loop.mode == "test"
         x, plain = self.kind.deflated_block(self.defl, probe_block(self.run.op, self.rng, k), trial)
@@ -292,12 +313,13 @@ class _Engine:
         loop = self.loop
         mode = self.kind.deflated if loop.mode == "test" else loop.mode
         samples = self.plain if mode == "hutchinson" else self.since
-        if self.target is not None and loop.planned and self.batch.count >= 2:
-            samples = self.batch
         converged = stop.startswith("target met")
+        if self.target is not None and loop.planned and self.batch.count >= 2 and converged:
+            samples = self.batch
         if self.target is not None and not converged:
             half, scale, _ = samples.interval(self.offset) if samples.count > 1 else (math.inf, math.nan, 0)
-            warn_not_converged(self.kind.name, rtol, atol, f"max_hvp={self.budget}", scale, half, stacklevel=5)
+            warn_not_converged(self.kind.name, rtol, atol, f"max_hvp={self.budget}", scale, half, stacklevel=5,
+                               reach=self.reach)
         return self.kind.result(samples, self.offset, n_hvp=self.run.spent, converged=converged or self.target is None,
                                 method=mode, stop_reason=stop, choice=loop.choice,
                                 rank=self.defl.rank if mode == self.kind.deflated else 0)

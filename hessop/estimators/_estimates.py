@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from hessop.estimators._stats import t_quantile
+from hessop.estimators._stats import skew_interval
 
 __all__ = ["DiagonalEstimate", "TraceEstimate"]
 
@@ -48,6 +48,12 @@ class TraceEstimate:
     exact : bool
         True when the estimate is exact up to rounding (the ``n`` identity columns, or an XTrace sketch spanning the
         range of H); ``std_error`` is then a rounding bound and :meth:`interval` uses it as is.
+    skewness : float
+        The adjusted skewness of :attr:`samples` where the estimate is their mean (Hutchinson, Hutch++'s residual,
+        SLQ); :meth:`interval` corrects for it (:func:`skew_interval`).  0 otherwise (XTrace's jackknife).
+    rounding : float
+        A bound on the rounding in the estimate (the accumulated rounding of the quadratic forms, the products'
+        measured error where the operator carries one, the host's sum), added to both ends of :meth:`interval`.
 
     Examples
     --------
@@ -67,6 +73,8 @@ class TraceEstimate:
     choice: str = ""
     rank: int = 0
     exact: bool = False
+    skewness: float = 0.0
+    rounding: float = 0.0
 
     @property
     def n_samples(self) -> int:
@@ -75,17 +83,20 @@ class TraceEstimate:
 
     def interval(self, level: float = 0.95) -> tuple[float, float]:
         """Confidence interval ``estimate -+ t * std_error`` with the Student-t quantile for ``n_samples - 1``
-        degrees of freedom (it allows for the standard error itself being estimated).  For an exact result
-        (``exact=True``: the trace from identity columns, or a sketch spanning the range of H) ``std_error`` is a
-        rounding bound and the interval is ``estimate -+ std_error``."""
+        degrees of freedom (it allows for the standard error itself being estimated), corrected for the samples'
+        :attr:`skewness` (Hall 1992, see :func:`hessop.estimators._stats.skew_interval`: the side of the heavy
+        tail is longer) and widened on both sides by :attr:`rounding`.  For an exact result (``exact=True``: the
+        trace from identity columns) ``std_error`` is a rounding bound and the interval is
+        ``estimate -+ std_error``."""
         if not 0 < level < 1:
             raise ValueError(f"level must be in (0, 1), got {level}")
         if self.exact:
             return (self.estimate - self.std_error, self.estimate + self.std_error)
         if self.n_samples < 2 or not math.isfinite(self.std_error):
             return (float("-inf"), float("inf"))
-        half = t_quantile(level, self.n_samples - 1) * self.std_error
-        return (self.estimate - half, self.estimate + half)
+        sd = self.std_error * math.sqrt(self.n_samples)
+        lo, hi = skew_interval(self.estimate, sd, self.n_samples, self.skewness, level)
+        return (lo - self.rounding, hi + self.rounding)
 
     def half_width(self, level: float = 0.95) -> float:
         """Half-width of :meth:`interval`."""

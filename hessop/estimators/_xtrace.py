@@ -16,7 +16,7 @@ from hessop.estimators._deflation import orthonormal_range
 from hessop.estimators._estimates import TraceEstimate
 from hessop.estimators._exact import exact_trace
 from hessop.estimators._run import Run, check_budget
-from hessop.estimators._stats import bar_fields, jackknife_se, pair_inverse
+from hessop.estimators._stats import bar_fields, jackknife_se, pair_inverse, skewness
 from hessop.operator import as_operator
 
 
@@ -84,9 +84,12 @@ def xtrace(H: Any, max_hvp: int, *, seed: int | np.random.Generator | None = 0, 
     TraceEstimate
         ``samples`` are the ``m`` leave-one-out estimates ``t_i``; ``std_error`` the jackknife's.
 
-    If ``H Omega`` is numerically rank deficient (H has rank below ``m``), the sketch spans the range of H and
-    ``tr(H) = tr(Q^T H Q)`` exactly: that value is returned with ``exact=True`` and a rounding bound
-    ``n eps ||B||_F`` as ``std_error`` (no leave-one-out samples exist then).
+    No sketch smaller than ``n`` is taken as exact.  A numerically rank-deficient ``H Omega`` was once read as
+    "the sketch spans the range of H" (``exact=True``), which is not proved: ``u u^T + 5e-6 (I - u u^T)`` in
+    float32 at n = 2e5 got ``exact=True`` and 1.00025 for a trace of 2.0 (issue 26).  The leave-one-out formulas
+    are used instead (on an operator of rank below m - 1 every leave-one-out sketch still spans its range, so they
+    return its trace to rounding with a jackknife error at rounding level); only where ``R`` is singular in
+    float64 are the probes' quadratic forms averaged (Hutchinson).
 
     Examples
     --------
@@ -138,12 +141,27 @@ def _estimate(small: np.ndarray, m: int, n: int, dtype: Any) -> TraceEstimate:
         check_finite(float("nan"), "a product H v", 1)
     R, B, W, d, norm2 = small[:m], small[m: 2 * m], small[2 * m: 3 * m], small[3 * m], small[3 * m + 1]
     B = (B + B.T) / 2
-    eps = float(np.finfo(dtype).eps)
-    if np.linalg.cond(R) * m * eps >= 1:  # rank(H) < m: Q spans range(H) and tr(Q^T H Q) is the trace
-        return TraceEstimate(estimate=float(np.trace(B)), std_error=n * eps * float(np.linalg.norm(B)),
-                             samples=np.array([np.trace(B)]), n_hvp=0, converged=True,
-                             method="xtrace", stop_reason="exact: the sketch spans the range of H", rank=m,
-                             exact=True)
+    with np.errstate(all="ignore"):
+        result = _xtrace_formulas(R, B, W, d, norm2, m, n)
+    if result is not None and np.linalg.cond(R) * m * float(np.finfo(dtype).eps) < 1:
+        return result
+    # R singular (even in float64) or ill-conditioned at the operator's precision: a rank-deficient sketch proves
+    # nothing about the rest of H, and the leave-one-out formulas lose the bulk's share of the trace to rounding
+    # (they gave 528 +- 527 for u u^T + 5e-6 (I - u u^T), trace 1.1, in float32).  Hutchinson on the same Gaussian
+    # probes (omega^T H omega, unbiased) is also available; the one with the smaller error is returned.
+    samples = d.copy()
+    mean, se = float(np.mean(samples)), float(np.std(samples, ddof=1) / np.sqrt(m))
+    if result is not None and result.std_error <= se:
+        return result
+    return TraceEstimate(estimate=mean, std_error=se, samples=samples, n_hvp=0, converged=True, method="xtrace",
+                         stop_reason="ill-conditioned sketch: Hutchinson on its probes", skewness=skewness(samples))
+
+
+def _xtrace_formulas(R: np.ndarray, B: np.ndarray, W: np.ndarray, d: np.ndarray, norm2: np.ndarray, m: int,
+                     n: int) -> TraceEstimate | None:
+    """XTrace and its jackknife from the small matrices (see :func:`_estimate`); None where ``R`` is singular."""
+    if not np.all(np.isfinite(R)) or np.min(np.abs(np.diag(R))) == 0:
+        return None
     X = scipy.linalg.solve_triangular(R, np.eye(m), trans="T", lower=False)  # X = R^{-T}
     S = X / host_norm(X, axis=0)
     c = np.sum(S * W, axis=0)
@@ -168,5 +186,8 @@ def _estimate(small: np.ndarray, m: int, n: int, dtype: Any) -> TraceEstimate:
     np.fill_diagonal(u2_ij, 1.0)  # i = j is no pair (and ||(I - Q Q^T) w_i|| may be 0 there, for H = c I)
     t_ij = low_ij + (n - m + 2) * (d[:, None] - 2 * a_r + a_b_a) / u2_ij
     np.fill_diagonal(t_ij, 0.0)
-    return TraceEstimate(estimate=float(np.mean(t)), std_error=jackknife_se(t_ij.sum(axis=0) / (m - 1)), samples=t,
-                         n_hvp=0, converged=True, method="xtrace")
+    se = jackknife_se(t_ij.sum(axis=0) / (m - 1))
+    if not (np.all(np.isfinite(t)) and np.isfinite(se)):
+        return None
+    return TraceEstimate(estimate=float(np.mean(t)), std_error=float(se), samples=t, n_hvp=0, converged=True,
+                         method="xtrace")
