@@ -33,7 +33,8 @@ as ``bound / ||fl(H) - H||_2`` with ``||fl(H) - H||_2`` from all ``n`` identity 
 loss 1e-8 in float32 6-12 (3 seeds), at loss 1e-4 in float32 about 5, in float64 (witnesses only) 2-4; the
 per-vector bound ``bound / max ||fl(H u) - H u||`` over 8 random unit vectors 60-120.
 
-Products of a stored matrix (:meth:`HessianOperator.from_matrix`) are not measured: a matrix-vector product's
+An operator seen in a wider ``solver_dtype`` takes the measurement of the operator it widens (measured there
+once).  Products of a stored matrix (:meth:`HessianOperator.from_matrix`) are not measured: a matrix-vector product's
 rounding is bounded by the classical ``sqrt(n) eps ||A||`` floor already (the bound is 0).  The measurement's
 products go to the backend directly and are not counted in ``n_hvp`` (as the constructors' checks are not); they
 are recorded in :attr:`ProductError.n_hvp`.
@@ -126,7 +127,10 @@ def measure_product_error(op: Any) -> ProductError:
     'stored matrix'
     """
     from hessop.backends.numpy import MatrixBackend
+    from hessop.backends.widened import WidenedBackend
 
+    if isinstance(op.backend, WidenedBackend) and hasattr(op.backend.inner, "product_error_info"):
+        return op.backend.inner.product_error_info  # solver_dtype: the products are the inner operator's
     if isinstance(op.backend, MatrixBackend):
         return ProductError(0.0, 0.0, 0.0, "stored matrix", 0)
     n = op.n
