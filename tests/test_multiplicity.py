@@ -71,7 +71,8 @@ def test_rank_one_breakdown_costs_a_few_products():
 
 def test_huge_negative_eigenvalue_under_la_in_float32():
     """Class 8: float32 with -1e6 under which="LA": the wanted values (1..2) are below the floor (about 1.3); the
-    run stops once they stop moving (within about n products, not max_iter), flags them precision-limited, and its residual is still a bound."""
+    run stops once they stop moving (within about n products, not max_iter), flags them precision-limited, and its
+    residual is still a bound."""
     lam = np.r_[np.linspace(1, 2, 99), -1e6]
     A = matrix_with_spectrum(lam, seed=0, dtype=np.float32)
     r = hessop.lanczos(A, 1)

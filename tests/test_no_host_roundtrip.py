@@ -64,7 +64,7 @@ def run_solvers(H: HessianOperator, guard: HostGuard, native_type: type) -> None
     lz = hessop.lanczos(H, k=3, max_basis=12, tol=1e-8, progress=True)
     assert lz.n_restarts >= 1 and lz.n_iter > 12  # many iterations ran, so a per-iteration copy would show
     assert isinstance(lz.eigenvectors, native_type)
-    assert guard.moved_in == 1  # the start vector, once
+    assert 1 <= guard.moved_in <= 1 + 4  # the start vector, and one fresh vector per multiplicity check (<= k + 1)
     pw = hessop.power_iteration(H, k=2, tol=1e-4, max_iter=200)
     assert isinstance(pw.eigenvectors, native_type)
     assert pw.n_iter > 4
