@@ -1,23 +1,30 @@
 """PyTorch curvature backends: products with the GGN, the Monte-Carlo Fisher and the empirical Fisher.
 
 Maths in :mod:`hessop.curvature`.  Every product is ``sum_b w_b A_b^T M_b A_b v``, ``A_b`` the Jacobian of the
-batch's outputs ``f`` (GGN, Fisher) or of its vector of per-sample losses (empirical Fisher), computed in reverse
-mode only, through the same autograd machinery as the Hessian's double-backward products
-(:func:`hessop.backends.torch._products.double_backward`):
+batch's outputs ``f`` (GGN, Fisher) or of its vector of per-sample losses (empirical Fisher), in three steps per
+batch and column: ``A v`` (a Jacobian-vector product), ``M (A v)`` in output space (closed form, ``O(N C)``) and
+``A^T (M A v)`` (a vector-Jacobian product: one backward pass).  ``A v`` is computed one of two ways
+(``jv_method``):
 
-1. one forward pass ``a = A(x)`` and one ``create_graph`` backward pass ``z(u) = A^T u`` of a zero dummy ``u``
-   (linear in ``u``), shared by the block's k columns;
-2. per column, ``A v = d(z(u) . v) / du`` (a backward pass through the graph of step 1, the "double vjp"),
-   ``M (A v)`` in output space (closed form, ``O(N C)``), and ``A^T (M A v)`` (a backward pass through the
-   forward graph).
+* ``"forward"`` (the default, ``"auto"``): one forward pass with dual parameters ``theta + eps v``
+  (``torch.autograd.forward_ad`` through ``torch.func.functional_call``; buffers, train-mode batch norm included)
+  gives the outputs, with their reverse graph, and their tangent ``A v`` at once; then the backward pass.  Cost per
+  column: a forward pass, its tangent (about two forward passes of arithmetic: ``dW x + W dx`` per layer) and a
+  backward pass, about 5/3 of a gradient: **1.71 gradients of arithmetic on the test CNN, 1.67 on a
+  ResNet-20-sized model** (``torch.utils.flop_counter.FlopCounterMode``, benchmarks/curvature_cost.py).  Nothing is
+  kept between products.
+* ``"reverse"`` (the fallback where an operation has no forward derivative): the "double vjp" ``A v =
+  d(z(u) . v) / du`` through the graph of ``z(u) = A^T u`` of a zero dummy ``u`` (one forward pass and one
+  ``create_graph`` backward pass, shared by the block's columns), then the backward pass for ``A^T``.  That graph
+  is kept between products within ``cache_memory`` by the Hessian's kept-graph cache
+  (:class:`hessop.backends.torch._graph_cache.GraphCache`, dropped when the model, its mode or the data change):
+  2.86 / 3.02 gradients (CNN / ResNet-20) for a product that builds it, 1.86 / 2.02 through a kept graph (the
+  double vjp costs more arithmetic than the forward tangent).
 
-So a single product costs about one forward and three backward passes, and each further column of a block two
-backward passes: 2.86 gradients of arithmetic on the test CNN, 3.02 on a ResNet-20-sized model (FlopCounterMode,
-benchmarks/curvature_cost.py, docs/benchmarks.md).  The data loop, batch weights, parameter selection
-(``params=``), device handling, determinism check and train-mode warnings are those of
-:class:`hessop.backends.torch.TorchBackend`; its ``hvp_method`` and ``cache_memory`` do not apply (no graph is kept
-between products).  Built by :meth:`hessop.HessianOperator.from_torch` with ``curvature=``, or from an existing
-backend by its ``curvature_backend`` (:func:`hessop.curvature_of`).
+The data loop, batch weights, parameter selection (``params=``), device handling, determinism check and
+train-mode warnings are those of :class:`hessop.backends.torch.TorchBackend`; its ``hvp_method`` does not apply.
+Built by :meth:`hessop.HessianOperator.from_torch` with ``curvature=``, or from an existing backend by its
+``curvature_backend`` (:func:`hessop.curvature_of`).
 """
 
 from __future__ import annotations
@@ -94,16 +101,17 @@ class TorchCurvatureBackend(TorchBackend):
     output_loss : {"cross_entropy", "mse"}, optional
         What ``loss_fn`` computes, for a callable hessop does not recognise.
     cache_memory : int, optional
-        Budget in bytes for keeping each batch's graph of ``z(u) = A^T u`` between products, as the Hessian's
+        For ``jv_method="reverse"``: budget in bytes for keeping each batch's graph of ``z(u) = A^T u`` between
+        products (forward mode keeps nothing), as the Hessian's
         ``cache_memory`` (:class:`hessop.backends.torch.TorchBackend`; the same
         :class:`~hessop.backends.torch._graph_cache.GraphCache`); default None: 1 GiB or a quarter of the free
         memory; 0 keeps nothing.
     jv_method : {"auto", "forward", "reverse"}
-        How ``A v`` is computed: ``"reverse"`` by the double vjp through the graph of ``z(u)`` (kept where the
-        budget allows), ``"forward"`` by a forward-mode pass with dual parameters (``torch.autograd.forward_ad``)
-        for every column, ``"auto"`` (default) the reverse form through a kept (or to-be-kept) graph and the
-        forward form for single vectors on batches whose graph is not kept; if forward mode fails on the model
-        (an operation without a forward derivative), ``"auto"`` warns once and uses the reverse form from then on.
+        How ``A v`` is computed: ``"forward"`` by a forward-mode pass with dual parameters
+        (``torch.autograd.forward_ad``) per column, ``"reverse"`` by the double vjp through the graph of ``z(u)``
+        (kept between products where ``cache_memory`` allows); ``"auto"`` (default) is ``"forward"`` until forward
+        mode fails on the model (an operation without a forward derivative), then warns once and uses
+        ``"reverse"`` from then on.
 
     Examples
     --------
@@ -148,16 +156,10 @@ class TorchCurvatureBackend(TorchBackend):
         super().clear_cache()
         self._kept.clear()
 
-    def _forward_mode(self, i: int, k: int, caching: bool) -> bool:
-        """Whether batch ``i``'s ``A v`` for a block of ``k`` columns is computed in forward mode: always for
-        ``jv_method="forward"``, never for ``"reverse"``; under ``"auto"`` for a single vector whose batch has no
-        kept graph and will not get one (per column, forward mode costs a forward pass with tangents and one
-        backward pass; the reverse form builds the graph of ``z(u)`` first, worth it for several columns or when
-        that graph is kept for later products)."""
-        if self.jv_method != "auto":
-            return self.jv_method == "forward"
-        cache = self.graphs
-        return k == 1 and i not in cache.graphs and (not caching or i in cache.over_budget)
+    def _forward_mode(self) -> bool:
+        """Whether ``A v`` is computed in forward mode: for ``jv_method="forward"`` and ``"auto"`` (until forward
+        mode fails on the model), not for ``"reverse"``."""
+        return self.jv_method != "reverse"
 
     # ------------------------------------------------------------------ the loss in output space
     def _scale(self, f: torch.Tensor) -> tuple[float, float]:
@@ -236,11 +238,10 @@ class TorchCurvatureBackend(TorchBackend):
 
 def curvature_product(backend: TorchCurvatureBackend, V: torch.Tensor) -> torch.Tensor:
     """The curvature product ``sum_b w_b A_b^T M_b A_b V`` (module docstring), the counterpart of
-    :func:`hessop.backends.torch._products.double_backward` for the Hessian: per batch, through its kept graph
-    (reverse ``A v``), or by a forward-mode pass where no graph is or will be kept (see :meth:`_forward_mode`)."""
-    k = V.shape[1]
+    :func:`hessop.backends.torch._products.double_backward` for the Hessian: per batch, ``A v`` in forward mode
+    (:func:`_forward_columns`) or by the double vjp through the batch's kept graph (:func:`_reverse_columns`)."""
     cache, model = backend.graphs, backend.model
-    caching = backend.caching()
+    caching = backend.caching() and not backend._forward_mode()  # forward mode keeps no graph
     if caching:
         key = state_key(model, backend.data)
         if key != cache.key:
@@ -249,7 +250,7 @@ def curvature_product(backend: TorchCurvatureBackend, V: torch.Tensor) -> torch.
     with torch.enable_grad(), buffers_preserved(model):
         for i, (batch, w) in enumerate(backend._weighted()):
             term = None
-            if backend._forward_mode(i, k, caching):
+            if backend._forward_mode():
                 try:
                     term = _forward_columns(backend, i, batch, V)
                 except (RuntimeError, NotImplementedError) as e:
