@@ -161,8 +161,8 @@ class HessianOperator(LinearOperator):
         curvature : {"hessian", "ggn", "fisher", "empirical_fisher"}
             The matrix: the Hessian (default), the generalised Gauss-Newton, the Monte-Carlo Fisher or the
             empirical Fisher (:mod:`hessop.curvature`; :class:`hessop.backends.torch.TorchCurvatureBackend`).
-            The last three need ``loss_form="outputs"`` and a cross-entropy or MSE ``loss_fn``; ``hvp_method`` and
-            ``cache_memory`` do not apply to them.
+            The last three need ``loss_form="outputs"`` and a cross-entropy or MSE ``loss_fn``; ``hvp_method`` does
+            not apply to them, ``cache_memory`` only where forward mode fails on the model (reverse fallback).
         output_loss : {"cross_entropy", "mse"}, optional
             What ``loss_fn`` computes, for a callable hessop does not recognise (``torch.nn.CrossEntropyLoss``,
             ``MSELoss`` and their functional forms are); checked on the first batch.
@@ -222,7 +222,8 @@ class HessianOperator(LinearOperator):
                                        **problem)
             else:
                 backend = TorchCurvatureBackend(model, loss_fn, data, curvature=curvature, output_loss=output_loss,
-                                                mc_samples=mc_samples, fisher_seed=fisher_seed, **problem)
+                                                mc_samples=mc_samples, fisher_seed=fisher_seed,
+                                                cache_memory=cache_memory, **problem)
             return _symmetric(cls(half_precision_face(backend)), check_symmetric)
 
         return _build(make, comm, comm_timeout)
@@ -285,7 +286,6 @@ class HessianOperator(LinearOperator):
         array([1., 4.], dtype=float32)
         """
         try:
-            from hessop.backends.jax_curvature import JaxCurvatureBackend
             from hessop.backends.jax_mesh import mesh_backend
         except ModuleNotFoundError as e:
             if e.name is None or e.name.split(".")[0] not in ("jax", "jaxlib"):
@@ -293,18 +293,16 @@ class HessianOperator(LinearOperator):
             raise ImportError("HessianOperator.from_jax needs JAX: pip install jax (or jax[cuda12] for a GPU).") from e
         check_curvature(curvature, mc_samples, fisher_seed, output_loss, model_fn)
         hessian_backend, reduce_over = mesh_backend(comm)  # a Mesh: its sharded backend, nothing left to reduce
-        if curvature != "hessian" and comm is not None and reduce_over is None:
-            raise ValueError(f"curvature={curvature!r} over a jax.sharding.Mesh is not supported yet: pass comm=None "
-                             "(one device) or comm='jax' (one shard of the data per process).")
+        curvature_backend = mesh_backend(comm, curvature=True)[0]
 
         def make() -> HessianOperator:
             problem = {"reduction": reduction, "check_deterministic": check_deterministic, "batch_size": batch_size}
             if curvature == "hessian":
                 backend = hessian_backend(loss_fn, params, data, **problem)
             else:
-                backend = JaxCurvatureBackend(loss_fn, params, data, curvature=curvature, model_fn=model_fn,
-                                              output_loss=output_loss, mc_samples=mc_samples,
-                                              fisher_seed=fisher_seed, **problem)
+                backend = curvature_backend(loss_fn, params, data, curvature=curvature, model_fn=model_fn,
+                                            output_loss=output_loss, mc_samples=mc_samples,
+                                            fisher_seed=fisher_seed, **problem)
             return _symmetric(cls(backend), check_symmetric)
 
         return _build(make, reduce_over, comm_timeout)

@@ -160,6 +160,7 @@ class JaxCurvatureBackend(JaxBackend):
     def _check_loss(self, batch: Any) -> None:
         if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
             raise ValueError("with a curvature every batch must be (inputs, targets).")
+        batch = jax.device_put(tuple(batch), self.device)  # with theta (a mesh's sharded batch included)
         x, y = batch
         f = self.model_fn(self.unflatten(self.theta), x)
         rho = _scale(self._spec, f)[0]

@@ -200,3 +200,69 @@ def test_curvature_of_a_jax_operator_is_refused(problem):
     H = hessop.HessianOperator.from_jax(ce_loss, params, (x, y))
     with pytest.raises(TypeError, match="carries no model function"):
         hessop.curvature_of(H)
+
+
+_MESH_SCRIPT = r"""
+import json, sys
+import jax, jax.numpy as jnp, numpy as np
+jax.config.update("jax_enable_x64", True)
+from jax.sharding import Mesh
+import hessop
+
+def model_fn(p, x):
+    return jnp.tanh(x @ p["h"]["w"] + p["h"]["b"]) @ p["o"]["w"] + p["o"]["b"]
+
+def loss(p, batch):
+    x, y = batch
+    return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(model_fn(p, x)), y[:, None], axis=1))
+
+rng = np.random.default_rng(0)
+params = jax.tree_util.tree_map(jnp.asarray, {"h": {"w": rng.standard_normal((4, 5)), "b": rng.standard_normal(5)},
+                                              "o": {"w": rng.standard_normal((5, 3)), "b": rng.standard_normal(3)}})
+x, y = jnp.asarray(rng.standard_normal((24, 4))), jnp.asarray(rng.integers(0, 3, 24))
+batches = [(x[:8], y[:8]), (x[8:], y[8:])]
+mesh = Mesh(np.array(jax.devices()), ("data",))
+V = rng.standard_normal((43, 3))
+out = {"devices": len(jax.devices())}
+for c in ("ggn", "fisher", "empirical_fisher"):
+    kw = dict(curvature=c, model_fn=model_fn, output_loss="cross_entropy", mc_samples=2, fisher_seed=1)
+    one = hessop.HessianOperator.from_jax(loss, params, batches, **kw)
+    sharded = hessop.HessianOperator.from_jax(loss, params, batches, comm=mesh, **kw)
+    out[c] = {"one": (one @ V).tolist(), "mesh": (sharded @ V).tolist(), "describe": sharded.backend.describe(),
+              "type": type(sharded.backend).__name__,
+              "lanczos": [hessop.lanczos(op, 2, tol=1e-10).eigenvalues.tolist() for op in (one, sharded)]}
+    try:
+        hessop.HessianOperator.from_jax(loss, params, [(x[:6], y[:6])], comm=mesh, **kw)
+    except ValueError as e:
+        out[c]["uneven"] = str(e)
+json.dump(out, open(sys.argv[1], "w"))
+"""
+
+
+def test_mesh_curvature_equals_one_device(tmp_path):
+    """``from_jax(..., curvature=..., comm=Mesh(4 CPU devices))``: every batch split over the devices, the products
+    (a block of three vectors) and the top-2 Lanczos eigenvalues equal the one-device operator's to 1e-12 (the
+    Fisher's draws included); a batch that does not split evenly is refused."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    script, out = tmp_path / "mesh_curvature.py", tmp_path / "out.json"
+    script.write_text(_MESH_SCRIPT)
+    env = dict(os.environ, OMP_NUM_THREADS="1", JAX_PLATFORMS="cpu",
+               XLA_FLAGS="--xla_force_host_platform_device_count=4",
+               PYTHONPATH=os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")])))
+    subprocess.run([sys.executable, str(script), str(out)], check=True, cwd=root, timeout=600, env=env)
+    res = json.loads(out.read_text())
+    assert res["devices"] == 4
+    for c in ("ggn", "fisher", "empirical_fisher"):
+        r = res[c]
+        assert r["type"] == "MeshJaxCurvatureBackend" and "jax mesh (4 devices" in r["describe"]
+        assert f"curvature={c!r}" in r["describe"]
+        one, mesh = np.asarray(r["one"]), np.asarray(r["mesh"])
+        assert np.max(np.abs(mesh - one)) < RTOL * np.max(np.abs(one))
+        assert np.allclose(r["lanczos"][1], r["lanczos"][0], rtol=RTOL, atol=0)
+        assert "cannot be split evenly" in r["uneven"]
