@@ -5,7 +5,9 @@ the Jacobian of ``model_fn(params, inputs)`` (GGN, Fisher) or of the per-sample 
 ``jax.vjp`` of the outputs once, ``jax.jvp`` for ``A_b V`` (``vmap`` over the block's columns), ``M_b`` in closed
 form and the ``vjp`` for ``A_b^T``, in one compiled call per batch (compiled once per model function, layout,
 curvature and batch shape, as the Hessian's products are).  The data loop, weights, flattening, host transfers and
-the determinism check are those of :class:`hessop.backends.jax.JaxBackend`.
+the determinism check are those of :class:`hessop.backends.jax.JaxBackend`.  Blocks of leaves
+(:meth:`JaxCurvatureBackend.restrict`, :func:`hessop.by_block`) close the model function and the loss over the
+other leaves; batches sharded over a ``jax.sharding.Mesh``: :class:`hessop.backends.jax_mesh.MeshJaxCurvatureBackend`.
 """
 
 from __future__ import annotations
