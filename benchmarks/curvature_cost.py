@@ -4,22 +4,30 @@ Per model (one batch holding all samples, float32, eval mode, mean cross-entropy
 
 * ``gradient``: loss + ``torch.autograd.grad`` (the unit of every ratio);
 * ``hessop H``: the Hessian product with the defaults (for scale);
-* ``hessop G`` / ``hessop Fisher (MC, 1 draw)`` / ``hessop EF``: ``from_torch(..., curvature=...)`` products;
+* ``hessop G`` / ``hessop Fisher (MC, 1 draw)`` / ``hessop EF``: ``from_torch(..., curvature=...)`` products
+  (``A v`` in forward mode, the default);
+* ``hessop G (reverse A v, kept graph)``: the reverse fallback (``jv_method="reverse"``), through its kept graph;
 * ``curvlinops G`` / ``curvlinops EF``: ``GGNLinearOperator @ v`` / ``EFLinearOperator @ v`` (curvlinops 3);
 * ``eigenthings G`` / ``eigenthings EF``: ``GGNOperator.matvec`` / ``EmpiricalFisherOperator.matvec``.
 
 Columns: FLOPs of one product in gradients (``torch.utils.flop_counter.FlopCounterMode``: matrix products and
-convolutions, forward and backward; elementwise work is not counted), the median wall time of ``--repeats``
-interleaved calls after a warm-up and its ratio to the gradient's, and the largest relative difference of each
-peer's product from hessop's (they compute the same matrices).  Then the top-5 eigenvalues of G and of the
-empirical Fisher to relative tolerance 1e-6: ``hessop.lanczos`` (including the operator's construction and
-determinism check), ``scipy.sparse.linalg.eigsh`` on ``curvlinops``' SciPy face and ``hessian_eigenthings.lanczos``,
-with their product counts.  The first line prints the load average: timings are meaningful only on a quiet machine
-(load below 1); the FLOP ratios and product counts do not depend on it.
+convolutions, forward and backward; elementwise work is not counted; measured after a warm-up call, so a kept graph
+is already built), the median wall time of ``--repeats`` interleaved calls after that warm-up and its ratio to the
+gradient's, and the largest relative difference of each peer's product from hessop's (they compute the same
+matrices).  Then the top-5 eigenvalues of G and of the empirical Fisher, every solver at the same relative tolerance
+``--tol``: ``hessop.lanczos`` (including the operator's construction and its determinism check),
+``scipy.sparse.linalg.eigsh`` on curvlinops' SciPy face and ``hessian_eigenthings.lanczos`` on its operator, each
+``--top5-repeats`` times: median seconds, its ratio to hessop's, products (counted), and the largest relative
+difference of the eigenvalues from hessop's.  The first line prints the load average: timings are meaningful only
+on a quiet machine (load below 1); the FLOP ratios and product counts do not depend on it.
 
 Usage::
 
-    python benchmarks/curvature_cost.py [--repeats 5] [--threads 2] [--models cnn,resnet20] [--resnet-samples 32]
+    python benchmarks/curvature_cost.py [--repeats 5] [--top5-repeats 3] [--threads 2] [--models cnn,resnet20]
+                                        [--resnet-samples 32] [--cnn-samples 512] [--tol 1e-6] [--quick]
+
+``--quick`` is a smoke run (128 digits; the ResNet at a quarter of its width, about 17k parameters, on 8 samples;
+1 repeat; tolerance 1e-3): it checks that every case runs, not what it costs.
 """
 
 from __future__ import annotations
@@ -38,19 +46,21 @@ from torch import nn
 
 import hessop
 from hessop import HessianOperator
+from hessop.backends.torch import TorchCurvatureBackend
 from hessop.models.digits import SmallResNet, digits, train
 
 
-def problems(names: list[str], resnet_samples: int) -> dict:
+def problems(names: list[str], resnet_samples: int, cnn_samples: int = 512, steps: int = 150,
+             resnet_width: int = 16) -> dict:
     torch.manual_seed(0)
     out = {}
     if "cnn" in names:
-        x, y = digits(512)
+        x, y = digits(cnn_samples)
         model = SmallResNet().double()
-        train(model, x, y, steps=150)
+        train(model, x, y, steps=steps)
         out["cnn"] = (model.float().eval(), (x.float(), y))
     if "resnet20" in names:
-        out["resnet20"] = (resnet20().eval(), (torch.randn(resnet_samples, 3, 32, 32),
+        out["resnet20"] = (resnet20(resnet_width).eval(), (torch.randn(resnet_samples, 3, 32, 32),
                                                torch.randint(0, 10, (resnet_samples,))))
     return out
 
@@ -95,7 +105,9 @@ def products(name: str, model, batch, repeats: int) -> None:
     params = [p for p in model.parameters() if p.requires_grad]
     ops = {"hessop H": HessianOperator.from_torch(model, loss_fn, [batch]),
            **{f"hessop {label}": HessianOperator.from_torch(model, loss_fn, [batch], curvature=c)
-              for label, c in (("G", "ggn"), ("Fisher (MC, 1 draw)", "fisher"), ("EF", "empirical_fisher"))}}
+              for label, c in (("G", "ggn"), ("Fisher (MC, 1 draw)", "fisher"), ("EF", "empirical_fisher"))},
+           "hessop G (reverse A v, kept graph)": HessianOperator(TorchCurvatureBackend(
+               model, loss_fn, [batch], curvature="ggn", jv_method="reverse"))}
     n = ops["hessop H"].n
     v = torch.as_tensor(np.random.default_rng(0).standard_normal(n), dtype=torch.float32)
 
@@ -110,9 +122,9 @@ def products(name: str, model, batch, repeats: int) -> None:
         ref = ours[label.split()[-1]]
         diff = torch.linalg.vector_norm(cases[label]().detach().reshape(-1) - ref) / torch.linalg.vector_norm(ref)
         diffs[label] = float(diff)
-    work = {k: _flops(fn) for k, fn in cases.items()}
     for fn in cases.values():
-        fn()  # warm-up
+        fn()  # warm-up (builds the kept graphs)
+    work = {k: _flops(fn) for k, fn in cases.items()}
     times: dict[str, list[float]] = {k: [] for k in cases}
     for _ in range(repeats):
         for k, fn in cases.items():
@@ -139,51 +151,90 @@ class _Counted:
         return self.op.matvec(x)
 
 
-def top5(name: str, model, batch) -> None:
+def _counted(op):
+    """``op`` with its ``matvec`` counting its calls in ``op.products`` (hessian-eigenthings' operators)."""
+    inner, op.products = op.matvec, 0
+
+    def matvec(v):
+        op.products += 1
+        return inner(v)
+
+    op.matvec = matvec
+    return op
+
+
+def top5(name: str, model, batch, tol: float, repeats: int) -> None:
     from scipy.sparse.linalg import LinearOperator, eigsh
 
     loss_fn = nn.CrossEntropyLoss()
     params = [p for p in model.parameters() if p.requires_grad]
     made = peers(model, batch, loss_fn, params)
-    print(f"\nTop-5 eigenvalues to relative tolerance 1e-6, {name}:\n\n| matrix | solver | seconds | products | "
-          "eigenvalues |\n|---|---|---:|---:|---|")
+    print(f"\nTop-5 eigenvalues to relative tolerance {tol:g}, {name}, median of {repeats} run(s):\n\n"
+          "| matrix | solver | seconds | time / hessop's | products | max rel. difference from hessop's | "
+          "eigenvalues |\n|---|---|---:|---:|---:|---:|---|")
     for short, curvature in (("G", "ggn"), ("EF", "empirical_fisher")):
-        t = time.perf_counter()
-        r = hessop.lanczos(HessianOperator.from_torch(model, loss_fn, [batch], curvature=curvature), 5, tol=1e-6)
-        rows = [("hessop lanczos", time.perf_counter() - t, f"{r.n_hvp} (+2 check)", r.eigenvalues)]
+        def ours(curvature=curvature):
+            r = hessop.lanczos(HessianOperator.from_torch(model, loss_fn, [batch], curvature=curvature), 5,
+                               tol=tol)
+            return r.eigenvalues, f"{r.n_hvp} (+2 check)"
+
+        solvers = {"hessop lanczos": ours}
         if f"curvlinops {short}" in made:
-            t = time.perf_counter()
-            counted = _Counted(made[f"curvlinops {short}"]().to_scipy())
-            vals = eigsh(LinearOperator(counted.op.shape, counted.matvec, dtype=counted.op.dtype), k=5, which="LA",
-                         tol=1e-6, return_eigenvectors=False)
-            rows.append(("curvlinops + scipy eigsh", time.perf_counter() - t, counted.count, np.sort(vals)[::-1]))
+            def scipy_eigsh(make=made[f"curvlinops {short}"]):
+                counted = _Counted(make().to_scipy())
+                vals = eigsh(LinearOperator(counted.op.shape, counted.matvec, dtype=counted.op.dtype), k=5,
+                             which="LA", tol=tol, return_eigenvectors=False)
+                return np.sort(vals)[::-1], counted.count
+
+            solvers["curvlinops + scipy eigsh"] = scipy_eigsh
         if f"eigenthings {short}" in made:
             import hessian_eigenthings as he
 
-            t = time.perf_counter()
-            res = he.lanczos(made[f"eigenthings {short}"](), k=5, which="LA", tol=1e-6, seed=0)
-            vals = np.sort(np.asarray(res.eigenvalues.detach().cpu() if torch.is_tensor(res.eigenvalues)
-                                      else res.eigenvalues))[::-1]
-            rows.append(("eigenthings lanczos", time.perf_counter() - t, f"{res.iterations} iterations",
-                         vals))
-        for label, s, count, ev in rows:
-            print(f"| {short} | {label} | {s:.2f} | {count} | {' '.join(f'{x:.5g}' for x in np.asarray(ev))} |")
+            def eigenthings(make=made[f"eigenthings {short}"]):
+                op = _counted(make())
+                res = he.lanczos(op, k=5, which="LA", tol=tol, seed=0)
+                vals = res.eigenvalues.detach().cpu() if torch.is_tensor(res.eigenvalues) else res.eigenvalues
+                return np.sort(np.asarray(vals))[::-1], op.products
+
+            solvers["eigenthings lanczos"] = eigenthings
+        rows = {}
+        for _ in range(repeats):
+            for label, solve in solvers.items():  # interleaved, as the products above
+                t = time.perf_counter()
+                values, count = solve()
+                rows.setdefault(label, [[], None, None])[0].append(time.perf_counter() - t)
+                rows[label][1:] = [np.asarray(values, dtype=np.float64), count]
+        base = statistics.median(rows["hessop lanczos"][0])
+        ref = rows["hessop lanczos"][1]
+        for label, (secs, ev, count) in rows.items():
+            med = statistics.median(secs)
+            diff = float(np.max(np.abs(ev - ref)) / np.max(np.abs(ref)))
+            print(f"| {short} | {label} | {med:.2f} | {med / base:.2f} | {count} | {diff:.1e} | "
+                  f"{' '.join(f'{x:.5g}' for x in ev)} |")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--top5-repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--models", default="cnn,resnet20")
     parser.add_argument("--resnet-samples", type=int, default=32)
+    parser.add_argument("--cnn-samples", type=int, default=512)
+    parser.add_argument("--tol", type=float, default=1e-6)
+    parser.add_argument("--quick", action="store_true", help="smoke run: small batches, 1 repeat, tolerance 1e-3")
     args = parser.parse_args()
+    if args.quick:
+        args.repeats, args.top5_repeats, args.resnet_samples, args.cnn_samples, args.tol = 1, 1, 8, 128, 1e-3
     torch.set_num_threads(args.threads)
     load = os.getloadavg()[0]
     print(f"load average {load:.2f} on {os.cpu_count()} cores, {args.threads} torch threads, torch "
-          f"{torch.__version__}{' (timings unreliable: rerun on a quiet machine)' if load >= 1 else ''}")
-    for name, (model, batch) in problems(args.models.split(","), args.resnet_samples).items():
+          f"{torch.__version__}{' (timings unreliable: rerun on a quiet machine)' if load >= 1 else ''}"
+          f"{' [--quick: a smoke run, not a measurement]' if args.quick else ''}")
+    for name, (model, batch) in problems(args.models.split(","), args.resnet_samples, args.cnn_samples,
+                                         30 if args.quick else 150, 4 if args.quick else 16).items():
         products(name, copy.deepcopy(model), batch, args.repeats)
-        top5(name, model, batch)
+        top5(name, model, batch, args.tol, args.top5_repeats)
 
 
 if __name__ == "__main__":

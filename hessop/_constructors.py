@@ -103,7 +103,8 @@ def torch_operator(cls: type[HessianOperator], model: Any, loss_fn: Callable, da
         if curvature.curvature == "hessian":
             backend = TorchBackend(model, loss_fn, data, settings)
         else:
-            backend = TorchCurvatureBackend(model, loss_fn, data, **keywords(curvature), **settings.problem())
+            backend = TorchCurvatureBackend(model, loss_fn, data, **keywords(curvature), **settings.problem(),
+                                            cache_memory=settings.cache_memory)
         return checked_symmetric(cls(half_precision_face(backend)), check_symmetric)
 
     return reduced_over(make, comm, comm_timeout)
@@ -129,7 +130,6 @@ def jax_operator(cls: type[HessianOperator], loss_fn: Callable, params: Any, dat
     array([2.], dtype=float32)
     """
     try:
-        from hessop.backends.jax_curvature import JaxCurvatureBackend
         from hessop.backends.jax_mesh import mesh_backend
     except ModuleNotFoundError as e:
         if e.name is None or e.name.split(".")[0] not in ("jax", "jaxlib"):
@@ -137,15 +137,13 @@ def jax_operator(cls: type[HessianOperator], loss_fn: Callable, params: Any, dat
         raise ImportError("HessianOperator.from_jax needs JAX: pip install jax (or jax[cuda12] for a GPU).") from e
     check_curvature(**keywords(curvature), model_fn=model_fn)
     hessian_backend, reduce_over = mesh_backend(comm)  # a Mesh: its sharded backend, nothing left to reduce
-    if curvature.curvature != "hessian" and comm is not None and reduce_over is None:
-        raise ValueError(f"curvature={curvature.curvature!r} over a jax.sharding.Mesh is not supported yet: pass "
-                         "comm=None (one device) or comm='jax' (one shard of the data per process).")
+    curvature_backend = mesh_backend(comm, curvature=True)[0]
 
     def make() -> HessianOperator:
         if curvature.curvature == "hessian":
             backend = hessian_backend(loss_fn, params, data, settings)
         else:
-            backend = JaxCurvatureBackend(loss_fn, params, data, model_fn=model_fn, **keywords(curvature),
+            backend = curvature_backend(loss_fn, params, data, model_fn=model_fn, **keywords(curvature),
                                           **keywords(settings))
         return checked_symmetric(cls(backend), check_symmetric)
 

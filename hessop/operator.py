@@ -158,8 +158,8 @@ class HessianOperator(LinearOperator):
         curvature : {"hessian", "ggn", "fisher", "empirical_fisher"}
             The matrix: the Hessian (default), the generalised Gauss-Newton, the Monte-Carlo Fisher or the
             empirical Fisher (:mod:`hessop.curvature`; :class:`hessop.backends.torch.TorchCurvatureBackend`).
-            The last three need ``loss_form="outputs"`` and a cross-entropy or MSE ``loss_fn``; ``hvp_method`` and
-            ``cache_memory`` do not apply to them.
+            The last three need ``loss_form="outputs"`` and a cross-entropy or MSE ``loss_fn``; ``hvp_method`` does
+            not apply to them, ``cache_memory`` only where forward mode fails on the model (reverse fallback).
         output_loss : {"cross_entropy", "mse"}, optional
             What ``loss_fn`` computes, for a callable hessop does not recognise (``torch.nn.CrossEntropyLoss``,
             ``MSELoss`` and their functional forms are); checked on the first batch.

@@ -5,7 +5,9 @@ the Jacobian of ``model_fn(params, inputs)`` (GGN, Fisher) or of the per-sample 
 ``jax.vjp`` of the outputs once, ``jax.jvp`` for ``A_b V`` (``vmap`` over the block's columns), ``M_b`` in closed
 form and the ``vjp`` for ``A_b^T``, in one compiled call per batch (compiled once per model function, layout,
 curvature and batch shape, as the Hessian's products are).  The data loop, weights, flattening, host transfers and
-the determinism check are those of :class:`hessop.backends.jax.JaxBackend`.
+the determinism check are those of :class:`hessop.backends.jax.JaxBackend`.  Blocks of leaves
+(:meth:`JaxCurvatureBackend.restrict`, :func:`hessop.by_block`) close the model function and the loss over the
+other leaves; batches sharded over a ``jax.sharding.Mesh``: :class:`hessop.backends.jax_mesh.MeshJaxCurvatureBackend`.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from hessop.backends.base import DataView
 from hessop.backends.jax import JaxBackend, Static, unflatten_theta
 from hessop.backends.settings import JaxSettings
 from hessop.curvature import OUTPUT_LOSSES, WHY_OUTPUT_LOSS, check_curvature, draw_seed
@@ -160,6 +163,7 @@ class JaxCurvatureBackend(JaxBackend):
     def _check_loss(self, batch: Any) -> None:
         if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
             raise ValueError("with a curvature every batch must be (inputs, targets).")
+        batch = jax.device_put(tuple(batch), self.device)  # with theta (a mesh's sharded batch included)
         x, y = batch
         f = self.model_fn(self.unflatten(self.theta), x)
         rho = _scale(self._spec, f)[0]
@@ -194,8 +198,50 @@ class JaxCurvatureBackend(JaxBackend):
         extra = f", {self.mc_samples} draws, fisher_seed {self.fisher_seed}" if self.curvature == "fisher" else ""
         return f"{super().describe()[:-1]}, curvature={self.curvature!r} ({self.output_loss}{extra}))"
 
-    def restrict(self, names: list[str]) -> JaxBackend:
-        """Not available for a curvature backend (the block would need a model function of the selected leaves)."""
-        raise NotImplementedError("blocks (hessop.by_block) of a JAX curvature operator are not supported: build "
-                                  "the operator of the parameter subtree you want with model_fn closing over the "
-                                  "rest.")
+    def restrict(self, names: list[str]) -> JaxCurvatureBackend:
+        """A backend for the diagonal block of the leaves ``names`` (a subset of :attr:`names`) of the same curvature
+        matrix, as :meth:`hessop.backends.jax.JaxBackend.restrict` does for the Hessian: the other leaves are held
+        fixed at ``theta``, closed over by a model function (and a loss) of the selected leaves, so the block's
+        ``A_b`` is the columns of the full ``A_b`` for those leaves and ``M_b`` (outputs, the Fisher's draws: same
+        seed, same batches) is unchanged; same data, reduction and batch sizes; the determinism check is not
+        repeated.  ``names`` keep the full pytree's key paths.
+
+        Examples
+        --------
+        >>> x = jnp.array([[1.0, 0.0], [0.0, 2.0]])
+        >>> def model_fn(p, inputs):
+        ...     return inputs @ p["w"] + p["b"]
+        >>> def loss(p, batch):
+        ...     return jnp.mean((model_fn(p, batch[0]) - batch[1]) ** 2)
+        >>> G = JaxCurvatureBackend(loss, {"w": jnp.zeros((2, 1)), "b": jnp.zeros(1)}, (x, jnp.zeros((2, 1))),
+        ...                         curvature="ggn", model_fn=model_fn, output_loss="mse")
+        >>> G.names
+        ["['b']", "['w']"]
+        >>> G.restrict(["['w']"]).hvp(jnp.ones(2, dtype=G.dtype)).tolist()  # (2 / N) x^T x
+        [1.0, 4.0]
+        """
+        unknown = [n for n in names if n not in self.names]
+        if unknown or not names:
+            raise ValueError(f"restrict takes a non-empty subset of this operator's leaves; unknown: {unknown}")
+        idx = [self.names.index(n) for n in names]
+        leaves = jax.tree_util.tree_leaves(self.unflatten(self.theta))
+        treedef, loss_fn, model_fn = self.treedef, self.loss_fn, self.model_fn
+
+        def full(sub: list) -> Any:
+            every = list(leaves)
+            for i, leaf in zip(idx, sub, strict=True):
+                every[i] = leaf
+            return jax.tree_util.tree_unflatten(treedef, every)
+
+        def block_loss(sub: list, batch: Any) -> Any:
+            return loss_fn(full(sub), batch)
+
+        def block_model(sub: list, inputs: Any) -> Any:
+            return model_fn(full(sub), inputs)
+
+        sub = JaxCurvatureBackend(block_loss, [leaves[i] for i in idx], DataView(self.data),
+                                  curvature=self.curvature, model_fn=block_model, output_loss=self.output_loss,
+                                  mc_samples=self.mc_samples, fisher_seed=self.fisher_seed, reduction=self.reduction,
+                                  check_deterministic=False, batch_size=self._batch_size)
+        sub.names = [self.names[i] for i in idx]
+        return sub

@@ -3,7 +3,10 @@
 * ``from_jax(loss_fn, params, data, comm=mesh)`` with a ``jax.sharding.Mesh``: :class:`MeshJaxBackend`.  Every
   batch is placed with its leading (sample) axis split over all the mesh's devices, the parameters and vectors are
   replicated, and each batch's product stays the one jitted call of :class:`hessop.backends.jax.JaxBackend`: XLA's
-  SPMD partitioner inserts the reduction over the devices.  No hessop collective is involved.
+  SPMD partitioner inserts the reduction over the devices.  No hessop collective is involved.  The GGN, Fisher and
+  empirical Fisher (``curvature=``) likewise: :class:`MeshJaxCurvatureBackend`, the jitted products of
+  :class:`hessop.backends.jax_curvature.JaxCurvatureBackend` on sharded batches (the Fisher's draws are the same
+  as on one device: JAX's random numbers do not depend on the sharding).
 * ``comm="jax"`` after ``jax.distributed.initialize`` (several processes, each with its own shard):
   :class:`JaxProcessCommunicator`, a :class:`hessop.backends.comm.Communicator` whose sum is one jitted reduction
   over a global array holding one row per process (XLA's cross-process collectives: NCCL on GPUs, gloo on CPUs with
@@ -14,7 +17,6 @@ from __future__ import annotations
 
 import functools
 import pickle
-from dataclasses import replace
 from typing import Any, NoReturn
 
 import jax
@@ -26,12 +28,50 @@ from jax.sharding import PartitionSpec as P
 
 from hessop.backends.comm import DEFAULT_COMM_TIMEOUT, Communicator, Pending, exit_job
 from hessop.backends.jax import JaxBackend
-from hessop.backends.settings import JaxSettings
+from hessop.backends.jax_curvature import JaxCurvatureBackend
 
-__all__ = ["JaxProcessCommunicator", "MeshJaxBackend"]
+__all__ = ["JaxProcessCommunicator", "MeshJaxBackend", "MeshJaxCurvatureBackend"]
 
 
-class MeshJaxBackend(JaxBackend):
+class _Sharded:
+    """What a mesh adds to a JAX backend (the class after it in the MRO): batches sharded over the mesh's devices
+    by their leading axis, the parameters and vectors replicated."""
+
+    mesh: Mesh
+
+    def __init__(self, *args: Any, mesh: Mesh, **kwargs: Any) -> None:
+        if not isinstance(mesh, Mesh):
+            raise TypeError(f"mesh must be a jax.sharding.Mesh, got {type(mesh).__name__}")
+        self.mesh = mesh
+        self._data_sharding = NamedSharding(mesh, P(mesh.axis_names))
+        self._placed, self._check_pending = False, False
+        super().__init__(*args, **kwargs)  # its determinism check waits until the parameters are placed
+        self.device = NamedSharding(mesh, P())  # parameters and vectors: replicated on every device
+        self.theta = jax.device_put(self.theta, self.device)
+        self._placed = True
+        if self._check_pending:
+            self._check_deterministic()
+
+    def _check_deterministic(self) -> None:
+        if not self._placed:
+            self._check_pending = True
+            return
+        super()._check_deterministic()
+
+    def _batches(self) -> Any:
+        for batch in super()._batches():
+            sizes = {int(np.shape(leaf)[0]) for leaf in jax.tree_util.tree_leaves(batch) if np.ndim(leaf)}
+            if any(s % self.mesh.size for s in sizes):
+                raise ValueError(f"a batch of {sorted(sizes)} samples cannot be split evenly over the "
+                                 f"{self.mesh.size} devices of the mesh: use batch sizes that are multiples of "
+                                 f"{self.mesh.size} (the last batch of a loader included: drop or pad it).")
+            yield jax.device_put(batch, self._data_sharding)
+
+    def _mesh_words(self) -> str:
+        return f"{self.mesh.size} devices over axes {self.mesh.axis_names}"
+
+
+class MeshJaxBackend(_Sharded, JaxBackend):
     """:class:`~hessop.backends.jax.JaxBackend` with every batch sharded over the devices of ``mesh``.
 
     Maths
@@ -70,29 +110,43 @@ class MeshJaxBackend(JaxBackend):
     ('MeshJaxBackend', array([1., 4.], dtype=float32))
     """
 
-    def __init__(self, loss_fn: Any, params: Any, data: Any, settings: JaxSettings, *, mesh: Mesh) -> None:
-        if not isinstance(mesh, Mesh):
-            raise TypeError(f"mesh must be a jax.sharding.Mesh, got {type(mesh).__name__}")
-        self.mesh = mesh
-        self._data_sharding = NamedSharding(mesh, P(mesh.axis_names))
-        super().__init__(loss_fn, params, data, replace(settings, check_deterministic=False))
-        self.device = NamedSharding(mesh, P())  # parameters and vectors: replicated on every device
-        self.theta = jax.device_put(self.theta, self.device)
-        if settings.check_deterministic:
-            self._check_deterministic()
+    def describe(self) -> str:
+        return (f"jax mesh ({self._mesh_words()}, {len(self.shapes)} parameter arrays, {self.n_samples} samples, "
+                f"reduction={self.reduction!r})")
 
-    def _batches(self) -> Any:
-        for batch in super()._batches():
-            sizes = {int(np.shape(leaf)[0]) for leaf in jax.tree_util.tree_leaves(batch) if np.ndim(leaf)}
-            if any(s % self.mesh.size for s in sizes):
-                raise ValueError(f"a batch of {sorted(sizes)} samples cannot be split evenly over the "
-                                 f"{self.mesh.size} devices of the mesh: use batch sizes that are multiples of "
-                                 f"{self.mesh.size} (the last batch of a loader included: drop or pad it).")
-            yield jax.device_put(batch, self._data_sharding)
+
+class MeshJaxCurvatureBackend(_Sharded, JaxCurvatureBackend):
+    """:class:`~hessop.backends.jax_curvature.JaxCurvatureBackend` (GGN, Fisher, empirical Fisher) with every batch
+    sharded over the devices of ``mesh``, as :class:`MeshJaxBackend` for the Hessian: each batch's product is the
+    one jitted call of the one-device backend on a sharded batch and XLA reduces over the devices.  Blocks
+    (:meth:`restrict`) are one-device backends of the same block.
+
+    Parameters
+    ----------
+    loss_fn, params, data, check_deterministic, curvature, model_fn, output_loss, mc_samples, fisher_seed
+        As :class:`~hessop.backends.jax_curvature.JaxCurvatureBackend`.
+    mesh : jax.sharding.Mesh
+        As :class:`MeshJaxBackend`: each batch's leading dimension must be a multiple of ``mesh.size``.
+    **kwargs
+        ``reduction`` and ``batch_size``.
+
+    Examples
+    --------
+    >>> from hessop import HessianOperator
+    >>> def model_fn(p, inputs):
+    ...     return inputs @ p["w"]
+    >>> def loss(p, batch):
+    ...     return jnp.mean((model_fn(p, batch[0]) - batch[1]) ** 2)
+    >>> mesh = Mesh(np.array(jax.devices()[:1]), ("data",))
+    >>> x = jnp.array([[1.0, 0.0], [0.0, 2.0]])
+    >>> G = HessianOperator.from_jax(loss, {"w": jnp.zeros((2, 1))}, (x, jnp.zeros((2, 1))), comm=mesh,
+    ...                              curvature="ggn", model_fn=model_fn, output_loss="mse")
+    >>> type(G.backend).__name__, G @ np.ones(2, dtype=np.float32)
+    ('MeshJaxCurvatureBackend', array([1., 4.], dtype=float32))
+    """
 
     def describe(self) -> str:
-        return (f"jax mesh ({self.mesh.size} devices over axes {self.mesh.axis_names}, {len(self.shapes)} parameter "
-                f"arrays, {self.n_samples} samples, reduction={self.reduction!r})")
+        return f"jax mesh ({self._mesh_words()}, {JaxCurvatureBackend.describe(self).split('(', 1)[1]}"
 
 
 class JaxProcessCommunicator(Communicator):
@@ -185,15 +239,19 @@ class JaxProcessCommunicator(Communicator):
         return f"jax processes (rank {self.rank}/{self.size})"
 
 
-def mesh_backend(comm: Any) -> tuple[Any, Any]:
+def mesh_backend(comm: Any, curvature: bool = False) -> tuple[Any, Any]:
     """``(MeshJaxBackend bound to comm, None)`` when ``comm`` is a ``jax.sharding.Mesh`` (the devices reduce inside
-    XLA, no communicator), else ``(JaxBackend, comm)``; :meth:`hessop.HessianOperator.from_jax` calls it.
+    XLA, no communicator), else ``(JaxBackend, comm)``; with ``curvature=True`` the curvature backends
+    (:class:`MeshJaxCurvatureBackend`, :class:`~hessop.backends.jax_curvature.JaxCurvatureBackend`) instead;
+    :meth:`hessop.HessianOperator.from_jax` calls it.
 
     Examples
     --------
     >>> mesh_backend("jax")
     (<class 'hessop.backends.jax.JaxBackend'>, 'jax')
+    >>> mesh_backend(None, curvature=True)[0].__name__
+    'JaxCurvatureBackend'
     """
     if isinstance(comm, Mesh):
-        return functools.partial(MeshJaxBackend, mesh=comm), None
-    return JaxBackend, comm
+        return functools.partial(MeshJaxCurvatureBackend if curvature else MeshJaxBackend, mesh=comm), None
+    return (JaxCurvatureBackend if curvature else JaxBackend), comm

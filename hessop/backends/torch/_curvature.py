@@ -1,42 +1,57 @@
 """PyTorch curvature backends: products with the GGN, the Monte-Carlo Fisher and the empirical Fisher.
 
 Maths in :mod:`hessop.curvature`.  Every product is ``sum_b w_b A_b^T M_b A_b v``, ``A_b`` the Jacobian of the
-batch's outputs ``f`` (GGN, Fisher) or of its vector of per-sample losses (empirical Fisher), computed in reverse
-mode only, through the same autograd machinery as the Hessian's double-backward products
-(:func:`hessop.backends.torch._products.double_backward`):
+batch's outputs ``f`` (GGN, Fisher) or of its vector of per-sample losses (empirical Fisher), in three steps per
+batch and column: ``A v`` (a Jacobian-vector product), ``M (A v)`` in output space (closed form, ``O(N C)``) and
+``A^T (M A v)`` (a vector-Jacobian product: one backward pass).  ``A v`` is computed one of two ways
+(``jv_method``):
 
-1. one forward pass ``a = A(x)`` and one ``create_graph`` backward pass ``z(u) = A^T u`` of a zero dummy ``u``
-   (linear in ``u``), shared by the block's k columns;
-2. per column, ``A v = d(z(u) . v) / du`` (a backward pass through the graph of step 1, the "double vjp"),
-   ``M (A v)`` in output space (closed form, ``O(N C)``), and ``A^T (M A v)`` (a backward pass through the
-   forward graph).
+* ``"forward"`` (the default, ``"auto"``): one forward pass with dual parameters ``theta + eps v``
+  (``torch.autograd.forward_ad`` through ``torch.func.functional_call``; buffers, train-mode batch norm included)
+  gives the outputs, with their reverse graph, and their tangent ``A v`` at once; then the backward pass.  Cost per
+  column: a forward pass, its tangent (about two forward passes of arithmetic: ``dW x + W dx`` per layer) and a
+  backward pass, about 5/3 of a gradient: **1.71 gradients of arithmetic on the test CNN, 1.67 on a
+  ResNet-20-sized model** (``torch.utils.flop_counter.FlopCounterMode``, benchmarks/curvature_cost.py).  Nothing is
+  kept between products.
+* ``"reverse"`` (the fallback where an operation has no forward derivative): the "double vjp" ``A v =
+  d(z(u) . v) / du`` through the graph of ``z(u) = A^T u`` of a zero dummy ``u`` (one forward pass and one
+  ``create_graph`` backward pass, shared by the block's columns), then the backward pass for ``A^T``.  That graph
+  is kept between products within ``cache_memory`` by the Hessian's kept-graph cache
+  (:class:`hessop.backends.torch._graph_cache.GraphCache`, dropped when the model, its mode or the data change):
+  2.86 / 3.02 gradients (CNN / ResNet-20) for a product that builds it, 1.86 / 2.02 through a kept graph (the
+  double vjp costs more arithmetic than the forward tangent).
 
-So a single product costs about one forward and three backward passes, and each further column of a block two
-backward passes: 2.86 gradients of arithmetic on the test CNN, 3.02 on a ResNet-20-sized model (FlopCounterMode,
-benchmarks/curvature_cost.py, docs/benchmarks.md).  The data loop, batch weights, parameter selection
-(``params=``), device handling, determinism check and train-mode warnings are those of
-:class:`hessop.backends.torch.TorchBackend`; its ``hvp_method`` and ``cache_memory`` do not apply (no graph is kept
-between products).  Built by :meth:`hessop.HessianOperator.from_torch` with ``curvature=``, or from an existing
-backend by its ``curvature_backend`` (:func:`hessop.curvature_of`).
+The data loop, batch weights, parameter selection (``params=``), device handling, determinism check and
+train-mode warnings are those of :class:`hessop.backends.torch.TorchBackend`; its ``hvp_method`` does not apply.
+Built by :meth:`hessop.HessianOperator.from_torch` with ``curvature=``, or from an existing backend by its
+``curvature_backend`` (:func:`hessop.curvature_of`).
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 from typing import Any
 
 import torch
+import torch.autograd.forward_ad as fwAD
 from torch import nn
+from torch.func import functional_call
 from torch.nn import functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from hessop.backends.settings import TorchSettings
 from hessop.backends.torch._backend import TorchBackend
 from hessop.backends.torch._batches import to_device
+from hessop.backends.torch._graph_cache import state_key
 from hessop.backends.torch._train_mode import buffers_preserved
 from hessop.curvature import OUTPUT_LOSSES, WHY_OUTPUT_LOSS, check_curvature, draw_seed
 
-__all__ = ["TorchCurvatureBackend", "curvature_product"]
+__all__ = ["JV_METHODS", "TorchCurvatureBackend", "curvature_product"]
+
+JV_METHODS = ("auto", "forward", "reverse")
+"""How a curvature product computes ``A v`` (:class:`TorchCurvatureBackend`'s ``jv_method``)."""
 
 
 def _recognise(loss_fn: Callable, output_loss: str | None, reduction: str) -> tuple[str, float]:
@@ -86,6 +101,18 @@ class TorchCurvatureBackend(TorchBackend):
         CPU with a ``torch.Generator``, so the same on every device); default 0.
     output_loss : {"cross_entropy", "mse"}, optional
         What ``loss_fn`` computes, for a callable hessop does not recognise.
+    cache_memory : int, optional
+        For ``jv_method="reverse"``: budget in bytes for keeping each batch's graph of ``z(u) = A^T u`` between
+        products (forward mode keeps nothing), as the Hessian's
+        ``cache_memory`` (:class:`hessop.backends.torch.TorchBackend`; the same
+        :class:`~hessop.backends.torch._graph_cache.GraphCache`); default None: 1 GiB or a quarter of the free
+        memory; 0 keeps nothing.
+    jv_method : {"auto", "forward", "reverse"}
+        How ``A v`` is computed: ``"forward"`` by a forward-mode pass with dual parameters
+        (``torch.autograd.forward_ad``) per column, ``"reverse"`` by the double vjp through the graph of ``z(u)``
+        (kept between products where ``cache_memory`` allows); ``"auto"`` (default) is ``"forward"`` until forward
+        mode fails on the model (an operation without a forward derivative), then warns once and uses
+        ``"reverse"`` from then on.
 
     Examples
     --------
@@ -102,7 +129,10 @@ class TorchCurvatureBackend(TorchBackend):
     def __init__(self, model: nn.Module, loss_fn: Callable, data: Any, *, curvature: str, mc_samples: int = 1,
                  fisher_seed: int = 0, output_loss: str | None = None, params: Any = None, reduction: str = "mean",
                  loss_form: str = "outputs", check_deterministic: bool = True,
-                 batch_size: Callable[[Any], int] | None = None) -> None:
+                 batch_size: Callable[[Any], int] | None = None, cache_memory: int | None = None,
+                 jv_method: str = "auto") -> None:
+        if jv_method not in JV_METHODS:
+            raise ValueError(f"jv_method must be one of {', '.join(map(repr, JV_METHODS))}; got {jv_method!r}")
         if check_curvature(curvature, mc_samples, fisher_seed, output_loss) == "hessian":
             raise ValueError("TorchCurvatureBackend is for curvature='ggn', 'fisher' or 'empirical_fisher'; use "
                              "TorchBackend for the Hessian.")
@@ -111,15 +141,26 @@ class TorchCurvatureBackend(TorchBackend):
                              "loss_form='model' hessop sees only a scalar loss_fn(model, batch). Use "
                              "loss_form='outputs' with loss_fn(model(inputs), targets).")
         self.curvature, self.mc_samples, self.fisher_seed = curvature, int(mc_samples), int(fisher_seed)
-        self.output_loss = output_loss
+        self.output_loss, self.jv_method = output_loss, jv_method
+        self._kept: dict[int, tuple] = {}  # batch index -> (a, u, f, y, S) of its kept graph
         self.kind, self.label_smoothing = _recognise(loss_fn, output_loss, reduction)
         super().__init__(model, loss_fn, data, TorchSettings(params, reduction, loss_form, check_deterministic,
-                                                             batch_size, hvp_method="auto", cache_memory=0))
+                                                             batch_size, hvp_method="auto", cache_memory=cache_memory))
         self._check_loss(next(iter(self._batches())))
 
     def _options(self) -> dict[str, Any]:
         return {"curvature": self.curvature, "mc_samples": self.mc_samples, "fisher_seed": self.fisher_seed,
-                "output_loss": self.output_loss}
+                "output_loss": self.output_loss, "jv_method": self.jv_method, "cache_memory": self.cache_memory}
+
+    def clear_cache(self) -> None:
+        """Free every kept graph (rebuilt, within ``cache_memory``, by the next products)."""
+        super().clear_cache()
+        self._kept.clear()
+
+    def _forward_mode(self) -> bool:
+        """Whether ``A v`` is computed in forward mode: for ``jv_method="forward"`` and ``"auto"`` (until forward
+        mode fails on the model), not for ``"reverse"``."""
+        return self.jv_method != "reverse"
 
     # ------------------------------------------------------------------ the loss in output space
     def _scale(self, f: torch.Tensor) -> tuple[float, float]:
@@ -198,27 +239,105 @@ class TorchCurvatureBackend(TorchBackend):
 
 def curvature_product(backend: TorchCurvatureBackend, V: torch.Tensor) -> torch.Tensor:
     """The curvature product ``sum_b w_b A_b^T M_b A_b V`` (module docstring), the counterpart of
-    :func:`hessop.backends.torch._products.double_backward` for the Hessian."""
-    model, params, offsets = backend.model, backend.params, backend.offsets
+    :func:`hessop.backends.torch._products.double_backward` for the Hessian: per batch, ``A v`` in forward mode
+    (:func:`_forward_columns`) or by the double vjp through the batch's kept graph (:func:`_reverse_columns`)."""
+    cache, model = backend.graphs, backend.model
+    caching = backend.caching() and not backend._forward_mode()  # forward mode keeps no graph
+    if caching:
+        key = state_key(model, backend.data)
+        if key != cache.key:
+            backend.clear_cache()  # the kept graphs are stale
     out = torch.zeros_like(V)
     with torch.enable_grad(), buffers_preserved(model):
         for i, (batch, w) in enumerate(backend._weighted()):
-            x, y = to_device(batch, backend.device)
-            f = model(x)
+            term = None
+            if backend._forward_mode():
+                try:
+                    term = _forward_columns(backend, i, batch, V)
+                except (RuntimeError, NotImplementedError) as e:
+                    if backend.jv_method == "forward":
+                        raise
+                    backend.jv_method = "reverse"
+                    first = str(e).strip().splitlines()[0] if str(e).strip() else repr(e)
+                    warnings.warn(f"hessop: forward-mode Jacobian-vector products failed on this model "
+                                  f"({type(e).__name__}: {first}); curvature products use the reverse-only form "
+                                  "(a second backward pass) from now on. Pass jv_method='reverse' to silence this.",
+                                  UserWarning, stacklevel=4)
+            if term is None:
+                term = _reverse_columns(backend, i, batch, V, caching)
+            if term is not None:
+                out.add_(term, alpha=w)
+    if caching:  # restoring train-mode buffers (buffers_preserved) counts as an in-place change
+        cache.key = state_key(model, backend.data) if model.training else key
+    return out
+
+
+def _flat(grads: tuple, params: list[torch.Tensor]) -> torch.Tensor:
+    return torch.cat([g.reshape(-1) if g is not None else p.new_zeros(p.numel())
+                      for g, p in zip(grads, params, strict=True)])
+
+
+def _reverse_columns(backend: TorchCurvatureBackend, i: int, batch: Any, V: torch.Tensor,
+                     caching: bool) -> torch.Tensor | None:
+    """``A_b^T M_b A_b V`` for batch ``i`` with ``A_b v`` by the double vjp through the graph of ``z(u) = A_b^T u``
+    (kept between products by the backend's :class:`~hessop.backends.torch._graph_cache.GraphCache` within
+    ``cache_memory``); None when the outputs do not depend on the selected parameters."""
+    params, offsets = backend.params, backend.offsets
+    built: dict[str, Any] = {}
+
+    def dummy(batch: Any) -> torch.Tensor:  # a . u: its gradient is z(u) = A^T u, linear in the zero dummy u
+        x, y = to_device(batch, backend.device)
+        f = backend.model(x)
+        a = backend.per_sample_loss(f, y) if backend.curvature == "empirical_fisher" else f
+        u = torch.zeros_like(a, requires_grad=True)
+        built.update(a=a, u=u, f=f.detach(), y=y)
+        return (a * u).sum()
+
+    graph, kept = backend.graphs.gradient_graph(i, batch, dummy, params, backend.model, caching)
+    if graph is None:
+        return None  # the outputs do not depend on these parameters
+    if built:
+        S = backend.fisher_gradients(i, built["f"]) if backend.curvature == "fisher" else None
+        extras = (built["a"], built["u"], built["f"], built["y"], S)
+        if kept:
+            backend._kept[i] = extras
+    else:
+        extras = backend._kept[i]  # taken from the cache: built at an earlier product
+    a, u, fd, y, S = extras
+    used, z = graph
+    out = torch.empty_like(V)
+    for j in range(V.shape[1]):
+        v = V[:, j]
+        av, = torch.autograd.grad(z, u, retain_graph=True, grad_outputs=[
+            v[offsets[m]: offsets[m + 1]].view_as(z[q]) for q, m in enumerate(used)])
+        atm = torch.autograd.grad(a, params, grad_outputs=backend.output_product(fd, y, S, av),
+                                  retain_graph=kept or j < V.shape[1] - 1, allow_unused=True)
+        out[:, j] = _flat(atm, params)
+    return out
+
+
+def _forward_columns(backend: TorchCurvatureBackend, i: int, batch: Any, V: torch.Tensor) -> torch.Tensor:
+    """``A_b^T M_b A_b V`` for batch ``i``, per column one forward pass with dual parameters
+    (``torch.autograd.forward_ad``: the outputs with their reverse graph and the tangent ``A_b v`` at once) and
+    one backward pass for ``A_b^T``."""
+    params, offsets, names = backend.params, backend.offsets, backend.names
+    x, y = to_device(batch, backend.device)
+    out = torch.empty_like(V)
+    S = None
+    for j in range(V.shape[1]):
+        v = V[:, j]
+        with fwAD.dual_level(), sdpa_kernel(SDPBackend.MATH):  # the fused attention kernels have no forward AD
+            duals = {name: fwAD.make_dual(p, v[offsets[m]: offsets[m + 1]].view_as(p))
+                     for m, (name, p) in enumerate(zip(names, params, strict=True))}
+            f = functional_call(backend.model, duals, (x,), strict=False)
             a = backend.per_sample_loss(f, y) if backend.curvature == "empirical_fisher" else f
-            u = torch.zeros_like(a, requires_grad=True)
-            z = torch.autograd.grad(a, params, grad_outputs=u, create_graph=True, allow_unused=True)
-            used = [m for m, g in enumerate(z) if g is not None]
-            if not used:
-                continue  # the outputs do not depend on these parameters
-            fd = f.detach()
-            S = backend.fisher_gradients(i, fd) if backend.curvature == "fisher" else None
-            for j in range(V.shape[1]):
-                v = V[:, j]
-                av, = torch.autograd.grad([z[m] for m in used], u, retain_graph=True, grad_outputs=[
-                    v[offsets[m]: offsets[m + 1]].view_as(z[m]) for m in used])
-                atm = torch.autograd.grad(a, params, grad_outputs=backend.output_product(fd, y, S, av),
-                                          retain_graph=True, allow_unused=True)
-                out[:, j].add_(torch.cat([g.reshape(-1) if g is not None else p.new_zeros(p.numel())
-                                          for g, p in zip(atm, params, strict=True)]), alpha=w)
+            a, av = fwAD.unpack_dual(a)
+            fd = fwAD.unpack_dual(f).primal.detach()
+        if av is None or not a.requires_grad:
+            out[:, j] = 0  # the outputs do not depend on these parameters
+            continue
+        if backend.curvature == "fisher" and S is None:
+            S = backend.fisher_gradients(i, fd)
+        atm = torch.autograd.grad(a, params, grad_outputs=backend.output_product(fd, y, S, av), allow_unused=True)
+        out[:, j] = _flat(atm, params)
     return out

@@ -16,9 +16,18 @@ torch = pytest.importorskip("torch")
 from torch.func import functional_call, grad, jacrev, jvp, vmap  # noqa: E402
 
 import hessop  # noqa: E402
+from hessop.backends.torch import TorchCurvatureBackend  # noqa: E402
 
 F = torch.nn.functional
 RTOL = 1e-12
+JV = [("forward", None), ("reverse", None), ("reverse", 0)]  # (jv_method, cache_memory): forward mode, the double
+# vjp through a kept graph, the double vjp rebuilt at every product
+
+
+def _op(model, loss_fn, data, jv=("forward", None), **kw):
+    """The curvature operator with ``A v`` computed by ``jv = (jv_method, cache_memory)``."""
+    return hessop.HessianOperator(TorchCurvatureBackend(model, loss_fn, data, jv_method=jv[0], cache_memory=jv[1],
+                                                        **kw))
 
 
 def _flat_model(model):
@@ -91,6 +100,22 @@ def test_cnn_products_match_dense(cnn, curvature):
     assert _rel_err(ops[curvature] @ V[:, 0], refs[curvature] @ V[:, 0]) < RTOL
 
 
+@pytest.mark.parametrize("jv", JV[1:])
+@pytest.mark.parametrize("curvature", ["ggn", "fisher", "empirical_fisher"])
+def test_cnn_reverse_products_match_dense(cnn, torch_problem, curvature, jv):
+    """The reverse form of ``A v`` (the operators above use forward mode), with and without the kept graph: the
+    first product (which builds and keeps the graph), a later one (through it) and a single vector."""
+    ops, refs = cnn
+    p = torch_problem
+    kw = {"mc_samples": 2, "fisher_seed": 7} if curvature == "fisher" else {}
+    op = _op(p["model"], p["loss_fn"], (p["x"], p["y"]), jv, curvature=curvature, check_deterministic=False, **kw)
+    V = np.random.default_rng(1).standard_normal((op.n, 3))
+    for _ in range(2):
+        assert _rel_err(op @ V, refs[curvature] @ V) < RTOL
+    assert _rel_err(op @ V[:, 0], refs[curvature] @ V[:, 0]) < RTOL
+    assert (op.backend.cache_bytes > 0) == (jv[1] is None)
+
+
 def test_cnn_hessian_is_ggn_plus_residual(cnn, torch_problem):
     """H = G + R: the residual operator against R v computed from its own definition, and H v (dense, from the
     fixture) against G v + R v."""
@@ -156,24 +181,26 @@ def test_operator_is_psd_within_rounding(mlp, curvature, loss):
     assert lam[0] >= -1e-13 * lam[-1] and np.max(np.abs(A - A.T)) < 1e-15 * lam[-1] * A.shape[0]
 
 
+@pytest.mark.parametrize("jv", JV)
 @pytest.mark.parametrize("curvature", ["ggn", "empirical_fisher"])
-def test_unequal_batches_and_reductions(mlp, curvature):
+def test_unequal_batches_and_reductions(mlp, curvature, jv):
     model, x, y, _ = mlp
     refs = _dense_references(model, x, y)
     batches = [(x[:4], y[:4]), (x[4:11], y[4:11]), (x[11:], y[11:])]
-    mean = hessop.HessianOperator.from_torch(model, torch.nn.CrossEntropyLoss(), batches, curvature=curvature)
+    mean = _op(model, torch.nn.CrossEntropyLoss(), batches, jv, curvature=curvature)
     assert _rel_err(_dense(mean), refs[curvature]) < RTOL
-    total = hessop.HessianOperator.from_torch(model, torch.nn.CrossEntropyLoss(reduction="sum"), batches,
-                                              reduction="sum", curvature=curvature)
-    assert _rel_err(_dense(total), 13 * refs[curvature]) < RTOL
+    total = _op(model, torch.nn.CrossEntropyLoss(reduction="sum"), batches, jv, reduction="sum",
+                curvature=curvature)
+    for _ in range(2):  # the second through the kept graphs, where they are kept
+        assert _rel_err(_dense(total), 13 * refs[curvature]) < RTOL
 
 
-def test_fisher_sum_reduction_and_fixed_draws(mlp):
+@pytest.mark.parametrize("jv", JV)
+def test_fisher_sum_reduction_and_fixed_draws(mlp, jv):
     model, x, y, _ = mlp
     kw = {"curvature": "fisher", "mc_samples": 3, "fisher_seed": 5}
     mean = hessop.HessianOperator.from_torch(model, torch.nn.CrossEntropyLoss(), (x, y), **kw)
-    total = hessop.HessianOperator.from_torch(model, torch.nn.CrossEntropyLoss(reduction="sum"), (x, y),
-                                              reduction="sum", **kw)
+    total = _op(model, torch.nn.CrossEntropyLoss(reduction="sum"), (x, y), jv, reduction="sum", **kw)
     v = np.random.default_rng(0).standard_normal(mean.n)
     assert np.array_equal(mean @ v, mean @ v)  # the same draws at every product: one fixed matrix
     assert _rel_err(total @ v, 13 * (mean @ v)) < RTOL
@@ -182,14 +209,72 @@ def test_fisher_sum_reduction_and_fixed_draws(mlp):
     assert not np.allclose(other @ v, mean @ v)
 
 
+@pytest.mark.parametrize("jv", JV)
 @pytest.mark.parametrize("curvature", ["ggn", "fisher", "empirical_fisher"])
-def test_parameter_block(mlp, curvature):
+def test_parameter_block(mlp, curvature, jv):
+    """Blocks by params= (the last layer, the first layer's weight) and by restrict, each against the diagonal
+    block of the dense full matrix."""
     model, x, y, _ = mlp
     kw = {"curvature": curvature, "fisher_seed": 3}
     full = _dense(hessop.HessianOperator.from_torch(model, torch.nn.CrossEntropyLoss(), (x, y), **kw))
-    block = hessop.HessianOperator.from_torch(model, torch.nn.CrossEntropyLoss(), (x, y), params=["2"], **kw)
+    block = _op(model, torch.nn.CrossEntropyLoss(), (x, y), jv, params=["2"], **kw)
+    assert block.backend.jv_method == jv[0]
     assert _rel_err(_dense(block), full[-block.n:, -block.n:]) < RTOL
     assert _rel_err(_dense(hessop.HessianOperator(block.backend.restrict(["2.bias"]))), full[-3:, -3:]) < RTOL
+    first = _op(model, torch.nn.CrossEntropyLoss(), (x, y), jv, params=["0.weight"], **kw)
+    assert _rel_err(_dense(first), full[:24, :24]) < RTOL
+
+
+def test_kept_graph_follows_the_parameters(mlp):
+    """The reverse form's kept graph is dropped when a parameter changes in place: the next product is that of a
+    fresh operator at the new parameters."""
+    model, x, y, _ = mlp
+    op = _op(model, torch.nn.CrossEntropyLoss(), (x, y), ("reverse", None), curvature="ggn")
+    v = np.random.default_rng(5).standard_normal(op.n)
+    before = op @ v
+    assert op.backend.cache_bytes > 0
+    with torch.no_grad():
+        model[0].weight.mul_(1.5)
+    fresh = _op(model, torch.nn.CrossEntropyLoss(), (x, y), ("reverse", 0), curvature="ggn") @ v
+    assert not np.allclose(before, fresh)
+    assert _rel_err(op @ v, fresh) < RTOL
+
+
+class _NoForwardAD(torch.autograd.Function):
+    """tanh with a backward (differentiable: double backward works) and no forward-mode derivative."""
+
+    @staticmethod
+    def forward(ctx, t):
+        out = torch.tanh(t)
+        ctx.save_for_backward(t)
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        t, = ctx.saved_tensors
+        return g * (1 - torch.tanh(t) ** 2)
+
+
+def test_forward_mode_falls_back_to_reverse(mlp):
+    """A model with an operation that has no forward derivative: ``"auto"`` warns once, then computes the products
+    in the reverse form (equal to those of the same model with torch.tanh); ``"forward"`` raises."""
+    model, x, y, _ = mlp
+
+    class Custom(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = model[0], model[2]
+
+        def forward(self, t):
+            return self.b(_NoForwardAD.apply(self.a(t)))
+
+    ref = _dense(hessop.HessianOperator.from_torch(model, torch.nn.CrossEntropyLoss(), (x, y), curvature="ggn"))
+    with pytest.warns(UserWarning, match="forward-mode Jacobian-vector products failed"):
+        op = hessop.HessianOperator.from_torch(Custom(), torch.nn.CrossEntropyLoss(), (x, y), curvature="ggn")
+    assert op.backend.jv_method == "reverse"
+    assert _rel_err(_dense(op), ref) < RTOL
+    with pytest.raises(RuntimeError):
+        _op(Custom(), torch.nn.CrossEntropyLoss(), (x, y), ("forward", None), curvature="ggn")
 
 
 def test_mse_against_dense(mlp):
@@ -249,6 +334,7 @@ def test_declared_output_loss(mlp):
      "class weights"),
     ({"curvature": "ggn", "output_loss": "mse"}, None, "targets have shape"),
     ({"curvature": "ggn", "loss_form": "model"}, None, "loss_form='model'"),
+    ({"curvature": "ggn", "jv_method": "double_backward"}, None, "jv_method must be one of"),
 ])
 def test_refusals(mlp, kwargs, loss, match):
     model, x, y, _ = mlp
@@ -256,4 +342,7 @@ def test_refusals(mlp, kwargs, loss, match):
     if kwargs.get("loss_form") == "model":
         loss = lambda m, b: F.cross_entropy(m(b[0]), b[1])  # noqa: E731
     with pytest.raises((ValueError, TypeError), match=match):
-        hessop.HessianOperator.from_torch(model, loss, (x, y), **kwargs)
+        if "jv_method" in kwargs:
+            TorchCurvatureBackend(model, loss, (x, y), **kwargs)
+        else:
+            hessop.HessianOperator.from_torch(model, loss, (x, y), **kwargs)
