@@ -86,7 +86,7 @@ def test_diagonal_to_a_target(request, name, target, method):
     goal = max(target.get("rtol", 0) * np.sqrt(np.mean(d.diagonal**2)), target.get("atol", 0))
     assert d.converged and d.method == method and d.n_samples >= 32 and "target met" in d.stop_reason
     assert d.diagonal.dtype == A.dtype and d.std_error.dtype == A.dtype
-    assert (d.n_hvp == d.n_samples) == (method == "hutchinson")
+    assert d.n_hvp > d.n_samples  # beside the batch: its pilot (Hutchinson: two stages since issue 26) or a sketch
     if method == "diag++":
         assert d.rank >= 16 and d.n_hvp <= 300 and "cut the entries' mean variance" in d.choice
     assert np.sqrt(np.mean(half**2)) <= goal * (1 + 1e-5)

@@ -185,5 +185,5 @@ def test_identical_float32_samples_keep_their_rounding_in_the_interval(estimator
     r = (hessop.hutchinson(op, max_hvp=32, seed=0) if estimator == "hutchinson"
          else hessop.trace(op, rtol=1e-3, max_hvp=200, seed=0))
     lo, hi = r.interval()
-    assert lo <= exact <= hi and 0 < r.rounding < 1e-8 * exact
+    assert lo <= exact <= hi and 0 < r.rounding < 1e-7 * exact  # the terms' own float32 rounding, u sum|v_i (Dv)_i|
     assert hi - lo < 1e-6 * exact  # the bound is the float64 sum's, not float32's
