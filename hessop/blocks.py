@@ -113,7 +113,7 @@ class BlockTable:
     >>> print(table)  # doctest: +ELLIPSIS
     group   n  lambda_max  residual  trace  +- s.e.  HVPs
     -----------------------------------------------------
-    weight  3           4   ...      5  ...     7
+    weight  3           4   ...      5  ...     6
     bias    1           2   ...      2  ...     2
 
     ``table.to_csv(path)`` and ``table.to_json(path)`` save it, ``table.plot(path)`` draws bars (matplotlib).
