@@ -43,10 +43,13 @@ are recorded in :attr:`ProductError.n_hvp`.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from hessop._array import vector_norm
 
 __all__ = ["SAFETY", "ProductError", "measure_product_error"]
 
@@ -133,41 +136,55 @@ def measure_product_error(op: Any) -> ProductError:
         return op.backend.inner.product_error_info  # solver_dtype: the products are the inner operator's
     if isinstance(op.backend, MatrixBackend):
         return ProductError(0.0, 0.0, 0.0, "stored matrix", 0)
-    n = op.n
+    n, xp = op.n, op.xp
     rng = np.random.default_rng(_SEED)
     U = rng.standard_normal((n, 3))
     U /= np.linalg.norm(U, axis=0)
     S = _C * U.sum(axis=1, keepdims=True)
-    Y = np.asarray(op.to_numpy(op.backend.hvp_block(op.cast(np.concatenate([U, S], axis=1)))), dtype=np.float64)
-    if not np.all(np.isfinite(Y)):
+    X = op.cast(np.concatenate([U, S], axis=1))  # one move to the device; its first 3 columns are the vectors
+    Y = op.backend.hvp_block(X)                  # as the products saw them
+    # Everything below stays on the device (in float64 where the namespace has it; JAX without x64 keeps float32)
+    # and only scalars come back, in one transfer: the 3 x 3 Gram matrix, the witness's norm, the wider products'
+    # error norms and Rayleigh defects, and a count of non-finite products.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # JAX without x64 warns that float64 is not available
+        X64, Y64 = xp.astype(X, xp.float64), xp.astype(Y, xp.float64)
+    Uc, Y3 = X64[:, :3], Y64[:, :3]
+    lin = Y64[:, 3] / _C - xp.sum(Y3, axis=1)
+    parts = [xp.reshape(xp.matrix_transpose(Uc) @ Y3, (9,)), xp.reshape(xp.linalg.vector_norm(lin), (1,)),
+             xp.reshape(xp.astype(xp.sum(xp.astype(~xp.isfinite(Y64), xp.int32)), Y64.dtype), (1,))]
+    wide = _reference_products(op, U)
+    if wide is not None:
+        err = Y3 - wide
+        parts += [xp.linalg.vector_norm(err, axis=0), xp.sum(Uc * err, axis=0)]
+    small = np.asarray(op.to_numpy(xp.concat(parts)), dtype=np.float64)
+    if small[10] > 0 or not np.all(np.isfinite(small)):
         raise FloatingPointError(
             "a Hessian-vector product returned NaN or Inf while hessop measured the operator's product error (its "
             "first use of the precision floor). Check the loss for overflow (e.g. log of 0), the data for NaN, or "
             "use float64 parameters.")
-    U = np.asarray(op.to_numpy(op.cast(U)), dtype=np.float64)  # the vectors as the products saw them
-    G = U.T @ Y[:, :3]
+    G = small[:9].reshape(3, 3)
     sym = np.abs(G - G.T)[np.triu_indices(3, 1)]
     rayleigh = float(np.max(sym))
     delta_sym = math.sqrt(n / 2) * float(np.sqrt(np.mean(sym ** 2)))
-    lin = Y[:, 3] / _C - Y[:, :3].sum(axis=1)
-    delta_lin = float(np.linalg.norm(lin)) / math.sqrt(6)
+    delta_lin = vector_norm(op, lin, plain=small[9]) / math.sqrt(6)
     delta = max(delta_sym, delta_lin)
     method, n_hvp = "witnesses", 4
-    wide = _reference_products(op, U)
     if wide is not None:
-        err = Y[:, :3] - wide
-        delta = max(delta, float(np.sqrt(np.mean(np.sum(err ** 2, axis=0)))))
-        rayleigh = max(rayleigh, float(np.max(np.abs(np.sum(U * err, axis=0)))))
+        err_norms = vector_norm(op, err, axis=0, plain=small[11:14])
+        delta = max(delta, float(np.sqrt(np.mean(err_norms ** 2))))
+        rayleigh = max(rayleigh, float(np.max(np.abs(small[14:17]))))
         method, n_hvp = "float64 products", 7
     return ProductError(SAFETY * math.sqrt(n) * delta, delta, rayleigh, method, n_hvp)
 
 
-def _reference_products(op: Any, U: np.ndarray) -> np.ndarray | None:
+def _reference_products(op: Any, U: np.ndarray) -> Any:
     """``H U`` in float64 through a widened copy of the model, for a PyTorch model whose products are narrower
-    than float64; None where there is none (other backends, float64 models, a loss that cannot be widened)."""
+    than float64, on the model's device; None where there is none (other backends, float64 models, a loss that
+    cannot be widened)."""
     backend = op.backend.model_backend
     if type(backend).__name__ != "TorchBackend" or op.product_eps <= float(np.finfo(np.float64).eps):
         return None
     from hessop.backends.torch._products import reference_products
 
-    return reference_products(backend, U)
+    return reference_products(backend, U, host=False)

@@ -130,11 +130,12 @@ def _widen(batch: Any) -> Any:
     return batch
 
 
-def reference_products(backend: TorchBackend, U: Any) -> Any:
+def reference_products(backend: TorchBackend, U: Any, host: bool = True) -> Any:
     """``H U`` in float64 for host columns ``U`` (NumPy, (n, k)): forward-over-reverse through float64 copies of
     every parameter, floating buffer and floating batch tensor (``functional_call``; the model is not changed).
     For measuring the rounding of a float32 or half-precision model's own products
-    (:mod:`hessop._product_error`).  Returns a host float64 array, or None when the loss cannot be evaluated in
+    (:mod:`hessop._product_error`).  Returns a host float64 array (with ``host=False`` a float64 tensor on the
+    model's device), or None when the loss cannot be evaluated in
     float64 (a ``loss_fn`` that builds tensors of a fixed dtype): the caller then measures without it."""
     import numpy as np
 
@@ -165,4 +166,4 @@ def reference_products(backend: TorchBackend, U: Any) -> Any:
                     out[:, j] += w * torch.cat([hv[name].reshape(-1) for name in fnames]).to(torch.float64)
     except (RuntimeError, TypeError, NotImplementedError):
         return None
-    return out.cpu().numpy()
+    return out.cpu().numpy() if host else out
