@@ -8,7 +8,6 @@ import json
 import re
 
 import numpy as np
-import pytest
 
 from hessop.cli import main
 from hessop.testing import outlier_spectrum
@@ -35,13 +34,14 @@ def test_report_numbers_match_the_exact_spectrum(tmp_path, capsys, matrix_spec):
         got, res = np.array(eig[name]["eigenvalues"]), np.array(eig[name]["residuals"])
         assert all(eig[name]["converged"]) and np.all(res <= 1e-8 * np.abs(got))
         assert np.all(np.abs(got - truth) <= res + 1e-12)  # the reported residual bounds the error
-        assert eig[name]["n_hvp"] == eig[name]["n_iter"] + len(got) > len(got)  # + k products verifying residuals
+        # verify="auto": a verification product only for a pair whose product-free residual bound fails
+        assert eig[name]["n_iter"] <= eig[name]["n_hvp"] <= eig[name]["n_iter"] + len(got)
     tr = rep["sections"]["trace"]
     assert tr["requested_method"] == "auto" and tr["method"] == "hutch++" and tr["converged"] and tr["rank"] >= 6
     lo, hi = tr["interval_95"]
     assert hi - lo <= 2 * 0.02 * abs(tr["estimate"])  # the 2% target, met
     assert abs(tr["estimate"] - lam.sum()) <= 3.5 * tr["std_error"]  # (the 95% interval misses 1 seed in 20)
-    assert tr["interval_95"] == pytest.approx([tr["estimate"] - (hi - lo) / 2, tr["estimate"] + (hi - lo) / 2])
+    assert lo < tr["estimate"] < hi  # not symmetric about it: the interval is corrected for the samples' skewness
     assert "target met" in tr["stop_reason"] and tr["n_hvp"] <= tr["max_hvp"] == 2000
     dens = rep["sections"]["density"]
     assert dens["n_hvp"] == 4 * 40 and len(dens["nodes"]) == 4

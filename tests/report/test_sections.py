@@ -68,7 +68,7 @@ def test_layers_and_landscape_sections(tmp_path, write_spec):
     pytest.importorskip("jax")
     spec = write_spec(LAYERED)
     out = tmp_path / "rep"
-    args = ["--top", "2", "--bottom", "0", "--trace-hvp", "32", "--no-density", "--layers", "--layers-k", "2",
+    args = ["--top", "2", "--bottom", "0", "--trace-hvp", "64", "--no-density", "--layers", "--layers-k", "2",
             "--landscape", "grid", "--landscape-points", "5", "--landscape-radius", "0.5"]
     assert main(["analyze", f"{spec}:problem", "--out", str(out), *args]) == 0
     rep = json.loads((out / "report.json").read_text())

@@ -32,7 +32,7 @@ def test_jax_and_torch_problems(tmp_path, write_spec):
             return {"model": model, "loss_fn": torch.nn.MSELoss(), "data": [(x, y)], "reduction": "mean"}
     """)
     out = tmp_path / "jax"
-    args = ["--top", "2", "--bottom", "1", "--trace-hvp", "32", "--density-steps", "5", "--density-draws", "2"]
+    args = ["--top", "2", "--bottom", "1", "--trace-hvp", "64", "--density-steps", "5", "--density-draws", "2"]
     assert main(["analyze", f"{spec}:jax_problem", "--out", str(out), *args]) == 0
     rep = json.loads((out / "report.json").read_text())
     assert rep["description"] == "quadratic" and rep["operator"]["dtype"] == "float32"
