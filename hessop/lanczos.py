@@ -33,7 +33,7 @@ import numpy as np
 import scipy.linalg
 from array_api_compat import device
 
-from hessop._array import host_norm, make_rng, set_column, vector_norm
+from hessop._array import host_norm, make_rng, pow2_scale, set_column, vector_norm
 from hessop._progress import Progress
 from hessop._validate import check_cast, check_choice, check_finite, check_int, check_k, check_shape, check_tol
 from hessop.operator import HessianOperator, as_operator
@@ -131,9 +131,14 @@ class Krylov:
         self.C[j + 1, j] = beta
         # rounding of the two Gram-Schmidt passes, of h1 + h2 and of w / beta (probabilistic model, as the floor's
         # sqrt(n) eps: sqrt(terms) u times the sizes involved); the product's own error is one unit
+        # (on the coefficients scaled by a power of two near their largest: exact, and no sum of them overflows at
+        # the top of the range)
         self.err_units[j] = 1.0
-        self.err_other[j] = self.u * (2 * np.sqrt(j + 2) * (host_norm(np.append(h, beta)) + np.sum(np.abs(h)))
-                                      + beta)
+        hb_m = np.append(h, beta)
+        sc = float(pow2_scale(np.max(np.abs(hb_m))))
+        hb_m = hb_m / sc
+        self.err_other[j] = self.u * (2 * np.sqrt(j + 2) * (host_norm(hb_m) + np.sum(np.abs(hb_m[:-1])))
+                                      + hb_m[-1]) * sc
         self.n_mult += 1
         self.T[j, j] = alpha
         self.anorm = max(self.anorm, abs(alpha) + beta + (self.T[j, j - 1] if j else 0.0))
@@ -212,9 +217,7 @@ class Krylov:
         iteration cannot reduce because of the precision (the rounding terms; couplings dropped from the relation,
         :attr:`err_coupled`, are in the bound but not in this part)."""
         j = self.j
-        Cs = self.C[: j + 1, :j] @ S
-        Cs[:j] -= S * theta
-        coef = host_norm(Cs, axis=0)
+        coef = self._coupling(S, theta, j + 1)
         if ERROR_MODEL == "operator":
             # the products' error as a perturbed operator; the rounding of the vector updates of earlier restarts
             # (not a product error, it accumulates) as the carried block bound
@@ -223,9 +226,21 @@ class Krylov:
         else:
             err = np.abs(S).T @ (self.err_units[:j] * unit + self.err_other[:j])
             err += (self.carried_units * unit + self.carried_other) * host_norm(S[: self.carried], axis=0)
-        yerr = 2 * anorm * np.sqrt(j + 1) * self.u * qnorm
+        yerr = 2 * np.sqrt(j + 1) * self.u * qnorm * anorm  # the small factors first: 2 anorm may overflow
         floor_part = err + yerr
         return qnorm * coef + floor_part + np.abs(S).T @ self.err_coupled[:j], floor_part
+
+    def _coupling(self, S: np.ndarray, theta: np.ndarray, rows: int) -> np.ndarray:
+        """``||C[:rows, :j] s_i - [theta_i s_i; 0]||`` for each column ``s_i`` of ``S``, computed on ``C`` and
+        ``theta`` scaled by a power of two near their largest entry (exact), so that neither the product nor the
+        norm over- or underflows anywhere in float64's range."""
+        j = self.j
+        C = self.C[:rows, :j]
+        sc = float(pow2_scale(max(float(np.max(np.abs(C), initial=0.0)),
+                                  float(np.max(np.abs(theta), initial=0.0)))))
+        Cs = (C / sc) @ S
+        Cs[:j] -= S * (theta / sc)
+        return host_norm(Cs, axis=0) * sc
 
     def ritz(self) -> tuple[np.ndarray, np.ndarray]:
         """Eigenpairs ``(theta, S)`` of the current projected matrix ``T_j`` (ascending)."""
@@ -240,8 +255,7 @@ class Krylov:
         Sk = S[:, keep]
         # the relation of the kept vectors: H y = theta y + b q_next + (Q_j (C s - theta s) + F s + rounding of Q s),
         # the bracket joining their error bound (in product-error units and in absolute terms)
-        Cs = self.C[:j, :j] @ Sk - Sk * theta[keep]
-        other = 1.01 * host_norm(Cs, axis=0) + 2 * self.anorm * np.sqrt(j + 1) * self.u
+        other = 1.01 * self._coupling(Sk, theta[keep], j) + 2 * np.sqrt(j + 1) * self.u * self.anorm
         # ||[F_kept, F_new] S|| <= ||[F_kept, F_new]||_2 <= hypot(block bound + ||per-column part||_F, ||F_new||_F)
         c = self.carried
         cu = np.hypot(self.carried_units + host_norm(self.err_units[:c]), host_norm(self.err_units[c:j]))

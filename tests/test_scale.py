@@ -12,7 +12,8 @@ themselves are representable:
 
 * float32: ``e`` in [-100, 127] for the eigensolvers (below ``2**-103 = smallest_normal / eps`` the products lose
   whole digits to underflow; ``||H|| < 2**128``), [-90, 119] for the estimators (their probes have entries +-1 and
-  norm ``sqrt(n)``, so ``v^T H v`` is about ``n ||H||``; with n = 40 it overflows beyond ``2**122``);
+  norm ``sqrt(n)``, so ``v^T H v`` is about ``n ||H||``; with n = 40 it exceeds float32's range beyond
+  ``2**122``, where it is only representable because the samples are summed in float64);
 * float64: ``e`` in [-965, 1021] for the eigensolvers (``2**-970 = smallest_normal / eps``; ``3 ||H||`` must be
   finite), [-955, 1015] for the estimators.
 
@@ -117,11 +118,21 @@ def test_estimators_keep_their_intervals_over_the_whole_range(dtype, e):
 
 def test_products_that_overflow_get_a_clear_error():
     """Past the range: an infinite product is blamed on the product; a sum of finite products that overflows
-    (``v^T H v`` of size ``n ||H||``) says so instead of blaming the products."""
+    (``v^T H v`` of size ``n ||H||``) says so instead of blaming the products.
+
+    The estimators sum float32 samples in float64 (``quadratic_forms``), so a float32 ``v^T H v`` beyond float32's
+    range (``||H|| = 2**126``, trace ``11 * 2**126``; before, this raised) is now computed and correct; the sum
+    still overflows where it exceeds float64's range (``||H|| = 2**1021``, float64 products)."""
     with pytest.raises(FloatingPointError, match="product returned NaN or Inf"), np.errstate(all="ignore"):
         hessop.lanczos(HessianOperator.from_function(lambda v: v * np.float32(2.0**127) * 4, N, np.float32), 1)
-    with pytest.raises(FloatingPointError, match="the products are finite and a sum of them"):
-        hessop.hutchinson(diag_op(np.float32, 126), max_hvp=8)
+    r = hessop.hutchinson(diag_op(np.float32, 126), max_hvp=8)
+    exact = np.ldexp(float(np.sum(SPEC.astype(np.float32), dtype=np.float64)), 126)
+    assert exact > float(np.finfo(np.float32).max) and np.isfinite(r.estimate)
+    lo, hi = r.interval()
+    assert lo <= exact <= hi and abs(r.estimate - exact) <= r.rounding, (r.estimate, exact, r.rounding)
+    with pytest.raises(FloatingPointError, match="the products are finite and a sum of them"), \
+            np.errstate(all="ignore"):
+        hessop.hutchinson(diag_op(np.float64, 1021), max_hvp=8)
 
 
 def test_a_norm_beyond_float64_says_so():

@@ -28,10 +28,22 @@ def t_quantile(level: float, dof: int) -> float:
 
 def skewness(x: np.ndarray) -> float:
     """The adjusted sample skewness ``G1 = sqrt(N (N - 1)) / (N - 2) * m3 / m2^(3/2)`` of the samples ``x`` (0 for
-    fewer than 3 samples or no spread): the ``gamma`` of :func:`skew_interval`."""
+    fewer than 3 samples or no spread): the ``gamma`` of :func:`skew_interval`.
+
+    Computed on ``x / m``, ``m`` a power of two near ``max |x|`` (exact, and ``G1`` does not depend on the scale):
+    the cubed deviations of samples near 1e-140 underflow and ``m2^(3/2)`` of samples near 1e110 overflows.
+
+    Examples
+    --------
+    >>> x = np.array([1.0, 2.0, 6.0])
+    >>> skewness(x * 2.0 ** -600) == skewness(x) == skewness(x * 2.0 ** 600) > 0
+    True
+    """
     N = x.size
     if N < 3:
         return 0.0
+    x = np.asarray(x, dtype=np.float64)
+    x = x / float(pow2_scale(np.max(np.abs(x), initial=0.0)))
     d = x - np.mean(x)
     m2 = float(np.mean(d * d))
     if not m2 > 0:
