@@ -133,6 +133,30 @@ def test_jax_tracking_with_an_operator_callable():
         assert sum(r.lanczos_hvp for r in warm.records) < sum(r.lanczos_hvp for r in cold.records)
 
 
+def test_warm_runs_keep_the_multiplicity_check_after_a_repeated_eigenvalue(monkeypatch):
+    """A warm start is one vector (one copy of each eigenvalue in its Krylov space): a record whose wanted
+    eigenvalues repeat makes the next warm run check for copies again; distinct ones let it skip the check."""
+    import hessop.tracking as tracking
+
+    checks = []
+
+    def spy(*args, **kwargs):
+        checks.append(kwargs["check_multiplicity"])
+        return hessop.lanczos(*args, **kwargs)
+
+    monkeypatch.setattr(tracking, "lanczos", spy)
+    lam = np.concatenate([[5.0, 5.0, 4.0], np.linspace(0.1, 1.0, 37)])
+    for spectrum, want in ((lam, [True, True, True]), (lam[1:], [True, False, False])):
+        H = hessop.HessianOperator.from_matrix(matrix_with_spectrum(spectrum, seed=2))
+        tracker = Tracker(lambda H=H: H, top_k=3, tol=1e-8)
+        checks.clear()
+        for step in range(3):
+            tracker.update(step)
+        assert [r.warm for r in tracker.records] == [False, True, True] and checks == want
+        for r in tracker.records:
+            np.testing.assert_allclose(r.top, np.sort(spectrum)[::-1][:3], rtol=1e-7)
+
+
 def test_bad_input():
     M = hessop.HessianOperator.from_matrix(np.eye(3))
     with pytest.raises(ValueError, match="nothing to track"):
