@@ -278,6 +278,7 @@ def test_memory_budget_blocks_the_draws_and_reports_it():
     calls = []
     op = hessop.HessianOperator.from_function(lambda v: A @ v, 300, hvp_block=lambda V: calls.append(V.shape[1])
                                               or A @ V, check_symmetric=False)
+    op.product_error = 0  # the blocks recorded are the draws', not the product-error measurement's block of 4
     sd = hessop.slq(op, n_iter=20, max_hvp=200, seed=4, memory=3 * 24 + 5)  # 3 draws of 20 + 4 vectors fit
     assert sd.blocks == (3, 3, 3, 1) and sd.memory == 3 * 24 <= 3 * 24 + 5
     assert set(calls) == {3, 1} and "blocks=(3, 3, 3, 1)" in repr(sd)
