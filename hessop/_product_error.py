@@ -49,7 +49,7 @@ from typing import Any
 
 import numpy as np
 
-from hessop._array import vector_norm
+from hessop._array import host_norm, vector_norm
 
 __all__ = ["SAFETY", "ProductError", "measure_product_error"]
 
@@ -158,7 +158,8 @@ def measure_product_error(op: Any) -> ProductError:
         err = Y3 - wide
         parts += [xp.linalg.vector_norm(err, axis=0), xp.sum(Uc * err, axis=0)]
     small = np.asarray(op.to_numpy(xp.concat(parts)), dtype=np.float64)
-    if small[10] > 0 or not np.all(np.isfinite(small)):
+    norms = [9, 11, 12, 13] if wide is not None else [9]  # plain norms: their squares may overflow (rescaled below)
+    if small[10] > 0 or not np.all(np.isfinite(np.delete(small, norms))) or np.any(np.isnan(small[norms])):
         raise FloatingPointError(
             "a Hessian-vector product returned NaN or Inf while hessop measured the operator's product error (its "
             "first use of the precision floor). Check the loss for overflow (e.g. log of 0), the data for NaN, or "
@@ -166,13 +167,13 @@ def measure_product_error(op: Any) -> ProductError:
     G = small[:9].reshape(3, 3)
     sym = np.abs(G - G.T)[np.triu_indices(3, 1)]
     rayleigh = float(np.max(sym))
-    delta_sym = math.sqrt(n / 2) * float(np.sqrt(np.mean(sym ** 2)))
+    delta_sym = math.sqrt(n / 2) * host_norm(sym) / math.sqrt(sym.size)  # rms; squares would under/overflow
     delta_lin = vector_norm(op, lin, plain=small[9]) / math.sqrt(6)
     delta = max(delta_sym, delta_lin)
     method, n_hvp = "witnesses", 4
     if wide is not None:
         err_norms = vector_norm(op, err, axis=0, plain=small[11:14])
-        delta = max(delta, float(np.sqrt(np.mean(err_norms ** 2))))
+        delta = max(delta, host_norm(err_norms) / math.sqrt(err_norms.size))  # rms, scale-safe
         rayleigh = max(rayleigh, float(np.max(np.abs(small[14:17]))))
         method, n_hvp = "float64 products", 7
     return ProductError(SAFETY * math.sqrt(n) * delta, delta, rayleigh, method, n_hvp)
