@@ -29,6 +29,7 @@ from jax.sharding import PartitionSpec as P
 from hessop.backends.comm import DEFAULT_COMM_TIMEOUT, Communicator, Pending, exit_job
 from hessop.backends.jax import JaxBackend
 from hessop.backends.jax_curvature import JaxCurvatureBackend
+from hessop.backends.settings import JaxSettings
 
 __all__ = ["JaxProcessCommunicator", "MeshJaxBackend", "MeshJaxCurvatureBackend"]
 
@@ -109,6 +110,9 @@ class MeshJaxBackend(_Sharded, JaxBackend):
     >>> type(H.backend).__name__, H.to_numpy(H.hvp(H.asarray(np.ones(2, dtype=np.float32))))
     ('MeshJaxBackend', array([1., 4.], dtype=float32))
     """
+
+    def __init__(self, loss_fn: Any, params: Any, data: Any, settings: JaxSettings, *, mesh: Mesh) -> None:
+        super().__init__(loss_fn, params, data, settings, mesh=mesh)
 
     def describe(self) -> str:
         return (f"jax mesh ({self._mesh_words()}, {len(self.shapes)} parameter arrays, {self.n_samples} samples, "
