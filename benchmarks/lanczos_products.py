@@ -23,12 +23,9 @@ from hessop.testing import matrix_with_spectrum
 def cnn():
     import torch
 
-    from hessop.models.digits import SmallResNet, digits, train
+    from hessop.models.digits import trained_cnn
 
-    torch.manual_seed(0)
-    x, y = digits(256)
-    model = SmallResNet().double()
-    train(model, x, y, steps=150)
+    model, x, y = trained_cnn(256)
     H = hessop.HessianOperator.from_torch(model, torch.nn.CrossEntropyLoss(), (x, y))
     cache = os.environ.get("HESSOP_CNN_HESSIAN")  # a .npy file keeping the dense Hessian between runs
     if cache and os.path.exists(cache):

@@ -35,12 +35,9 @@ def matrix_problem():
 def network_problem():
     import torch
 
-    from hessop.models.digits import SmallResNet, digits, train
+    from hessop.models.digits import trained_cnn
 
-    torch.manual_seed(0)
-    x, y = digits(512)
-    model = SmallResNet().double()
-    train(model, x, y, steps=150)
+    model, x, y = trained_cnn(512)
     H = hessop.HessianOperator.from_torch(model, torch.nn.CrossEntropyLoss(), (x, y))
     dense = H.matmat(np.eye(H.n))
     return H, np.linalg.eigvalsh((dense + dense.T) / 2)[::-1]

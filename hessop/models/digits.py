@@ -181,6 +181,24 @@ def demo_operator(seconds: float = 2.0, seed: int = 0, samples: int | None = Non
     return H, summary
 
 
+def trained_cnn(n_samples: int, *, seed: int = 0, steps: int = 150) -> tuple[SmallResNet, torch.Tensor, torch.Tensor]:
+    """The benchmarks' test network: ``torch.manual_seed(seed)``, the first ``n_samples`` digits (float64) and a
+    float64 :class:`SmallResNet` (1,706 parameters) trained on them with :func:`train` for ``steps`` Adam steps
+    (default 150).  Returns ``(model, x, y)``.
+
+    Examples
+    --------
+    >>> model, x, y = trained_cnn(64, steps=2)
+    >>> sum(p.numel() for p in model.parameters()), tuple(x.shape), x.dtype
+    (1706, (64, 1, 8, 8), torch.float64)
+    """
+    torch.manual_seed(seed)
+    x, y = digits(n_samples)
+    model = SmallResNet().double()
+    train(model, x, y, steps=steps)
+    return model, x, y
+
+
 def analyze_problem(seed: int = 0, device: str | None = None, *, steps: int = 150,
                     hessian_samples: int = 256) -> dict:
     """The problem ``hessop analyze`` runs when given no SPEC (``hessop.models.digits:analyze_problem``).
