@@ -8,7 +8,7 @@ import numpy as np
 
 from hessop._array import make_rng, vector_norm
 from hessop._validate import check_finite, check_int, check_k, check_real, check_tol
-from hessop.lanczos import start_vector
+from hessop.krylov import start_vector
 from hessop.operator import as_operator
 from hessop.results import (
     EigenResult,

@@ -31,7 +31,7 @@ from hessop._validate import check_choice, check_int
 from hessop.estimators._estimates import TraceEstimate
 from hessop.estimators._run import Run, check_budget
 from hessop.estimators._stats import mean_se, skewness, target_rule, warn_not_converged
-from hessop.lanczos import Krylov
+from hessop.krylov import Krylov
 from hessop.operator import as_operator
 
 __all__ = ["SpectralDensity", "slq"]
