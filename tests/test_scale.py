@@ -36,7 +36,7 @@ from array_api_compat import array_namespace
 import hessop
 from hessop import HessianOperator
 from hessop._array import host_norm, pow2_scale, vector_norm
-from hessop.estimators._stats import _Moments, _Samples, jackknife_se, mean_se
+from hessop.estimators._stats import Moments, Samples, jackknife_se, mean_se
 from hessop.testing import matrix_with_spectrum
 
 N = 40
@@ -186,13 +186,13 @@ def test_vector_norm_on_framework_arrays(backend):
 
 @pytest.mark.parametrize("e", [-1000, -700, -200, 0, 200, 700, 1000])
 def test_host_statistics_are_scale_safe(e):
-    """mean_se, _Samples and jackknife_se on float64 samples ``2**e x``: ``2**e`` times the unscaled figures
+    """mean_se, Samples and jackknife_se on float64 samples ``2**e x``: ``2**e`` times the unscaled figures
     (before: a standard error of 0 below 2**-511 and inf above 2**511)."""
     x = np.random.default_rng(0).standard_normal(50) + 3.0
     m0, s0 = mean_se(x)
     m, s = mean_se(np.ldexp(x, e))
     assert (np.ldexp(m, -e), np.ldexp(s, -e)) == pytest.approx((m0, s0), rel=1e-14)
-    samples = _Samples()
+    samples = Samples()
     samples.add(np.ldexp(x, e))
     half, est, one = samples.interval()
     assert np.ldexp(half, -e) == pytest.approx(1.9 * s0, rel=0.1) and np.ldexp(est, -e) == pytest.approx(m0)
@@ -210,12 +210,12 @@ def test_running_moments_are_scale_safe(dtype):
     rng = np.random.default_rng(1)
     blocks = [rng.standard_normal((6, 4)) + 1.0 for _ in range(3)]
     lo, hi = int(np.log2(fi.smallest_normal)) + 30, int(np.log2(fi.max)) - 5
-    base = _Moments(H)
+    base = Moments(H)
     for b in blocks:
         base.add(H.asarray(b.astype(dtype)))
     se0 = np.asarray(base.std_error(), dtype=np.float64)
     for e in (lo, lo // 2, hi // 2, hi):
-        acc = _Moments(H)
+        acc = Moments(H)
         for b in blocks:
             acc.add(H.asarray(np.ldexp(b, e).astype(dtype)), "x")
         se = np.ldexp(np.asarray(acc.std_error(), dtype=np.float64), -e)
@@ -225,7 +225,7 @@ def test_running_moments_are_scale_safe(dtype):
         assert np.ldexp(half, -e) == pytest.approx(half0, rel=1e-4) and np.ldexp(rms, -e) == pytest.approx(rms0,
                                                                                                            rel=1e-4)
     # a first block of zeros, then blocks at the top of the range: the scale follows the largest samples
-    acc = _Moments(H)
+    acc = Moments(H)
     acc.add(H.asarray(np.zeros((6, 4), dtype=dtype)))
     for b in blocks:
         acc.add(H.asarray(np.ldexp(b, hi).astype(dtype)))

@@ -181,13 +181,10 @@ class FunctionBackend(Backend):
 
     name = "numpy"
 
-    def __init__(
-        self,
-        hvp: Callable[[np.ndarray], np.ndarray],
-        n: int,
-        dtype: Any = np.float64,
-        hvp_block: Callable[[np.ndarray], np.ndarray] | None = None,
-    ) -> None:
+    def __init__(self, hvp: Callable[[np.ndarray], np.ndarray], n: int, dtype: Any = np.float64,
+                 hvp_block: Callable[[np.ndarray], np.ndarray] | None = None) -> None:
+        """The arguments of :meth:`hessop.HessianOperator.from_function`, which builds this backend (and adds the
+        symmetry check)."""
         if not callable(hvp):
             raise TypeError(f"hvp must be callable, got {type(hvp).__name__}")
         if not isinstance(n, (int, np.integer)) or n < 2:

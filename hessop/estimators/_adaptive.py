@@ -23,13 +23,13 @@ from hessop.estimators._exact import exact_diagonal_estimate, exact_trace
 from hessop.estimators._run import Run
 from hessop.estimators._stats import (
     MIN_RTOL_SAMPLES,
-    _Moments,
-    _Samples,
-    _samples_needed,
+    Moments,
+    Samples,
     batch_size,
     mean_se,
     out_of_reach,
     quadratic_forms,
+    samples_needed,
     target_rule,
     warn_not_converged,
 )
@@ -63,10 +63,10 @@ class _TraceKind:
     def __init__(self, op: Any) -> None:
         self.op = op
 
-    def store(self) -> _Samples:
-        return _Samples()
+    def store(self) -> Samples:
+        return Samples()
 
-    def hutchinson_block(self, rng: np.random.Generator, k: int, plain: _Samples, *more: _Samples) -> Any:
+    def hutchinson_block(self, rng: np.random.Generator, k: int, plain: Samples, *more: Samples) -> Any:
         """``k`` Rademacher probes: their samples (with rounding bounds) added to ``plain`` and ``more``; returns
         their products ``H V``."""
         op = self.op
@@ -90,7 +90,7 @@ class _TraceKind:
     def exact(self, block_size: int) -> TraceEstimate:
         return exact_trace(self.op, block_size)
 
-    def result(self, samples: _Samples, offset: float, **fields: Any) -> TraceEstimate:
+    def result(self, samples: Samples, offset: float, **fields: Any) -> TraceEstimate:
         x = samples.values
         mean, se = mean_se(x) if x.size else (float("nan"), float("nan"))
         return TraceEstimate(estimate=offset + mean, std_error=se, samples=x, skewness=samples.skewness(),
@@ -105,10 +105,10 @@ class _DiagonalKind(_TraceKind):
     half_width = "root-mean-square 95% half-width"
     result_type, native = DiagonalEstimate, ("diagonal", "std_error")
 
-    def store(self) -> _Moments:
-        return _Moments(self.op)
+    def store(self) -> Moments:
+        return Moments(self.op)
 
-    def hutchinson_block(self, rng: np.random.Generator, k: int, plain: _Moments, *more: _Moments) -> Any:
+    def hutchinson_block(self, rng: np.random.Generator, k: int, plain: Moments, *more: Moments) -> Any:
         V = probe_block(self.op, rng, k)
         Y = self.op.hvp_block(V)
         for i, store in enumerate((plain, *more)):
@@ -127,7 +127,7 @@ class _DiagonalKind(_TraceKind):
     def exact(self, block_size: int) -> DiagonalEstimate:
         return exact_diagonal_estimate(self.op, block_size)
 
-    def result(self, samples: _Moments, offset: Any, **fields: Any) -> DiagonalEstimate:
+    def result(self, samples: Moments, offset: Any, **fields: Any) -> DiagonalEstimate:
         return DiagonalEstimate(diagonal=offset + samples.mean, std_error=samples.std_error(), per_parameter=None,
                                 n_samples=samples.count, **fields)
 
@@ -179,7 +179,7 @@ class _Engine:
             room = 2 * k <= self.max_rank and self.run.spent + 2 * k < budget
             if self.target is not None:
                 _, scale, half_one = self.plain.interval()
-                need = k + _samples_needed(half_one, self.target(scale), k)
+                need = k + samples_needed(half_one, self.target(scale), k)
                 worth, why = need >= TRY_DEFLATION_BLOCKS * b, (
                     f"the first {k} products predict ~{need:.0f} for plain Hutchinson (< {TRY_DEFLATION_BLOCKS} "
                     "blocks): deflation not tried")
@@ -267,13 +267,13 @@ class _Engine:
                 return "target out of reach"
         if not enough or (target is None and loop.mode == "hutchinson"):
             return ""
-        more = _samples_needed(half_one, target(scale), samples.count) if target is not None else left
+        more = samples_needed(half_one, target(scale), samples.count) if target is not None else left
         if target is not None and more >= run.op.n and left >= run.op.n:
             return dataclasses.replace(self.kind.exact(self.b), n_hvp=run.spent, choice=(
                 f"{loop.mode}: ~{more:.0f} more products predicted, exact costs n = {run.op.n}"))
         if loop.mode == self.kind.deflated and self.try_doubling(more):
             return "again"
-        if target is not None and isinstance(samples, _Samples):
+        if target is not None and isinstance(samples, Samples):
             self.reach = out_of_reach(samples, target, run.spent, self.budget, self.offset)
             if self.reach:
                 return "target out of reach"

@@ -21,7 +21,7 @@ from hessop._validate import check_choice, check_int
 from hessop.estimators._adaptive import DEFAULT_MAX_RANK, _DiagonalKind, adaptive
 from hessop.estimators._estimates import DiagonalEstimate, per_parameter
 from hessop.estimators._run import MAX_HVP, Run, check_budget
-from hessop.estimators._stats import MIN_RTOL_SAMPLES, _Moments
+from hessop.estimators._stats import MIN_RTOL_SAMPLES, Moments
 from hessop.estimators._xdiag import xdiag
 from hessop.operator import as_operator
 
@@ -166,7 +166,7 @@ def diagonal(
 def _fixed(op: Any, n_samples: int, block_size: int, seed: Any, progress: bool | None,
            checkpoint: str | os.PathLike | None) -> DiagonalEstimate:
     """Hutchinson's diagonal on ``n_samples`` Rademacher probes."""
-    kind, acc = _DiagonalKind(op), _Moments(op)
+    kind, acc = _DiagonalKind(op), Moments(op)
     settings = {"max_hvp": n_samples, "block_size": block_size, "method": "hutchinson"}
     with Run(op, "diagonal", seed, settings, checkpoint, progress, n_samples, "sample") as run:
         rng = run.rng(make_rng(seed))

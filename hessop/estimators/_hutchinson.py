@@ -11,19 +11,9 @@ import numpy as np
 from hessop._array import make_rng
 from hessop._probes import DEFAULT_BLOCK, DISTRIBUTIONS, probe_block
 from hessop._validate import check_choice, check_int
+from hessop.estimators import _stats as st
 from hessop.estimators._estimates import TraceEstimate
 from hessop.estimators._run import MAX_HVP, Run, check_budget
-from hessop.estimators._stats import (
-    MIN_RTOL_SAMPLES,
-    _Samples,
-    bar_fields,
-    batch_size,
-    mean_se,
-    out_of_reach,
-    quadratic_forms,
-    target_rule,
-    warn_not_converged,
-)
 from hessop.operator import as_operator
 
 
@@ -113,13 +103,13 @@ def hutchinson(
     distribution = check_choice(distribution, "distribution", DISTRIBUTIONS)
     block_size = check_int(block_size, "block_size", 1)
     if targeted:
-        total = check_budget(max_hvp, MIN_RTOL_SAMPLES, "a target (never met on fewer samples)", MAX_HVP)
+        total = check_budget(max_hvp, st.MIN_RTOL_SAMPLES, "a target (never met on fewer samples)", MAX_HVP)
     else:
         total = check_budget(max_hvp, 1, "one sample")
-    target = target_rule(rtol, atol) if targeted else None
+    target = st.target_rule(rtol, atol) if targeted else None
     settings = {"rtol": rtol, "atol": atol, "max_hvp": total, "block_size": block_size, "distribution": distribution}
-    samples, batch = _Samples(), _Samples()  # every sample; with a target, the current batch
-    plan = {"size": MIN_RTOL_SAMPLES, "planned": False}
+    samples, batch = st.Samples(), st.Samples()  # every sample; with a target, the current batch
+    plan = {"size": st.MIN_RTOL_SAMPLES, "planned": False}
     reach = ""
     with Run(op, "hutchinson", seed, settings, checkpoint, progress, total, "sample") as run:
         rng = run.rng(make_rng(seed))
@@ -131,14 +121,14 @@ def hutchinson(
         while not (targeted and (converged or reach)) and samples.count < total:
             k = min(block_size, total - samples.count)
             V = probe_block(op, rng, k, distribution)
-            x, bound = quadratic_forms(op, V, op.hvp_block(V))
+            x, bound = st.quadratic_forms(op, V, op.hvp_block(V))
             samples.add(x, "the quadratic form v^T H v", bound)
             if targeted:
                 batch.add(x, None, bound)
                 if plan["planned"] and batch.count < plan["size"]:
                     # while a batch fills, every sample may show the target out of reach (no interval is then
                     # reported as met, so looking does not bias one)
-                    reach = out_of_reach(samples, target, samples.count, total, have=batch.count)
+                    reach = st.out_of_reach(samples, target, samples.count, total, have=batch.count)
                     if reach:
                         run.save(samples=samples, batch=batch, converged=converged, rng=rng, plan=plan["size"],
                                  planned=plan["planned"], reach=reach)
@@ -147,18 +137,18 @@ def hutchinson(
                     half, estimate, half_one = batch.interval()
                     converged = plan["planned"] and half <= target(estimate)
                     if not converged:
-                        reach = out_of_reach(batch, target, samples.count, total)
-                        size = batch_size(half_one, target(estimate), batch.count, total)
+                        reach = st.out_of_reach(batch, target, samples.count, total)
+                        size = st.batch_size(half_one, target(estimate), batch.count, total)
                         plan = {"size": size, "planned": True}
-                        batch = _Samples()
+                        batch = st.Samples()
             run.save(samples=samples, batch=batch, converged=converged, rng=rng, plan=plan["size"],
                      planned=plan["planned"], reach=reach)
-            run.bar.update(k, bar_fields, samples.values)
+            run.bar.update(k, st.bar_fields, samples.values)
     used = batch if targeted and converged else samples
-    mean, se = mean_se(used.values)
+    mean, se = st.mean_se(used.values)
     half = used.interval()[0] if used.count > 1 else math.inf
     if not converged:
-        warn_not_converged("hutchinson", rtol, atol, f"max_hvp={total}", mean, half, reach=reach)
+        st.warn_not_converged("hutchinson", rtol, atol, f"max_hvp={total}", mean, half, reach=reach)
     return TraceEstimate(estimate=mean, std_error=se, samples=used.values, n_hvp=run.spent, converged=converged,
                          method=f"hutchinson({distribution})",
                          stop_reason=(f"target met: 95% half-width {half:.3g}" if converged else

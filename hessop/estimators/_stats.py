@@ -199,7 +199,7 @@ REACH_MARGIN = 2.0
 left."""
 
 
-def out_of_reach(samples: _Samples, target: Any, spent: int, budget: int, offset: Any = 0.0, have: int = 0) -> str:
+def out_of_reach(samples: Samples, target: Any, spent: int, budget: int, offset: Any = 0.0, have: int = 0) -> str:
     """Why a target cannot be met within the products left, or "" while it may be.
 
     From ``MIN_RTOL_SAMPLES`` samples on (a pilot), the next fresh batch of the two-stage rule needs
@@ -284,14 +284,14 @@ def batch_size(half_one: float, goal: float, pilot: int, cap: float = math.inf) 
     return max(MIN_RTOL_SAMPLES, math.ceil(min(c * (half_one / goal) ** 2, cap)))
 
 
-def _samples_needed(half_one: float, goal: float, count: int) -> float:
+def samples_needed(half_one: float, goal: float, count: int) -> float:
     """Further samples the t-interval rule predicts a target needs: ``(t s / goal)^2 - N``, with ``t s`` the 95%
     half-width of one sample (``t`` the Student-t quantile, ``s`` the per-sample standard deviation), ``goal`` the
     half-width asked for and ``N`` the samples so far (inf when ``goal`` is 0)."""
     return math.inf if goal <= 0 else (half_one / goal) ** 2 - count
 
 
-class _Samples:
+class Samples:
     """Scalar samples on the host (the quadratic forms of the trace estimators), appended block by block, with a
     bound on each one's rounding (0 where none was given)."""
 
@@ -315,8 +315,8 @@ class _Samples:
         self.parts.append(x)
         self.bounds.append(np.zeros(x.size) if bound is None else np.broadcast_to(bound, x.shape).astype(float))
 
-    def copy(self) -> _Samples:
-        other = _Samples()
+    def copy(self) -> Samples:
+        other = Samples()
         other.parts, other.bounds = list(self.parts), list(self.bounds)
         return other
 
@@ -358,7 +358,7 @@ class _Samples:
         self.bounds = [np.asarray(bounds, dtype=float)] if state["values"].size else []
 
 
-class _Moments:
+class Moments:
     """Running entrywise mean and sum of squared deviations of n x k sample blocks on the backend (the samples of the
     diagonal estimators; the pairwise update of Chan, Golub, LeVeque, Amer. Statist. 37(3), 1983, stable for large
     means).
@@ -402,8 +402,8 @@ class _Moments:
         self.scale = scale
         self.count += k
 
-    def copy(self) -> _Moments:
-        other = _Moments(self.op)
+    def copy(self) -> Moments:
+        other = Moments(self.op)
         other.mean, other.m2, other.count, other.scale = self.mean, self.m2, self.count, self.scale
         return other
 
