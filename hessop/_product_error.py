@@ -51,7 +51,7 @@ import numpy as np
 
 from hessop._array import host_norm, vector_norm
 
-__all__ = ["SAFETY", "ProductError", "measure_product_error"]
+__all__ = ["SAFETY", "ProductError", "ProductPrecision", "measure_product_error"]
 
 SAFETY = 4.0
 """Factor between the measured per-vector error, scaled by ``sqrt(n)``, and the reported bound (module docs)."""
@@ -189,3 +189,75 @@ def _reference_products(op: Any, U: np.ndarray) -> Any:
     from hessop.backends.torch._products import reference_products
 
     return reference_products(backend, U, host=False)
+
+
+class ProductPrecision:
+    """The precision of an operator's products, as :class:`hessop.HessianOperator` shows it: :attr:`product_eps`
+    (the products' unit roundoff) and :attr:`product_error` (their measured rounding error, with
+    :attr:`product_error_info`).  A mixin: it needs ``backend`` (for ``product_eps``) and ``n``."""
+
+    backend: Any
+    n: int
+    _product_error: ProductError | None = None
+
+    @property
+    def product_eps(self) -> float:
+        """Unit roundoff of the products (the model's dtype; float16's for a half-precision model even though its
+        vectors are float32).  It sets the accuracy floor of every residual a solver reports.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from hessop import HessianOperator
+        >>> HessianOperator.from_matrix(np.eye(2, dtype=np.float32)).product_eps == float(np.finfo(np.float32).eps)
+        True
+        """
+        return float(self.backend.product_eps)
+
+    @property
+    def product_error(self) -> float:
+        """Absolute bound on the rounding error ``||fl(H v) - H v||`` of one product of a unit vector, measured
+        once (lazily, on first use; cached) by :func:`hessop._product_error.measure_product_error`: float64
+        products of the same model for a float32 / half-precision PyTorch model, symmetry and linearity witnesses
+        otherwise, 0 for a stored matrix (whose rounding the ``sqrt(n) eps ||H||`` floor covers).  It is part of
+        every residual's precision floor (:func:`hessop.results.residual_floor`) and of the half-width of every
+        exact trace or diagonal.  The measurement's products (4, or 7 with float64 products) are not counted in
+        :attr:`n_hvp`; :attr:`product_error_info` says how it was measured.  Assign a float to set it (0 skips
+        the measurement: the floor is then ``sqrt(n) eps ||H||`` alone), None to measure again.
+
+        Examples
+        --------
+        >>> from hessop import HessianOperator
+        >>> H = HessianOperator.from_function(lambda v: 2.0 * v, 50)
+        >>> H.product_error < 1e-13, H.product_error_info.method, H.n_hvp
+        (True, 'witnesses', 0)
+        >>> H.product_error = 1e-3
+        >>> H.product_error, H.product_error_info.method
+        (0.001, 'given')
+        """
+        return self.product_error_info.bound
+
+    @product_error.setter
+    def product_error(self, value: float | None) -> None:
+        if value is not None:
+            value = float(value)
+            if not value >= 0:  # also refuses NaN
+                raise ValueError(f"product_error must be a bound >= 0 (or None to measure it), got {value}")
+            value = ProductError(value, value / max(self.n, 1) ** 0.5, 0.0, "given", 0)
+        self._product_error = value
+
+    @property
+    def product_error_info(self) -> ProductError:
+        """The :class:`ProductError` behind :attr:`product_error` (bound, per-vector error, Rayleigh-quotient
+        rounding, method, products spent), measuring it if needed.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from hessop import HessianOperator
+        >>> str(HessianOperator.from_matrix(np.eye(3)).product_error_info)
+        '0 (stored matrix, 0 products)'
+        """
+        if self._product_error is None:
+            self._product_error = measure_product_error(self)
+        return self._product_error

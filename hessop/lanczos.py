@@ -25,7 +25,6 @@ the first restart, ``eigh`` after), never a general eigensolver.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -35,8 +34,8 @@ from hessop._array import make_rng, vector_norm
 from hessop._progress import Progress
 from hessop._validate import check_choice, check_int, check_k, check_tol
 from hessop.krylov import Krylov, qnorm_bound, start_vector
-from hessop.operator import HessianOperator, as_operator
-from hessop.results import EigenResult, residual_floor, residual_threshold, resolve_tol
+from hessop.operator import as_operator
+from hessop.results import EigenResult, residual_floor, residual_threshold, resolve_tol, warn_result
 
 __all__ = ["lanczos"]
 
@@ -320,8 +319,7 @@ def lanczos(
         res[idx] = np.minimum(res[idx], measured)  # both are bounds
     conv = res <= thr
     limited = strict < floor_part
-    warn_unconverged(conv, limited, res, theta_sel, floor_part, tol, default_tol, n_iter, max_iter, op)
-    return EigenResult(
+    result = EigenResult(
         eigenvalues=theta_sel.astype(np.float64),
         eigenvectors=vectors,
         residuals=res,
@@ -333,6 +331,9 @@ def lanczos(
         precision_limited=limited,
         multiplicity_checked=checked,
     )
+    warn_result(result, op, tol, floor=floor_part, limited=limited & (~conv | (not default_tol)),
+                remedy="raise max_iter or max_basis")
+    return result
 
 
 def ritz_values_settled(prev: np.ndarray, cur: np.ndarray, eps: float, scale: float,
@@ -349,26 +350,3 @@ def ritz_values_settled(prev: np.ndarray, cur: np.ndarray, eps: float, scale: fl
     [True, False]
     """
     return np.abs(cur - prev) <= np.maximum(eps * np.maximum(np.abs(cur), scale), rtol * np.abs(cur))
-
-
-def warn_unconverged(conv: np.ndarray, limited: np.ndarray, res: np.ndarray, theta: np.ndarray,
-                     floor_part: np.ndarray, tol: float, default_tol: bool, n_iter: int, max_iter: int,
-                     op: HessianOperator) -> None:
-    """Warn about pairs returned unconverged, and (for an explicit ``tol``) pairs the products' precision limits:
-    the reachable accuracy and the remedy."""
-    lim = limited & (~conv | (not default_tol))
-    if np.any(lim):
-        rel = float(np.max(floor_part[lim] / np.maximum(np.abs(theta[lim]), np.finfo(np.float64).tiny)))
-        warnings.warn(
-            f"lanczos: pair(s) {np.flatnonzero(lim).tolist()} are limited by the precision of the "
-            f"{np.dtype(op.dtype).name} products (eps {op.product_eps:.1e}): their residuals cannot fall below "
-            f"{np.min(floor_part[lim]):.2e} .. {np.max(floor_part[lim]):.2e} (relative accuracy {rel:.1e} at best), "
-            f"so tol={tol:g} cannot be met; they are returned with precision_limited=True. Products in a wider dtype "
-            "(a float32 or float64 copy of the model, or gradient differences) would resolve them; or ask for "
-            f"tol >= {rel:.0e}.", UserWarning, stacklevel=3)
-    late = ~conv & ~limited
-    if np.any(late):
-        warnings.warn(
-            f"lanczos: pair(s) {np.flatnonzero(late).tolist()} did not converge in {n_iter} steps "
-            f"(max_iter={max_iter}; worst residual {np.max(res[late]):.2e}); they are returned with converged=False. "
-            "Raise max_iter or max_basis, or loosen tol.", UserWarning, stacklevel=3)

@@ -9,6 +9,7 @@ import numpy as np
 from scipy.sparse.linalg import LinearOperator
 
 from hessop._constructors import as_operator, checked_symmetric, cupy_operator, jax_operator, torch_operator
+from hessop._product_error import ProductPrecision
 from hessop._validate import check_cast, check_native
 from hessop.backends.base import Backend, ModelBackend
 from hessop.backends.mpi import DEFAULT_COMM_TIMEOUT
@@ -19,7 +20,7 @@ from hessop.backends.widened import WidenedBackend
 __all__ = ["HessianOperator", "as_operator"]  # as_operator: from hessop._constructors
 
 
-class HessianOperator(LinearOperator):
+class HessianOperator(ProductPrecision, LinearOperator):
     """The Hessian of a loss at fixed parameters, as a symmetric linear operator that is never formed.
 
     It has two faces:
@@ -357,61 +358,6 @@ class HessianOperator(LinearOperator):
         self._n_hvp += int(V.shape[1])
         return self.backend.hvp_block(V)
 
-    @property
-    def product_eps(self) -> float:
-        """Unit roundoff of the products (the model's dtype; float16's for a half-precision model even though its
-        vectors are float32).  It sets the accuracy floor of every residual a solver reports.
-
-        Examples
-        --------
-        >>> HessianOperator.from_matrix(np.eye(2, dtype=np.float32)).product_eps == float(np.finfo(np.float32).eps)
-        True
-        """
-        return float(self.backend.product_eps)
-
-    @property
-    def product_error(self) -> float:
-        """Absolute bound on the rounding error ``||fl(H v) - H v||`` of one product of a unit vector, measured
-        once (lazily, on first use; cached) by :func:`hessop._product_error.measure_product_error`: float64
-        products of the same model for a float32 / half-precision PyTorch model, symmetry and linearity witnesses
-        otherwise, 0 for a stored matrix (whose rounding the ``sqrt(n) eps ||H||`` floor covers).  It is part of
-        every residual's precision floor (:func:`hessop.results.residual_floor`) and of the half-width of every
-        exact trace or diagonal.  The measurement's products (4, or 7 with float64 products) are not counted in
-        :attr:`n_hvp`; :attr:`product_error_info` says how it was measured.  Assign a float to set it (0 skips
-        the measurement: the floor is then ``sqrt(n) eps ||H||`` alone), None to measure again.
-
-        Examples
-        --------
-        >>> H = HessianOperator.from_function(lambda v: 2.0 * v, 50)
-        >>> H.product_error < 1e-13, H.product_error_info.method, H.n_hvp
-        (True, 'witnesses', 0)
-        >>> H.product_error = 1e-3
-        >>> H.product_error, H.product_error_info.method
-        (0.001, 'given')
-        """
-        return self.product_error_info.bound
-
-    @product_error.setter
-    def product_error(self, value: float | None) -> None:
-        from hessop._product_error import ProductError
-
-        if value is not None:
-            value = float(value)
-            if not value >= 0:  # also refuses NaN
-                raise ValueError(f"product_error must be a bound >= 0 (or None to measure it), got {value}")
-            value = ProductError(value, value / max(self.n, 1) ** 0.5, 0.0, "given", 0)
-        self._product_error = value
-
-    @property
-    def product_error_info(self) -> Any:
-        """The :class:`hessop._product_error.ProductError` behind :attr:`product_error` (bound, per-vector error,
-        Rayleigh-quotient rounding, method, products spent), measuring it if needed."""
-        if getattr(self, "_product_error", None) is None:
-            from hessop._product_error import measure_product_error
-
-            self._product_error = measure_product_error(self)
-        return self._product_error
-
     def model_backend(self, purpose: str) -> ModelBackend:
         """The model backend behind this operator (through a half-precision or ``solver_dtype`` face), for an
         analysis that needs the model's parameters, loss and data (the loss at a point, block operators).
@@ -539,6 +485,6 @@ class HessianOperator(LinearOperator):
         return self
 
     def __repr__(self) -> str:
-        pe = getattr(self, "_product_error", None)  # shown once measured (measuring costs products)
+        pe = self._product_error  # shown once measured (measuring costs products)
         pe = "" if pe is None else f", product_error={pe}"
         return f"<{self.n}x{self.n} HessianOperator, dtype={self.dtype}, backend={self.backend.describe()}{pe}>"

@@ -43,7 +43,7 @@ def residual_floor(op: Any, anorm: float) -> float:
     >>> residual_floor(H, 2.0)
     0.001
     """
-    return max(math.sqrt(op.n) * op.product_eps * anorm, float(getattr(op, "product_error", 0.0)))
+    return max(math.sqrt(op.n) * op.product_eps * anorm, float(op.product_error))
 
 
 def rayleigh_noise(op: Any, anorm: float) -> float:
@@ -60,9 +60,7 @@ def rayleigh_noise(op: Any, anorm: float) -> float:
     >>> rayleigh_noise(HessianOperator.from_matrix(np.eye(3)), 1.0) == 4 * float(np.finfo(np.float64).eps)
     True
     """
-    info = getattr(op, "product_error_info", None)
-    measured = float(info.rayleigh) if info is not None else 0.0
-    return 4.0 * max(measured, float(np.finfo(op.dtype).eps) * anorm)
+    return 4.0 * max(float(op.product_error_info.rayleigh), float(np.finfo(op.dtype).eps) * anorm)
 
 
 def still_moving(theta: Any, theta_prev: Any, tol: float, noise: float) -> np.ndarray:
@@ -105,11 +103,34 @@ def precision_limited(residuals: Any, floor: float, tol: float, theta: Any, anor
     return (2 * floor >= res) & (floor > need)
 
 
-def warn_result(result: EigenResult, op: Any, tol: float, stacklevel: int = 3) -> None:
-    """Warn when a result returns pairs that are not converged, or pairs whose accuracy the products' precision
-    limits (:attr:`EigenResult.precision_limited`) beyond the usual rounding (half-precision products, or a
-    measured product error above ``sqrt(n) eps ||H||``: the flag alone marks the usual float32 floor), naming the
-    pairs, the floor and the remedies; silent otherwise.  Shared by the eigensolvers (one warning per call).
+def warn_result(result: EigenResult, op: Any, tol: float, stacklevel: int = 3, *, floor: Any = None,
+                limited: Any = None, remedy: str = "raise max_iter") -> None:
+    """The eigensolvers' one warning (one per call): pairs returned unconverged, and pairs whose accuracy the
+    products' precision limits (:attr:`EigenResult.precision_limited`), naming the pairs, the residual and its
+    floor, the reachable relative accuracy and the remedies; silent otherwise.
+
+    Parameters
+    ----------
+    result : EigenResult
+        What the solver returns; its ``method`` up to ``(`` names it in the message.
+    op : HessianOperator
+        The operator it was computed on (the products' dtype and measured error).
+    tol : float
+        The tolerance used.
+    stacklevel : int
+        As for :func:`warnings.warn`; default 3 (the solver's caller).
+    floor : array of float, optional
+        Per pair, the precision floor in its residual; default: the residual itself (at the floor for a limited
+        pair).
+    limited : array of bool, optional
+        The precision-limited pairs to warn about.  Default: the flagged ones when the floor comes from more than
+        the usual rounding (half-precision products, or a measured product error above ``sqrt(n) eps ||H||``: the
+        flag alone marks the usual float32 floor).  :func:`hessop.lanczos` passes the flagged pairs that are not
+        converged, and every flagged pair for an explicit ``tol``.
+    remedy : str
+        The remedy for unconverged pairs before "or loosen tol"; default ``"raise max_iter"``.
+
+    Unconverged pairs that are also warned about as limited are named once, as limited.
 
     Examples
     --------
@@ -121,34 +142,39 @@ def warn_result(result: EigenResult, op: Any, tol: float, stacklevel: int = 3) -
     ...     warnings.simplefilter("always")
     ...     warn_result(r, HessianOperator.from_matrix(np.eye(2)), 1e-6)
     >>> print(caught[0].message)  # doctest: +ELLIPSIS
-    power_iteration: pair 1 of 1 is returned unconverged (residual 5e-01 ...
+    power_iteration: pair 1 of 1 is returned unconverged (residual 5e-01 for eigenvalue 2 after 10 iterations; ...
     """
-    bad = np.flatnonzero(~np.asarray(result.converged))
-    limited = np.flatnonzero(np.asarray(result.precision_limited))
-    if len(limited) and not _unusual_precision(op, result):
-        limited = limited[:0]  # the usual float32 / float64 floor: the flag says it, a warning would be noise
+    k = len(result.converged)
+    res, theta = np.asarray(result.residuals, dtype=np.float64), np.asarray(result.eigenvalues, dtype=np.float64)
+    if limited is None:
+        flagged = result.precision_limited
+        limited = np.zeros(k, dtype=bool) if flagged is None or not _unusual_precision(op, result) else flagged
+    limited = np.asarray(limited, dtype=bool)
+    bad = np.flatnonzero(~np.asarray(result.converged) & ~limited)
+    limited = np.flatnonzero(limited)
     if not len(bad) and not len(limited):
         return
-    k = len(result.converged)
     parts = []
     if len(bad):
-        i = bad[0]
-        parts.append(f"{_pairs(bad)} of {k} {'is' if len(bad) == 1 else 'are'} returned unconverged (residual "
-                     f"{result.residuals[i]:.0e} for eigenvalue {result.eigenvalues[i]:.6g}; tol={tol:g}): raise "
-                     "max_iter, or loosen tol")
+        i = bad[np.argmax(res[bad])]
+        parts.append(f"{_pairs(bad)} of {k} {'is' if len(bad) == 1 else 'are'} returned unconverged ("
+                     f"{'worst ' if len(bad) > 1 else ''}residual {res[i]:.0e} for eigenvalue {theta[i]:.6g} after "
+                     f"{result.n_iter} iterations; tol={tol:g}): {remedy}, or loosen tol")
     if len(limited):
-        i = limited[0]
-        info = getattr(op, "product_error_info", None)
-        how = f"the products are {getattr(op.backend, 'product_dtype', op.dtype)}" + (
-            f" with a measured error of {info.bound:.1e} per unit vector ({info.method})"
-            if info is not None and info.bound > 0 else "")
+        floor = res[limited] if floor is None else np.asarray(floor, dtype=np.float64)[limited]
+        rel = float(np.max(floor / np.maximum(np.abs(theta[limited]), np.finfo(np.float64).tiny)))
+        span = f"{np.min(floor):.1e}" + (f" .. {np.max(floor):.1e}" if np.max(floor) > np.min(floor) else "")
+        info = op.product_error_info
+        how = f"the products are {op.backend.product_dtype} (eps {op.product_eps:.1e})" + (
+            f" with a measured error of {info.bound:.1e} per unit vector ({info.method})" if info.bound > 0 else "")
         parts.append(
             f"{_pairs(limited)} of {k} {'is' if len(limited) == 1 else 'are'} limited by the precision of the "
-            f"products, not by the iteration: {how}, so residuals cannot fall below {result.residuals[i]:.1e} "
-            f"(eigenvalue {result.eigenvalues[i]:.6g}) and the eigenvalues are accurate to about that. More "
-            "iterations or solver_dtype=float64 do not help; products of the same model in a wider dtype (a "
-            "float32 or float64 copy), or Hessian-vector products from gradient differences, do")
-    warnings.warn(f"{result.method}: " + "; ".join(parts) + ".", UserWarning, stacklevel=stacklevel)
+            f"products, not by the iteration: {how}, so residuals cannot fall below {span} (relative accuracy "
+            f"{rel:.1e} at best) and the eigenvalues are accurate to about that; returned with "
+            "precision_limited=True. More iterations or solver_dtype=float64 do not help; products of the same "
+            "model in a wider dtype (a float32 or float64 copy), or Hessian-vector products from gradient "
+            f"differences, do; or ask for tol >= {rel:.0e}")
+    warnings.warn(f"{result.method.split('(')[0]}: " + "; ".join(parts) + ".", UserWarning, stacklevel=stacklevel)
 
 
 def _unusual_precision(op: Any, result: EigenResult) -> bool:
@@ -157,7 +183,7 @@ def _unusual_precision(op: Any, result: EigenResult) -> bool:
     if op.product_eps > float(np.finfo(np.float32).eps):
         return True
     anorm = float(np.max(np.abs(result.eigenvalues))) if len(result.eigenvalues) else 0.0
-    return float(getattr(op, "product_error", 0.0)) > math.sqrt(op.n) * op.product_eps * anorm
+    return float(op.product_error) > math.sqrt(op.n) * op.product_eps * anorm
 
 
 def _pairs(idx: np.ndarray) -> str:
@@ -283,7 +309,14 @@ class EigenResult:
 
     @property
     def all_converged(self) -> bool:
-        """True when every requested pair met the stopping rule."""
+        """True when every requested pair met the stopping rule.
+
+        Examples
+        --------
+        >>> EigenResult(np.array([2.0, 1.0]), None, np.array([1e-9, 0.3]), np.array([True, False]), 8, 8,
+        ...             "lanczos").all_converged
+        False
+        """
         return bool(np.all(self.converged))
 
     def __repr__(self) -> str:

@@ -1,7 +1,7 @@
 """The adaptive engine of :func:`hessop.trace` and :func:`hessop.diagonal`: plain Hutchinson or deflated Hutchinson
 (Hutch++ for the trace, Diag++ for the diagonal), chosen from the first products, grown and stopped to a target.
 
-The engine is written once for both: a *kind* (:class:`_TraceKind`, :class:`_DiagonalKind`) supplies the samples
+The engine is written once for both: a *kind* (:class:`TraceKind`, :class:`DiagonalKind`) supplies the samples
 (scalars on the host, or n-vectors as running moments on the backend), the products of a block and the result; the
 engine makes the choice (:meth:`_Engine.choose`, :meth:`_Engine.judge_trial`), doubles the rank, runs the two-stage
 stop and falls back to the exact trace or diagonal.  The docstring of :func:`hessop.trace` gives the maths.
@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from hessop._probes import probe_block
-from hessop.estimators._deflation import _Deflation
+from hessop.estimators._deflation import Deflation
 from hessop.estimators._estimates import DiagonalEstimate, TraceEstimate
 from hessop.estimators._exact import exact_diagonal_estimate, exact_trace
 from hessop.estimators._run import Run
@@ -51,7 +51,7 @@ DEFAULT_MAX_RANK = 512
 """Most directions the engine deflates (memory: two n x rank blocks)."""
 
 
-class _TraceKind:
+class TraceKind:
     """``tr(H)``: scalar samples ``v^T H v`` on the host; deflated, Hutch++."""
 
     name, deflated, variance = "trace", "hutch++", "per-sample variance"
@@ -77,10 +77,10 @@ class _TraceKind:
             store.add(x, None if i else "the quadratic form v^T H v", bound)
         return Y
 
-    def deflated_block(self, defl: _Deflation, G: Any, plain: bool) -> tuple[Any, Any]:
+    def deflated_block(self, defl: Deflation, G: Any, plain: bool) -> tuple[Any, Any]:
         return defl.probe(G, plain)
 
-    def offset(self, defl: _Deflation) -> float:
+    def offset(self, defl: Deflation) -> float:
         return defl.exact
 
     def bar_fields(self, half: float, estimate: float) -> dict[str, float]:
@@ -97,7 +97,7 @@ class _TraceKind:
                              rounding=samples.rounding(), **fields)
 
 
-class _DiagonalKind(_TraceKind):
+class DiagonalKind(TraceKind):
     """``diag(H)``: n-vector samples ``v * (H v)`` as running moments on the backend; deflated, Diag++."""
 
     name, deflated, variance = "diagonal", "diag++", "entries' mean variance"
@@ -115,10 +115,10 @@ class _DiagonalKind(_TraceKind):
             store.add(V * Y, None if i else "the sum of v * (H v)")
         return Y
 
-    def deflated_block(self, defl: _Deflation, G: Any, plain: bool) -> tuple[Any, Any]:
+    def deflated_block(self, defl: Deflation, G: Any, plain: bool) -> tuple[Any, Any]:
         return defl.probe_diagonal(G, plain)
 
-    def offset(self, defl: _Deflation) -> Any:
+    def offset(self, defl: Deflation) -> Any:
         return defl.exact_diagonal()
 
     def bar_fields(self, half: float, rms: float) -> dict[str, float]:
@@ -158,11 +158,11 @@ class _Loop:
 class _Engine:
     """One adaptive run: ``kind`` over ``run`` with the probes of ``rng``; see the module docstring."""
 
-    def __init__(self, kind: _TraceKind, run: Run, rng: np.random.Generator, method: str, target: Any,
+    def __init__(self, kind: TraceKind, run: Run, rng: np.random.Generator, method: str, target: Any,
                  budget: int, block_size: int, max_rank: int) -> None:
         self.kind, self.run, self.rng, self.method, self.target = kind, run, rng, method, target
         self.budget, self.b, self.max_rank = budget, block_size, max_rank
-        self.defl = _Deflation(run.op)
+        self.defl = Deflation(run.op)
         self.plain, self.since, self.batch = kind.store(), kind.store(), kind.store()  # plain; residual since Q; batch
         self.loop = _Loop(method, f"method={method!r} asked for")
         self.offset: Any = 0.0
@@ -325,7 +325,7 @@ class _Engine:
                                 rank=self.defl.rank if mode == self.kind.deflated else 0)
 
 
-def adaptive(kind: _TraceKind, run: Run, rng: np.random.Generator, method: str, rtol: float | None,
+def adaptive(kind: TraceKind, run: Run, rng: np.random.Generator, method: str, rtol: float | None,
              atol: float | None, budget: int, block_size: int, max_rank: int) -> Any:
     """Run the engine (see the module docstring) to the target ``max(rtol * |estimate|, atol)`` (none when both are
     None: the budget is then spent) within ``budget`` products; checkpointed and shown through ``run``."""

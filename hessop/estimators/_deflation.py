@@ -16,7 +16,7 @@ def orthonormal_range(xp: Any, Y: Any) -> tuple[Any, Any]:
     return xp.linalg.qr(Y)
 
 
-class _Deflation:
+class Deflation:
     """The exact part of Hutch++ and Diag++: an orthonormal basis ``Q`` of sketched directions of H, ``Z = H Q``,
     ``B = Q^T H Q`` and ``exact = tr(B)``, and the products ``H g'`` of the probes projected off ``Q`` since it last
     grew (the sketch of its next growth)."""

@@ -18,7 +18,7 @@ import numpy as np
 from hessop._array import make_rng
 from hessop._probes import DEFAULT_BLOCK, block_sizes
 from hessop._validate import check_choice, check_int
-from hessop.estimators._adaptive import DEFAULT_MAX_RANK, _DiagonalKind, adaptive
+from hessop.estimators._adaptive import DEFAULT_MAX_RANK, DiagonalKind, adaptive
 from hessop.estimators._estimates import DiagonalEstimate, per_parameter
 from hessop.estimators._run import MAX_HVP, Run, check_budget
 from hessop.estimators._stats import MIN_RTOL_SAMPLES, Moments
@@ -154,7 +154,7 @@ def diagonal(
         settings = {"rtol": rtol, "atol": atol, "max_hvp": budget, "block_size": block_size, "method": method,
                     "max_rank": max_rank}
         with Run(op, "diagonal", seed, settings, checkpoint, progress, budget) as run:
-            result = adaptive(_DiagonalKind(op), run, make_rng(seed), method, rtol, atol, budget, block_size,
+            result = adaptive(DiagonalKind(op), run, make_rng(seed), method, rtol, atol, budget, block_size,
                               max_rank)
     else:
         result = _fixed(op, check_budget(max_hvp, 1, "one sample"), block_size, seed, progress, checkpoint)
@@ -166,7 +166,7 @@ def diagonal(
 def _fixed(op: Any, n_samples: int, block_size: int, seed: Any, progress: bool | None,
            checkpoint: str | os.PathLike | None) -> DiagonalEstimate:
     """Hutchinson's diagonal on ``n_samples`` Rademacher probes."""
-    kind, acc = _DiagonalKind(op), Moments(op)
+    kind, acc = DiagonalKind(op), Moments(op)
     settings = {"max_hvp": n_samples, "block_size": block_size, "method": "hutchinson"}
     with Run(op, "diagonal", seed, settings, checkpoint, progress, n_samples, "sample") as run:
         rng = run.rng(make_rng(seed))

@@ -87,7 +87,15 @@ class TraceEstimate:
         :attr:`skewness` (Hall 1992, see :func:`hessop.estimators._stats.skew_interval`: the side of the heavy
         tail is longer) and widened on both sides by :attr:`rounding`.  For an exact result (``exact=True``: the
         trace from identity columns) ``std_error`` is a rounding bound and the interval is
-        ``estimate -+ std_error``."""
+        ``estimate -+ std_error``.
+
+        Examples
+        --------
+        >>> est = TraceEstimate(estimate=10.0, std_error=1.0, samples=np.array([8.0, 12.0] * 8), n_hvp=16,
+        ...                     converged=True, method="hutchinson")
+        >>> [round(x, 3) for x in est.interval()], round(est.half_width(0.9), 3), est.n_samples
+        ([7.869, 12.131], 1.753, 16)
+        """
         if not 0 < level < 1:
             raise ValueError(f"level must be in (0, 1), got {level}")
         if self.exact:

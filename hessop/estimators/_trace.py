@@ -10,7 +10,7 @@ import numpy as np
 from hessop._array import make_rng
 from hessop._probes import DEFAULT_BLOCK
 from hessop._validate import check_choice, check_int
-from hessop.estimators._adaptive import DEFAULT_MAX_RANK, _TraceKind, adaptive
+from hessop.estimators._adaptive import DEFAULT_MAX_RANK, TraceKind, adaptive
 from hessop.estimators._estimates import TraceEstimate
 from hessop.estimators._exact import exact_trace
 from hessop.estimators._run import MAX_HVP, Run, check_budget
@@ -137,4 +137,4 @@ def trace(
         return exact_trace(op, b)
     settings = {"rtol": rtol, "atol": atol, "max_hvp": budget, "method": method, "block_size": b, "max_rank": max_rank}
     with Run(op, "trace", seed, settings, checkpoint, progress, budget) as run:
-        return adaptive(_TraceKind(op), run, make_rng(seed), method, rtol, atol, budget, b, max_rank)
+        return adaptive(TraceKind(op), run, make_rng(seed), method, rtol, atol, budget, b, max_rank)
