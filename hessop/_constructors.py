@@ -98,6 +98,9 @@ def torch_operator(cls: type[HessianOperator], model: Any, loss_fn: Callable, da
         raise ImportError("HessianOperator.from_torch needs PyTorch: pip install torch (see pytorch.org for the "
                           "wheel matching your CUDA).") from e
     check_curvature(**keywords(curvature))
+    if loss_fn is None and curvature.curvature != "hessian":
+        raise ValueError(f"curvature={curvature.curvature!r} needs the model's outputs and a loss_fn(outputs, targets) "
+                         "(cross-entropy or MSE); loss_fn=None (the model's own loss) gives the Hessian only.")
 
     def make() -> HessianOperator:
         if curvature.curvature == "hessian":

@@ -14,8 +14,9 @@ from torch import nn
 from hessop.backends.base import ModelBackend
 from hessop.backends.settings import TorchSettings
 from hessop.backends.torch._analysis import TorchAnalysis
-from hessop.backends.torch._batches import BatchLoss, is_single_batch
+from hessop.backends.torch._batches import BatchLoss, describe_reading, is_single_batch
 from hessop.backends.torch._graph_cache import GraphCache, default_cache_memory
+from hessop.backends.torch._loader import default_data_memory, keep_batches
 from hessop.backends.torch._products import LossModule, double_backward, forward_over_reverse
 from hessop.backends.torch._selection import select_params
 from hessop.backends.torch._train_mode import buffers_preserved, warn_train_mode
@@ -105,8 +106,11 @@ class TorchBackend(TorchAnalysis, ModelBackend):
         hvp_method, cache_memory = settings.hvp_method, settings.cache_memory
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        if not callable(loss_fn):
-            raise TypeError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
+        if loss_fn is not None and not callable(loss_fn):
+            raise TypeError(f"loss_fn must be callable (or None for a model that computes its own loss), got "
+                            f"{type(loss_fn).__name__}")
+        if loss_fn is None:
+            loss_form = "model"  # the model is called on each batch and returns its loss
         if reduction not in ("mean", "sum"):
             raise ValueError(f"reduction must be 'mean' or 'sum' (what loss_fn does over a batch), got {reduction!r}")
         if loss_form not in ("outputs", "model"):
@@ -146,23 +150,55 @@ class TorchBackend(TorchAnalysis, ModelBackend):
         self.loss = BatchLoss(model, loss_fn, loss_form, self.device, self.torch_dtype, settings.batch_size)
         self.loss_module = LossModule(model, self.loss)
 
-        self._set_data(data, is_single_batch(data, loss_form))
+        single = is_single_batch(data, loss_form)
+        reading = describe_reading(data, single)
+        self.loader = data if isinstance(data, torch.utils.data.DataLoader) else None
+        data, self.batches_kept = keep_batches(data, default_data_memory())
+        self._set_data(data, single)
         warn_train_mode(model)
 
-        if settings.check_deterministic:
-            self._checking = True  # the check's two products are computed afresh, never through a kept graph
+        try:
+            if settings.check_deterministic:
+                self._checking = True  # the check's two products are computed afresh, never through a kept graph
+                try:
+                    self._check_deterministic()
+                finally:
+                    self._checking = False
+            else:
+                self.n_samples = sum(self._size(b) for b in self._batches())
+                if self.n_samples == 0:
+                    raise ValueError("data holds no samples.")
+        except (TypeError, ValueError, AttributeError, RuntimeError, IndexError, KeyError) as e:
+            e.add_note(f"hessop read data as {reading} (see hessop.backends.torch._batches.READING_RULE; wrap one "
+                       "batch in a list, data=[batch], to read it as one batch).")
+            raise
+
+    def _check_deterministic(self) -> None:
+        """The determinism check of :class:`~hessop.backends.base.DataBackend`; for a ``DataLoader`` whose batches
+        are kept (:func:`~hessop.backends.torch._loader.keep_batches`), also one pass over the loader itself,
+        whose total loss must equal the kept batches' (a loader that changes the samples between passes, such as
+        random augmentation or ``drop_last`` with shuffling, is refused as before)."""
+        super()._check_deterministic()
+        if self.batches_kept:
+            kept_total = self._last_pass[1]
+            kept, self.data = self.data, self.loader
             try:
-                self._check_deterministic()
+                n, total = self._loss_pass()
             finally:
-                self._checking = False
-        else:
-            self.n_samples = sum(self._size(b) for b in self._batches())
-            if self.n_samples == 0:
-                raise ValueError("data holds no samples.")
+                self.data = kept
+            if n != self.n_samples:
+                self._not_deterministic(f"number of samples ({self.n_samples} kept vs {n} in a new pass)")
+            if abs(total - kept_total) > float(np.sqrt(self.product_eps)) * max(abs(total), abs(kept_total)):
+                self._not_deterministic(f"total loss ({kept_total!r} over the kept batches vs {total!r} over a new "
+                                        "pass of the DataLoader)")
 
     # ------------------------------------------------------------------ data
     def _size(self, batch: Any) -> int:
         return self.loss.size(batch)
+
+    def _loss_pass(self) -> tuple[int, float]:
+        self._last_pass = super()._loss_pass()
+        return self._last_pass
 
     def _batch_loss(self, batch: Any) -> float:
         with torch.no_grad(), buffers_preserved(self.model):
