@@ -204,12 +204,16 @@ def lanczos(
     eps_p = op.product_eps
     eps23 = eps_p ** (2.0 / 3.0)
     n_iter = n_restarts = n_checks = 0
-    max_checks = k + 1 if check_multiplicity else 0  # each check that finds a copy adds a wanted pair: <= k + 1
+    # each check that finds a copy adds a wanted pair or locks a copy of the k-th value: at most 2k + 2 checks
+    max_checks = 2 * k + 2 if check_multiplicity else 0
+    n_extra = 0  # pairs locked beyond the wanted ones (copies of the k-th value, values a copy displaced)
     checked = False
     may_check = True
     snapshot = None  # the wanted pairs when a multiplicity check started
     explore_from = None  # basis index where the newest block (after a breakdown or a multiplicity check) starts
     prev = None  # the wanted Ritz values of the previous step (do they still move?)
+    lo_seen, hi_seen = np.inf, -np.inf  # the extreme Ritz values of the run (the spectrum's estimated ends)
+    block_start = np.zeros(0)  # the Ritz value of the newest block's first step
     bar = Progress(progress, op, f"lanczos {which}", None, "step")
     while True:
         kry.step()
@@ -241,7 +245,8 @@ def lanczos(
         # never stop before 2k + 1 vectors (ARPACK's default basis): a converged Ritz pair of a smaller basis
         # may be an unwanted eigenvalue (found by the property tests: n = 2 with a gap of 4e-7, one step)
         wanted_done = bool(np.all(finished_all[sel])) and (explore_from is not None or n_iter >= min(n, 2 * k + 1))
-        joins = block_done = False
+        joins = block_done = hopeless = copy = False
+        lo_seen, hi_seen = min(lo_seen, float(theta[0])), max(hi_seen, float(theta[-1]))
         if explore_from is not None:
             # Ritz pairs living in the newest block (T is block diagonal across a breakdown or a check)
             in_new = np.flatnonzero(np.sum(S[explore_from:, :] ** 2, axis=0) > 0.5)
@@ -252,13 +257,34 @@ def lanczos(
                     # a new value more wanted than the one it displaces by less than the products resolve is no
                     # new eigenvalue (below the precision floor every random start gives a slightly different one)
                     joins = abs(theta[best] - theta[order[k]]) > floor_all[best]
-                # the block's best pair is resolved (finished, or its residual a quarter of its distance to the
-                # least wanted selected value) and is not wanted: the new start found no further copy
-                gap = abs(theta[best] - theta[sel[-1]])
-                block_done = not joins and bool(finished_all[best] or res_all[best] <= gap / 4)
                 if joins:  # the check found a copy: the pairs as they were when it began lack it; check again
                     snapshot, may_check = None, True
+                else:
+                    # the block ends when it proves (with probability >= 1 - MISS_PROBABILITY) that its space holds
+                    # no eigenvalue more wanted than the k-th pair (beyond that pair's residual), or shows that it
+                    # cannot prove it within the basis (then the check is reported as not done)
+                    block = theta[in_new]
+                    steps, room = kry.j - explore_from, min(m, explore_from + max_iter - n_iter) - explore_from
+                    edge = (theta[sel[-1]], res_all[sel[-1]])
+                    block_done = wanted_done and no_wanted_eigenvalue_left(
+                        block, steps, n - explore_from, room, lo_seen, hi_seen, which, edge, kry.breakdown)
+                    # a resolved copy of the k-th value proves nothing about what lies beyond it (the bound can
+                    # never fall below it): it is locked too and the check repeated on the rest
+                    copy = (wanted_done and not block_done and bool(finished_all[best])
+                            and abs(theta[best] - edge[0]) <= res_all[best] + edge[1])
+                    # the check cannot conclude within the basis when even at its last step the block's best value
+                    # so far (which can only become more wanted) would not do: decided on the block's first value
+                    # (a gap to the k-th value too small to resolve), else once its best pair is resolved (a value
+                    # on its way to a copy of the k-th is not given up)
+                    if steps == 1:
+                        block_start = block
+                    last = (max(room, steps), n - explore_from, room, lo_seen, hi_seen, which, edge)
+                    hopeless = wanted_done and not (block_done or copy) and any(
+                        v.size > 0 and not no_wanted_eigenvalue_left(v, *last)
+                        for v in ([block_start, block] if finished_all[best] else [block_start]))
         stop = wanted_done and explore_from is not None and block_done
+        if hopeless and snapshot is not None:  # a check that cannot conclude within the basis: not verified
+            break
         if kry.breakdown:
             # Invariant subspace: its Ritz pairs are exact, but a Krylov space holds one copy of each distinct
             # eigenvalue, so a repeated wanted eigenvalue can hide in the complement: explore it from a fresh vector
@@ -270,12 +296,15 @@ def lanczos(
         elif stop:
             checked = True
             break
-        elif wanted_done and (explore_from is None or joins):
+        elif wanted_done and (explore_from is None or joins or copy):
             # converged: look for further copies of the wanted eigenvalues from a fresh random start orthogonal to
             # the converged Ritz vectors (a copy found joins the wanted set, and the check is repeated)
             # (a check whose block a thick restart interrupted is not repeated unless it had found a copy)
-            keep = order[np.isin(order, sel) | finished_all[order]][: m - 2]
-            if n_checks >= max_checks or len(keep) < k or not (may_check or joins):
+            # only the wanted pairs are locked: the check's block needs the room to conclude (an unwanted pair it
+            # finds again costs nothing in the answer)
+            n_extra += joins or copy
+            keep = order[: min(k + n_extra, m - 2)]
+            if n_checks >= max_checks or len(keep) < k or not (may_check or joins or copy):
                 break
             # the wanted pairs as they are now (their bounds use the basis about to be replaced): the answer if the
             # check finds no copy, since locking freezes their residuals
@@ -334,6 +363,65 @@ def lanczos(
     warn_result(result, op, tol, floor=floor_part, limited=limited & (~conv | (not default_tol)),
                 remedy="raise max_iter or max_basis")
     return result
+
+
+MISS_PROBABILITY = 1e-2
+"""The multiplicity check's failure probability: a wanted eigenvalue missing from a result reported with
+``multiplicity_checked=True`` would have shown up in the check's block with probability at least 1 - this."""
+
+SPECTRUM_MARGIN = 0.1
+"""The spectrum's far end, for the check's bound, is taken a tenth of the observed spread beyond the farthest Ritz
+value seen (Ritz values lie inside the spectrum; Lanczos from a random start finds both ends early)."""
+
+
+def no_wanted_eigenvalue_left(block: np.ndarray, steps: int, dim: int, room: int, lo: float, hi: float,
+                              which: str, edge: tuple[float, float], exhausted: bool = False) -> bool:
+    """Whether a Lanczos block of ``steps`` steps from a random start in a ``dim``-dimensional space (the complement
+    of the locked pairs, or of an invariant subspace), whose Ritz values are ``block``, proves with probability at
+    least ``1 - MISS_PROBABILITY`` that the space holds no eigenvalue more wanted than ``edge = (theta_k, r_k)``,
+    the k-th pair's value and residual: that is, nothing the result lacks.
+
+    Kuczynski and Wozniakowski (SIAM J. Matrix Anal. Appl. 13(4), 1992, Theorem 4.2) bound, for a positive
+    semidefinite ``A`` and a start uniform on the sphere, ``P(theta_max <= (1 - eps) lambda_max) <= 1.648 sqrt(dim)
+    exp(-sqrt(eps) (2 steps - 1))``.  Applied to ``H - a I`` (``a`` below the spectrum: the smallest Ritz value
+    seen, ``lo``, less ``SPECTRUM_MARGIN`` of the spread ``hi - lo``) with the failure probability shared over the
+    ``room`` steps the block may take (the test is made after every step) and, for ``which="LM"``, over both ends:
+    with ``eps`` the value at which the bound equals that share, every eigenvalue of the space is below
+    ``a + (theta_max - a) / (1 - eps)``, and the block proves the claim when that is at most ``theta_k + r_k``
+    (mirrored for ``"SA"``; both ends against ``|theta_k| + r_k`` for ``"LM"``).  A block that ended in a breakdown
+    (``exhausted``) spans every eigenvector its random start touches, so its Ritz values are the space's distinct
+    eigenvalues: it proves the claim when its most wanted value is not wanted.
+
+    Examples
+    --------
+    >>> edge = (4.0, 1e-9)  # the k-th of the wanted values (largest first) and its residual
+    >>> no_wanted_eigenvalue_left(np.array([0.1, 1.0]), 2, 38, 38, 0.1, 5.0, "LA", edge)  # too early to say
+    False
+    >>> no_wanted_eigenvalue_left(np.array([0.1, 1.0]), 12, 38, 38, 0.1, 5.0, "LA", edge)
+    True
+    """
+    theta_k, r_k = edge
+    if which == "LA":
+        ends = [(1.0, theta_k + r_k)]
+    elif which == "SA":
+        ends = [(-1.0, -theta_k + r_k)]
+    else:
+        ends = [(1.0, abs(theta_k) + r_k), (-1.0, abs(theta_k) + r_k)]
+    spread = max(hi - lo, 0.0)
+    for sign, limit in ends:
+        top = float(np.max(sign * block))
+        if exhausted:
+            if top > limit:
+                return False
+            continue
+        a = (lo if sign > 0 else -hi) - SPECTRUM_MARGIN * spread
+        share = MISS_PROBABILITY / (max(room, 1) * len(ends))
+        if steps < 1 or dim < 1:
+            return False
+        eps = (np.log(1.648 * np.sqrt(dim) / share) / (2 * steps - 1)) ** 2
+        if eps >= 1 or a + (top - a) / (1 - eps) > limit:
+            return False
+    return True
 
 
 def ritz_values_settled(prev: np.ndarray, cur: np.ndarray, eps: float, scale: float,

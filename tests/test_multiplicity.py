@@ -4,10 +4,13 @@ need no product (checked against dense float64 references)."""
 
 from __future__ import annotations
 
+import os
 import warnings
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import hessop
 from hessop.testing import FAMILIES, family_spectrum, matrix_with_spectrum
@@ -47,13 +50,92 @@ def test_start_vector_orthogonal_to_the_top_eigenspace():
 @pytest.mark.parametrize("mult", [2, 4])
 @pytest.mark.parametrize("which", ["LA", "SA"])
 def test_multiplicities_up_to_k(mult, which):
+    """With mult = k = 4 the check proves the result complete (the rest of the spectrum is a quarter of the spread
+    away); with mult = 2 the 4th value (1.474) is 0.026 from the 5th, a gap the default basis (40 vectors) cannot
+    resolve to the check's bound: the values are right, and the flag says the check could not prove it."""
     k = 4
     lam = np.r_[np.full(mult, 2.0), np.linspace(1.5, -1.5, 120 - 2 * mult), np.full(mult, -2.0)]
     A = matrix_with_spectrum(lam, seed=mult)
     r = hessop.lanczos(A, k, which=which)
     want = np.sort(lam)[::-1][:k] if which == "LA" else np.sort(lam)[:k]
-    assert r.all_converged and r.multiplicity_checked
+    assert r.all_converged and r.multiplicity_checked == (mult == k)
     assert np.all(np.abs(r.eigenvalues - want) <= r.residuals * (1 + 1e-6))
+
+
+COUNTEREXAMPLE = np.r_[5.0, 5.0, 4.0, np.linspace(1.0, 0.1, 37)]
+
+
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_copy_of_the_top_value_is_not_missed_by_an_early_end_of_the_check(k):
+    """Issue 26 class 3, the counterexample the old end-of-block rule (best residual within a quarter of its gap to
+    the k-th value) let through: [5, 5, 4, then 37 values in 0.1..1], k = 2, seed 0 returned [5, 4] with
+    multiplicity_checked=True.  The check's block now ends only when the Kuczynski-Wozniakowski bound proves that
+    its space holds no eigenvalue more wanted than the k-th pair (a resolved copy of the k-th value is locked and
+    the check repeated), so the flag is True only with every copy found."""
+    A = matrix_with_spectrum(COUNTEREXAMPLE, seed=2)
+    r = hessop.lanczos(A, k, seed=0)
+    assert r.all_converged and r.multiplicity_checked
+    np.testing.assert_allclose(r.eigenvalues, COUNTEREXAMPLE[:k], atol=1e-8)
+    assert np.all(true_residuals(A, r) <= r.residuals)
+
+
+def test_the_check_bound():
+    """no_wanted_eigenvalue_left against its formula: the Kuczynski-Wozniakowski bound with the failure probability
+    shared over the steps; a breakdown (the block spans its start's invariant subspace) is exact."""
+    from hessop.lanczos import MISS_PROBABILITY, SPECTRUM_MARGIN, no_wanted_eigenvalue_left
+
+    block, dim, room, lo, hi = np.array([0.5, 1.0]), 38, 38, 0.0, 5.0
+    a = lo - SPECTRUM_MARGIN * (hi - lo)
+    for steps in range(1, 39):
+        eps = (np.log(1.648 * np.sqrt(dim) * room / MISS_PROBABILITY) / (2 * steps - 1)) ** 2
+        bound = a + (1.0 - a) / (1 - eps) if eps < 1 else np.inf
+        for limit in (2.0, 4.0):
+            assert no_wanted_eigenvalue_left(block, steps, dim, room, lo, hi, "LA", (limit, 0.0)) == (bound <= limit)
+    # mirrored for SA, both ends for LM
+    assert no_wanted_eigenvalue_left(-block, 20, dim, room, -hi, -lo, "SA", (-4.0, 0.0))
+    assert not no_wanted_eigenvalue_left(np.array([-4.5, 1.0]), 20, dim, room, -hi, hi, "LM", (4.0, 0.0))
+    assert no_wanted_eigenvalue_left(np.array([3.9]), 1, dim, room, lo, hi, "LA", (4.0, 0.0), exhausted=True)
+    assert not no_wanted_eigenvalue_left(np.array([4.1]), 1, dim, room, lo, hi, "LA", (4.0, 0.0), exhausted=True)
+
+
+def _exact_multiplicity_case(data):
+    """A spectrum with a wanted eigenvalue of exact multiplicity ``mult`` (1..k) among the k wanted ones, random
+    gaps below it and a random bulk."""
+    k = data.draw(st.integers(1, 4), label="k")
+    mult = data.draw(st.integers(1, k), label="mult")
+    n = data.draw(st.integers(3 * k + 10, 90), label="n")
+    top = data.draw(st.floats(0.5, 10.0), label="top")
+    gaps = data.draw(st.lists(st.floats(1e-3, 1.0), min_size=k, max_size=k), label="gaps")
+    pos = data.draw(st.integers(0, k - mult), label="position of the repeated value")
+    seed = data.draw(st.integers(0, 2**16), label="seed")
+    which = data.draw(st.sampled_from(["LA", "SA"]), label="which")
+    rng = np.random.default_rng(seed)
+    distinct = top - np.cumsum(np.r_[0.0, gaps[: k - mult]])  # the wanted values that are not repeated, descending
+    wanted = np.sort(np.r_[np.delete(distinct, pos), np.full(mult, distinct[pos])])[::-1][:k]
+    below = wanted[-1] - gaps[-1]
+    bulk = rng.uniform(below - 2 * (top - below) - 1.0, below, n - k)
+    lam = np.r_[wanted, bulk]
+    if which == "SA":
+        lam = -lam
+    return k, mult, which, lam, seed
+
+
+@settings(max_examples=int(os.environ.get("HESSOP_PROPERTY_EXAMPLES", "25")), deadline=None, derandomize=True,
+          database=None, suppress_health_check=list(HealthCheck))
+@given(st.data())
+def test_no_copy_missed_when_checked(data):
+    """Property (issue 26 class 3): over random spectra with one wanted eigenvalue repeated exactly (multiplicity
+    1..k, random gaps, random rotation), a result with ``multiplicity_checked=True`` holds every wanted eigenvalue
+    with its multiplicity: no copy is missed."""
+    k, mult, which, lam, seed = _exact_multiplicity_case(data)
+    A = matrix_with_spectrum(lam, seed=seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        r = hessop.lanczos(A, k, which=which, seed=seed)
+    want = np.sort(lam)[::-1][:k] if which == "LA" else np.sort(lam)[:k]
+    if r.multiplicity_checked:
+        assert np.all(np.abs(r.eigenvalues - want) <= r.residuals * (1 + 1e-6) + 1e-12), (lam[:k], r.eigenvalues)
+    assert np.all(true_residuals(A, r) <= r.residuals)
 
 
 def test_check_can_be_turned_off_and_says_so():
