@@ -98,6 +98,10 @@ def torch_operator(cls: type[HessianOperator], model: Any, loss_fn: Callable, da
         raise ImportError("HessianOperator.from_torch needs PyTorch: pip install torch (see pytorch.org for the "
                           "wheel matching your CUDA).") from e
     check_curvature(**keywords(curvature))
+    if settings.hvp_method == "finite_difference" and comm is not None:
+        raise ValueError("hvp_method='finite_difference' is not supported with comm= yet: the error of a "
+                         "finite-difference product is measured on one process's loss, not on the reduced one. "
+                         "Use an exact hvp_method ('auto') with comm=, or finite differences without comm.")
 
     def make() -> HessianOperator:
         if curvature.curvature == "hessian":
