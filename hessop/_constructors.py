@@ -101,6 +101,10 @@ def torch_operator(cls: type[HessianOperator], model: Any, loss_fn: Callable, da
     if loss_fn is None and curvature.curvature != "hessian":
         raise ValueError(f"curvature={curvature.curvature!r} needs the model's outputs and a loss_fn(outputs, targets) "
                          "(cross-entropy or MSE); loss_fn=None (the model's own loss) gives the Hessian only.")
+    if settings.hvp_method == "finite_difference" and comm is not None:
+        raise ValueError("hvp_method='finite_difference' is not supported with comm= yet: the error of a "
+                         "finite-difference product is measured on one process's loss, not on the reduced one. "
+                         "Use an exact hvp_method ('auto') with comm=, or finite differences without comm.")
 
     def make() -> HessianOperator:
         if curvature.curvature == "hessian":

@@ -13,6 +13,11 @@ What is measured, on three seeded random unit vectors ``u_1, u_2, u_3``:
   the parameters, buffers and data (:func:`hessop.backends.torch._products.reference_products`), so
   ``e_i = fl(H u_i) - H_64 u_i`` is the error itself, systematic part included (the Hessian of slightly wrong
   forward values, e.g. a softmax probability rounded to 1).  3 products in the model's dtype and 3 in float64.
+* **the backend's own estimate** (products that are not exact up to rounding: PyTorch's
+  ``hvp_method="finite_difference"``): the error norms it measures for ``u_1, u_2, u_3``
+  (:func:`hessop.backends.torch._products.finite_difference_error`: the differences at steps ``h`` and ``2 h``),
+  taken into ``delta`` and ``rayleigh`` as the larger of theirs and the others'; ``4 * 3`` gradients, counted
+  as 6 products.
 * **witnesses** (every other operator, and in addition for the above): the symmetry defects
   ``u_i . fl(H u_j) - u_j . fl(H u_i)`` (zero in exact arithmetic; about ``sqrt(2/n)`` times the error of one
   product when its direction is random) and the linearity defect ``fl(H s) / c - sum_i fl(H u_i)`` of
@@ -176,7 +181,20 @@ def measure_product_error(op: Any) -> ProductError:
         delta = max(delta, host_norm(err_norms) / math.sqrt(err_norms.size))  # rms, scale-safe
         rayleigh = max(rayleigh, float(np.max(np.abs(small[14:17]))))
         method, n_hvp = "float64 products", 7
+    estimate = _backend_estimate(op, U)
+    if estimate is not None:  # products that are not exact up to rounding (finite differences): their own measure
+        delta = max(delta, host_norm(estimate) / math.sqrt(estimate.size))
+        rayleigh = max(rayleigh, float(np.max(estimate)))
+        method, n_hvp = method + " + finite-difference steps h, 2h", n_hvp + 2 * estimate.size
     return ProductError(SAFETY * math.sqrt(n) * delta, delta, rayleigh, method, n_hvp)
+
+
+def _backend_estimate(op: Any, U: np.ndarray) -> np.ndarray | None:
+    """The model backend's own measured error norms of its products of the columns of ``U``
+    (``product_error_estimate``: finite-difference products), or None where it has none."""
+    backend = op.backend.model_backend
+    estimate = getattr(backend, "product_error_estimate", None)
+    return None if estimate is None else estimate(U)
 
 
 def _reference_products(op: Any, U: np.ndarray) -> Any:

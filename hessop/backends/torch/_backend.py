@@ -17,13 +17,19 @@ from hessop.backends.torch._analysis import TorchAnalysis
 from hessop.backends.torch._batches import BatchLoss, describe_reading, is_single_batch
 from hessop.backends.torch._graph_cache import GraphCache, default_cache_memory
 from hessop.backends.torch._loader import default_data_memory, keep_batches
-from hessop.backends.torch._products import LossModule, double_backward, forward_over_reverse
+from hessop.backends.torch._products import (
+    LossModule,
+    double_backward,
+    finite_difference,
+    finite_difference_error,
+    forward_over_reverse,
+)
 from hessop.backends.torch._selection import select_params
 from hessop.backends.torch._train_mode import buffers_preserved, warn_train_mode
 
 __all__ = ["FOR_BLOCK_DEVICES", "HVP_METHODS", "TorchBackend"]
 
-HVP_METHODS = ("auto", "forward_over_reverse", "double_backward")
+HVP_METHODS = ("auto", "forward_over_reverse", "double_backward", "finite_difference")
 
 FOR_BLOCK_DEVICES = ("cuda",)
 """Device types on which ``hvp_method="auto"`` computes blocks forward-over-reverse (``vmap``).  Not the CPU: there
@@ -67,13 +73,16 @@ class TorchBackend(TorchAnalysis, ModelBackend):
         * ``batch_size`` (callable, optional):
           ``batch_size(batch) -> int`` for the weights when ``loss_form="model"``; default: the first dimension of
           the first tensor in the batch.
-        * ``hvp_method`` ({"auto", "forward_over_reverse", "double_backward"}):
+        * ``hvp_method`` ({"auto", "forward_over_reverse", "double_backward", "finite_difference"}):
           How products are computed (module docstring).  ``"auto"`` (default): double backward (through the kept
           graph where ``cache_memory`` allows), the fastest for single vectors and for blocks on every CPU model of
           docs/benchmarks.md; on a GPU, blocks of k > 1 vectors forward-over-reverse (``vmap``: one batched pass
           per batch; ``FOR_BLOCK_DEVICES``), falling back to double backward, once, with a warning naming the
           cause, when the model uses an operation without a forward-mode derivative (e.g. a custom
           ``torch.autograd.Function`` without ``jvp``).  ``"forward_over_reverse"`` never keeps graphs.
+          ``"finite_difference"``: central differences of gradients (:func:`._products.finite_difference`), for
+          models whose kernels have no second derivative; not exact: its error is measured
+          (:meth:`product_error_estimate`) and goes into the operator's product error.
         * ``cache_memory`` (int, optional):
           Budget in bytes for keeping each batch's gradient graph (the forward pass and the ``create_graph``
           backward pass: everything in a double-backward product that depends only on ``theta``) between products,
@@ -218,6 +227,8 @@ class TorchBackend(TorchAnalysis, ModelBackend):
 
     def hvp_block(self, V: torch.Tensor) -> torch.Tensor:
         self._check_native(V)
+        if self.hvp_method == "finite_difference":
+            return finite_difference(self, V)
         if self.hvp_method == "double_backward" or (self.hvp_method == "auto" and (
                 V.shape[1] == 1 or self.device.type not in FOR_BLOCK_DEVICES)):
             return double_backward(self, V)
@@ -233,6 +244,15 @@ class TorchBackend(TorchAnalysis, ModelBackend):
                           "using double backward from now on (slower for blocks). Pass "
                           "hvp_method='double_backward' to silence this.", UserWarning, stacklevel=4)
             return out
+
+    def product_error_estimate(self, U: np.ndarray) -> np.ndarray | None:
+        """Measured error norms ``||fl(H u_j) - H u_j||`` of this backend's products of the host columns ``U``
+        (float64, one per column) where the products are not exact up to rounding (finite differences:
+        :func:`._products.finite_difference_error`); None otherwise (:mod:`hessop._product_error` measures the
+        rounding)."""
+        if self.hvp_method != "finite_difference":
+            return None
+        return finite_difference_error(self, self.asarray(U)).cpu().numpy()
 
     def _options(self) -> dict[str, Any]:
         """The keywords a backend of another matrix (a subclass taking the problem's keywords: the curvature

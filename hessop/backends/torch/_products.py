@@ -1,12 +1,15 @@
-"""The two product methods of the torch backend, each accumulating ``H V = sum_b w_b H_b V`` over the batches:
-double backward (through the kept graphs of :mod:`._graph_cache` where they are) and forward-over-reverse
-(``torch.func.jvp`` of ``grad``, ``vmap`` over a block's columns)."""
+"""The product methods of the torch backend, each accumulating ``H V = sum_b w_b H_b V`` over the batches: double
+backward (through the kept graphs of :mod:`._graph_cache` where they are), forward-over-reverse (``torch.func.jvp``
+of ``grad``, ``vmap`` over a block's columns), both exact up to rounding (Pearlmutter 1994), and central differences
+of gradients (:func:`finite_difference`, with its measured error :func:`finite_difference_error`), which need
+nothing but the model's own forward and backward passes."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.func import functional_call, grad, jvp, vmap
@@ -19,7 +22,8 @@ from hessop.backends.torch._train_mode import batch_statistics_only, buffers_pre
 if TYPE_CHECKING:
     from hessop.backends.torch._backend import TorchBackend
 
-__all__ = ["LossModule", "double_backward", "forward_over_reverse"]
+__all__ = ["LossModule", "double_backward", "finite_difference", "finite_difference_error", "finite_difference_step",
+           "forward_over_reverse"]
 
 
 class LossModule(nn.Module):
@@ -117,6 +121,139 @@ def forward_over_reverse(backend: TorchBackend, V: torch.Tensor) -> torch.Tensor
     return out
 
 
+def finite_difference_step(backend: TorchBackend, V: torch.Tensor) -> torch.Tensor:
+    """The step ``h_j`` of :func:`finite_difference` for each column ``v_j`` of ``V`` (0 for a zero column):
+
+    ``h_j = eps^(1/3) * max(1, ||theta||) / ||v_j||``,
+
+    ``eps`` the unit roundoff of the parameters' dtype and ``theta`` the selected parameters.  The parameters move
+    by ``h_j v_j``, of norm ``eps^(1/3) max(1, ||theta||)`` whatever ``||v_j||``: the step that balances the
+    truncation error of a central difference (``O(h^2)``) against its rounding error (``O(eps / h)``) for a
+    function whose third derivative is of the size of its first, on the scale of ``theta`` (Nocedal & Wright 2006,
+    Numerical Optimization, sections 8.1 and 7.1: the relative step ``eps^(1/3)`` of central differences, and
+    ``(1 + ||x||) / ||p||`` for the gradient difference along ``p`` of a Hessian-free Newton method).  It is not
+    assumed accurate: :func:`finite_difference_error` measures the error it gives.
+
+    Examples
+    --------
+    >>> from types import SimpleNamespace
+    >>> b = SimpleNamespace(params=[torch.zeros(2, dtype=torch.float64)], torch_dtype=torch.float64)
+    >>> h = finite_difference_step(b, torch.tensor([[2.0, 0.0], [0.0, 0.0]], dtype=torch.float64))
+    >>> h.tolist() == [torch.finfo(torch.float64).eps ** (1 / 3) / 2, 0.0]
+    True
+    """
+    eps = torch.finfo(backend.torch_dtype).eps
+    theta = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.detach().double())
+                                                         for p in backend.params])))
+    norms = torch.linalg.vector_norm(V.detach().double(), dim=0)
+    step = eps ** (1 / 3) * max(1.0, theta)
+    return torch.where(norms > 0, step / torch.where(norms > 0, norms, 1.0), 0.0)
+
+
+def _gradient(backend: TorchBackend) -> torch.Tensor:
+    """The flat gradient ``sum_b w_b grad L_b`` at the parameters' current values (one forward and one backward
+    pass per batch, the model's own kernels; ``.grad`` untouched)."""
+    params, total = backend.params, None
+    with torch.enable_grad():
+        for batch, w in backend._weighted():
+            grads = torch.autograd.grad(backend.loss(batch), params, allow_unused=True)
+            flat = torch.cat([g.reshape(-1) if g is not None else p.new_zeros(p.numel())
+                              for g, p in zip(grads, params, strict=True)]).detach()
+            total = flat.mul_(w) if total is None else total.add_(flat, alpha=w)
+    return total
+
+
+def _differences(backend: TorchBackend, V: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(g(theta + h_j v_j) - g(theta - h_j v_j)) / (2 h_j)`` for each column, and ``||g(theta + h_j v_j)|| +
+    ||g(theta - h_j v_j)||`` (float64, for the rounding term of :func:`finite_difference_error`).  The parameters
+    are saved first and copied back at the end, whatever happens: they come back bit for bit (a copy, never a
+    subtraction of the step)."""
+    params, offsets = backend.params, backend.offsets
+    wide = torch.float32 if backend.torch_dtype in (torch.float16, torch.bfloat16) else backend.torch_dtype
+    out = torch.zeros_like(V)
+    gnorms = torch.zeros(V.shape[1], dtype=torch.float64, device=V.device)
+    saved = [p.detach().clone() for p in params]
+    try:
+        with buffers_preserved(backend.model):
+            for j in range(V.shape[1]):
+                hj = float(h[j])
+                if hj == 0.0:
+                    continue  # a zero column: H 0 = 0
+                v = V[:, j]
+                grads = []
+                for sign in (1.0, -1.0):
+                    with torch.no_grad():
+                        for m, (p, theta) in enumerate(zip(params, saved, strict=True)):
+                            p.copy_(theta + (sign * hj) * v[offsets[m]: offsets[m + 1]].view_as(p))
+                    g = _gradient(backend)
+                    grads.append(g)
+                    gnorms[j] += torch.linalg.vector_norm(g.double())
+                out[:, j] = ((grads[0].to(wide) - grads[1].to(wide)) / (2.0 * hj)).to(V.dtype)
+    finally:
+        with torch.no_grad():
+            for p, theta in zip(params, saved, strict=True):
+                p.copy_(theta)
+    return out, gnorms
+
+
+def finite_difference(backend: TorchBackend, V: torch.Tensor) -> torch.Tensor:
+    """``H V`` by central differences of gradients, column by column:
+
+    ``H v ~ (g(theta + h v) - g(theta - h v)) / (2 h)``,  ``g = sum_b w_b grad L_b``,
+
+    with ``h`` from :func:`finite_difference_step`.  Two gradient evaluations (a forward and a backward pass per
+    batch, through the model's own kernels: fused attention, fused losses and anything else without a second
+    derivative) per column; the parameters are restored bit for bit afterwards.  Its error, ``h^2/6 D^3 g[v, v, v]``
+    plus rounding ``O(eps ||g|| / h)``, is not zero: :func:`finite_difference_error` measures it, and the
+    operator's product error (:mod:`hessop._product_error`) includes that measurement.
+
+    Examples
+    --------
+    >>> from hessop import HessianOperator
+    >>> model = torch.nn.Linear(1, 1, bias=False).double()
+    >>> data = (torch.tensor([[1.0], [2.0]], dtype=torch.float64), torch.zeros(2, 1, dtype=torch.float64))
+    >>> H = HessianOperator.from_torch(model, torch.nn.MSELoss(), data, hvp_method="finite_difference")
+    >>> before = model.weight.detach().clone()
+    >>> round(float((H @ np.ones(1))[0]), 9), bool(torch.equal(model.weight, before))  # d2/dw2 mean (w x)^2 = 5
+    (5.0, True)
+    """
+    return _differences(backend, V, finite_difference_step(backend, V))[0]
+
+
+def finite_difference_error(backend: TorchBackend, V: torch.Tensor) -> torch.Tensor:
+    """A measured estimate of ``||D_h v_j - H v_j||`` for each column of ``V``, ``D_h`` the central difference of
+    :func:`finite_difference` at its step ``h``: the difference at ``h`` and at ``2 h`` (Richardson's two steps)
+    and the rounding of the gradients,
+
+    ``est_j = ||D_h v_j - D_2h v_j|| + eps (||g(theta + h v_j)|| + ||g(theta - h v_j)||) / (2 h)``.
+
+    The truncation error of a central difference is ``c h^2 + O(h^4)`` (``c = D^3 g[v, v, v] / 6``), so
+    ``D_2h - D_h = 3 c h^2 + ...``: three times the truncation error at ``h``.  Rounding adds a term of size
+    ``rho / h`` to ``D_h`` and ``rho / (2 h)`` to ``D_2h``, nearly independent: their difference is about
+    ``sqrt(5) / 2`` times the first, so the first term covers the realised rounding too; the second is the
+    classical rounding bound of a gradient difference (e.g. Nocedal & Wright 2006, section 8.1), added for
+    gradients computed to working precision.  Costs ``4 k`` gradient evaluations for ``k`` columns (two
+    differences).  Returns float64 norms, one per column, on the parameters' device.
+
+    Examples
+    --------
+    >>> from hessop import HessianOperator
+    >>> model = torch.nn.Linear(1, 1, bias=False).double()
+    >>> data = (torch.tensor([[1.0], [2.0]], dtype=torch.float64), torch.zeros(2, 1, dtype=torch.float64))
+    >>> H = HessianOperator.from_torch(model, torch.nn.MSELoss(), data, hvp_method="finite_difference")
+    >>> est = finite_difference_error(H.backend, torch.ones(1, 1, dtype=torch.float64))
+    >>> bool(0 < est[0] < 1e-10)  # a quadratic loss: no truncation, rounding only
+    True
+    """
+    h = finite_difference_step(backend, V)
+    d1, gnorms = _differences(backend, V, h)
+    d2 = _differences(backend, V, 2.0 * h)[0]
+    eps = torch.finfo(backend.torch_dtype).eps
+    spread = torch.linalg.vector_norm((d1 - d2).double(), dim=0)
+    rounding = torch.where(h > 0, eps * gnorms / (2.0 * torch.where(h > 0, h, 1.0)), 0.0)
+    return spread + rounding
+
+
 def _widen(batch: Any) -> Any:
     """``batch`` with every floating tensor (nested in tuples, lists, dicts) in float64."""
     if isinstance(batch, torch.Tensor):
@@ -137,8 +274,6 @@ def reference_products(backend: TorchBackend, U: Any, host: bool = True) -> Any:
     (:mod:`hessop._product_error`).  Returns a host float64 array (with ``host=False`` a float64 tensor on the
     model's device), or None when the loss cannot be evaluated in
     float64 (a ``loss_fn`` that builds tensors of a fixed dtype): the caller then measures without it."""
-    import numpy as np
-
     module, model = backend.loss_module, backend.model
     wide = {"m." + k: p.detach().to(torch.float64) for k, p in model.named_parameters()}
     wide.update({"m." + k: b.to(torch.float64) if b.is_floating_point() else b for k, b in model.named_buffers()})
