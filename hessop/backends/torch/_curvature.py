@@ -37,21 +37,30 @@ from typing import Any
 import torch
 import torch.autograd.forward_ad as fwAD
 from torch import nn
-from torch.func import functional_call
+from torch.func import functional_call, jvp, vmap
 from torch.nn import functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from hessop.backends.settings import TorchSettings
 from hessop.backends.torch._backend import TorchBackend
-from hessop.backends.torch._batches import to_device
-from hessop.backends.torch._graph_cache import state_key
-from hessop.backends.torch._train_mode import buffers_preserved
+from hessop.backends.torch._batches import tensors, to_device
+from hessop.backends.torch._graph_cache import default_cache_memory, state_key
+from hessop.backends.torch._train_mode import batch_statistics_only, buffers_preserved
 from hessop.curvature import OUTPUT_LOSSES, WHY_OUTPUT_LOSS, check_curvature, draw_seed
 
-__all__ = ["JV_METHODS", "TorchCurvatureBackend", "curvature_product"]
+__all__ = ["BLOCK_METHODS", "JV_METHODS", "TorchCurvatureBackend", "curvature_product"]
 
 JV_METHODS = ("auto", "forward", "reverse")
 """How a curvature product computes ``A v`` (:class:`TorchCurvatureBackend`'s ``jv_method``)."""
+
+BLOCK_METHODS = ("auto", "batched", "columns")
+"""How a forward-mode curvature product treats a block of k vectors (:class:`TorchCurvatureBackend`'s
+``block_method``): in one batched pass, or column by column."""
+
+TANGENT_MEMORY = 4
+"""Memory of one column of a batched pass, in units of the bytes the primal forward pass saves for its backward
+pass (its tangents and their graph, and the batched backward pass's gradients): an upper bound measured on the test
+CNN and the ResNet-20-sized model (benchmarks/curvature_cost.py), used to split a block to ``block_memory``."""
 
 
 def _recognise(loss_fn: Callable, output_loss: str | None, reduction: str) -> tuple[str, float]:
@@ -113,6 +122,21 @@ class TorchCurvatureBackend(TorchBackend):
         (kept between products where ``cache_memory`` allows); ``"auto"`` (default) is ``"forward"`` until forward
         mode fails on the model (an operation without a forward derivative), then warns once and uses
         ``"reverse"`` from then on.
+    block_method : {"auto", "batched", "columns"}
+        How a forward-mode product treats a block ``V`` of k vectors: ``"batched"`` in one pass per batch (one
+        primal forward pass keeping its graph, the k tangents ``A V`` together by ``torch.func.jvp`` under
+        ``torch.func.vmap``, ``M`` on the k output tangents at once and the k products ``A^T (M A V)`` in one
+        batched backward pass, ``is_grads_batched``), split into chunks of columns to fit ``block_memory``;
+        ``"columns"`` one forward and one backward pass per column; ``"auto"`` (default) is ``"batched"`` for
+        blocks of k > 1 until the batched pass fails on the model (a module ``torch.func`` cannot transform, e.g. one
+        that writes to a buffer in its forward pass), then warns once and uses ``"columns"`` from then on.  The
+        reverse form (``jv_method="reverse"``) always goes column by column.
+    block_memory : int, optional
+        Budget in bytes for one batched pass: a block is split into chunks of at most
+        ``block_memory // (TANGENT_MEMORY * s)`` columns, ``s`` the bytes the batch's primal forward pass saves for
+        its backward pass (measured once per operator on the first batch, scaled by batch length; each chunk costs
+        one more primal forward pass).  Default None: :func:`~hessop.backends.torch._graph_cache.default_cache_memory`
+        (1 GiB or a quarter of the free memory).
 
     Examples
     --------
@@ -130,9 +154,15 @@ class TorchCurvatureBackend(TorchBackend):
                  fisher_seed: int = 0, output_loss: str | None = None, params: Any = None, reduction: str = "mean",
                  loss_form: str = "outputs", check_deterministic: bool = True,
                  batch_size: Callable[[Any], int] | None = None, cache_memory: int | None = None,
-                 jv_method: str = "auto") -> None:
+                 jv_method: str = "auto", block_method: str = "auto", block_memory: int | None = None) -> None:
         if jv_method not in JV_METHODS:
             raise ValueError(f"jv_method must be one of {', '.join(map(repr, JV_METHODS))}; got {jv_method!r}")
+        if block_method not in BLOCK_METHODS:
+            raise ValueError(f"block_method must be one of {', '.join(map(repr, BLOCK_METHODS))}; got "
+                             f"{block_method!r}")
+        if block_memory is not None and (isinstance(block_memory, bool) or not isinstance(block_memory, int)
+                                         or block_memory < 1):
+            raise ValueError(f"block_memory must be a number of bytes >= 1 (None: the default), got {block_memory!r}")
         if check_curvature(curvature, mc_samples, fisher_seed, output_loss) == "hessian":
             raise ValueError("TorchCurvatureBackend is for curvature='ggn', 'fisher' or 'empirical_fisher'; use "
                              "TorchBackend for the Hessian.")
@@ -141,7 +171,9 @@ class TorchCurvatureBackend(TorchBackend):
                              "loss_form='model' hessop sees only a scalar loss_fn(model, batch). Use "
                              "loss_form='outputs' with loss_fn(model(inputs), targets).")
         self.curvature, self.mc_samples, self.fisher_seed = curvature, int(mc_samples), int(fisher_seed)
-        self.output_loss, self.jv_method = output_loss, jv_method
+        self.output_loss, self.jv_method, self.block_method = output_loss, jv_method, block_method
+        self._block_memory = block_memory
+        self._saved_per_sample: float | None = None  # bytes a primal forward pass saves, per sample (measured once)
         self._kept: dict[int, tuple] = {}  # batch index -> (a, u, f, y, S) of its kept graph
         self.kind, self.label_smoothing = _recognise(loss_fn, output_loss, reduction)
         super().__init__(model, loss_fn, data, TorchSettings(params, reduction, loss_form, check_deterministic,
@@ -150,7 +182,8 @@ class TorchCurvatureBackend(TorchBackend):
 
     def _options(self) -> dict[str, Any]:
         return {"curvature": self.curvature, "mc_samples": self.mc_samples, "fisher_seed": self.fisher_seed,
-                "output_loss": self.output_loss, "jv_method": self.jv_method, "cache_memory": self.cache_memory}
+                "output_loss": self.output_loss, "jv_method": self.jv_method, "cache_memory": self.cache_memory,
+                "block_method": self.block_method, "block_memory": self._block_memory}
 
     def clear_cache(self) -> None:
         """Free every kept graph (rebuilt, within ``cache_memory``, by the next products)."""
@@ -161,6 +194,38 @@ class TorchCurvatureBackend(TorchBackend):
         """Whether ``A v`` is computed in forward mode: for ``jv_method="forward"`` and ``"auto"`` (until forward
         mode fails on the model), not for ``"reverse"``."""
         return self.jv_method != "reverse"
+
+    def _batching(self, k: int) -> bool:
+        """Whether a block of ``k`` columns goes in one batched pass (``block_method``; forward mode only)."""
+        return self.block_method == "batched" or (self.block_method == "auto" and k > 1)
+
+    def block_memory(self) -> int:
+        """The budget in bytes for one batched pass (``block_memory``)."""
+        return default_cache_memory(self.device) if self._block_memory is None else self._block_memory
+
+    def chunk_columns(self, x: torch.Tensor) -> int:
+        """The most columns one batched pass over inputs ``x`` takes: ``block_memory // (TANGENT_MEMORY * s)``,
+        at least 1, ``s`` the bytes the primal forward pass saves for inputs like ``x`` (:meth:`saved_bytes` of the
+        first batch, per sample, times ``len(x)``)."""
+        if self._saved_per_sample is None:
+            self._saved_per_sample = self.saved_bytes(x) / max(len(x), 1)
+        return max(1, int(self.block_memory() // max(TANGENT_MEMORY * self._saved_per_sample * len(x), 1.0)))
+
+    def saved_bytes(self, x: torch.Tensor) -> int:
+        """Bytes the model's forward pass on inputs ``x`` saves for its backward pass (``saved_tensors_hooks``;
+        the storages of the parameters, buffers and ``x`` excluded): one forward pass."""
+        held: dict[int, int] = {}
+
+        def pack(t: torch.Tensor) -> torch.Tensor:
+            held[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+
+        with (torch.enable_grad(), buffers_preserved(self.model), sdpa_kernel(SDPBackend.MATH),
+              torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t)):
+            self.model(x)
+        for t in [*self.model.parameters(), *self.model.buffers(), *tensors(x)]:
+            held.pop(t.untyped_storage().data_ptr(), None)
+        return sum(held.values())
 
     # ------------------------------------------------------------------ the loss in output space
     def _scale(self, f: torch.Tensor) -> tuple[float, float]:
@@ -237,10 +302,14 @@ class TorchCurvatureBackend(TorchBackend):
         return f"{super().describe()[:-1]}, curvature={self.curvature!r} ({self.kind}{extra}))"
 
 
+_NOT_DONE = object()  # a batch's term not computed yet (None: the outputs do not depend on the parameters)
+
+
 def curvature_product(backend: TorchCurvatureBackend, V: torch.Tensor) -> torch.Tensor:
     """The curvature product ``sum_b w_b A_b^T M_b A_b V`` (module docstring), the counterpart of
-    :func:`hessop.backends.torch._products.double_backward` for the Hessian: per batch, ``A v`` in forward mode
-    (:func:`_forward_columns`) or by the double vjp through the batch's kept graph (:func:`_reverse_columns`)."""
+    :func:`hessop.backends.torch._products.double_backward` for the Hessian: per batch, in forward mode the whole
+    block in one batched pass (:func:`_batched_block`) or column by column (:func:`_forward_columns`), or ``A v`` by
+    the double vjp through the batch's kept graph (:func:`_reverse_columns`)."""
     cache, model = backend.graphs, backend.model
     caching = backend.caching() and not backend._forward_mode()  # forward mode keeps no graph
     if caching:
@@ -250,20 +319,32 @@ def curvature_product(backend: TorchCurvatureBackend, V: torch.Tensor) -> torch.
     out = torch.zeros_like(V)
     with torch.enable_grad(), buffers_preserved(model):
         for i, (batch, w) in enumerate(backend._weighted()):
-            term = None
-            if backend._forward_mode():
+            term: Any = _NOT_DONE
+            if backend._forward_mode() and backend._batching(V.shape[1]):
+                try:
+                    term = _batched_block(backend, i, batch, V)
+                except (RuntimeError, NotImplementedError) as e:
+                    if backend.block_method == "batched":
+                        raise
+                    backend.block_method = "columns"
+                    first = str(e).strip().splitlines()[0] if str(e).strip() else repr(e)
+                    warnings.warn(f"hessop: the batched block product (torch.func.jvp under vmap) failed on this "
+                                  f"model ({type(e).__name__}: {first}); curvature blocks go column by column from "
+                                  "now on. Pass block_method='columns' to silence this.", UserWarning, stacklevel=4)
+            if term is _NOT_DONE and backend._forward_mode():
                 try:
                     term = _forward_columns(backend, i, batch, V)
                 except (RuntimeError, NotImplementedError) as e:
                     if backend.jv_method == "forward":
                         raise
+                    term = _NOT_DONE
                     backend.jv_method = "reverse"
                     first = str(e).strip().splitlines()[0] if str(e).strip() else repr(e)
                     warnings.warn(f"hessop: forward-mode Jacobian-vector products failed on this model "
                                   f"({type(e).__name__}: {first}); curvature products use the reverse-only form "
                                   "(a second backward pass) from now on. Pass jv_method='reverse' to silence this.",
                                   UserWarning, stacklevel=4)
-            if term is None:
+            if term is _NOT_DONE:
                 term = _reverse_columns(backend, i, batch, V, caching)
             if term is not None:
                 out.add_(term, alpha=w)
@@ -340,4 +421,46 @@ def _forward_columns(backend: TorchCurvatureBackend, i: int, batch: Any, V: torc
             S = backend.fisher_gradients(i, fd)
         atm = torch.autograd.grad(a, params, grad_outputs=backend.output_product(fd, y, S, av), allow_unused=True)
         out[:, j] = _flat(atm, params)
+    return out
+
+
+def _batched_block(backend: TorchCurvatureBackend, i: int, batch: Any, V: torch.Tensor) -> torch.Tensor | None:
+    """``A_b^T M_b A_b V`` for batch ``i`` and the whole block ``V`` (n, k) in one pass (chunks of
+    :meth:`TorchCurvatureBackend.chunk_columns` columns): the primal outputs with their reverse graph and the k
+    tangents ``A_b V`` by ``torch.func.jvp`` under ``torch.func.vmap`` (the primal is computed once: it does not
+    depend on the vmapped tangents), ``M_b`` on the k output tangents (``vmap``), and the k vector-Jacobian
+    products in one batched backward pass (``torch.autograd.grad(..., is_grads_batched=True)``).  Train-mode batch
+    norm runs on the batch's statistics with its running statistics detached (``batch_statistics_only``: the same
+    outputs; ``torch.func`` refuses their in-place update).  None when the outputs do not depend on the selected
+    parameters."""
+    params, offsets, names, model = backend.params, backend.offsets, backend.names, backend.model
+    x, y = to_device(batch, backend.device)
+    primals = dict(zip(names, params, strict=True))  # with grad: the primal pass keeps its reverse graph
+
+    def outputs(ps: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        f = functional_call(model, ps, (x,), strict=False)
+        return (backend.per_sample_loss(f, y) if backend.curvature == "empirical_fisher" else f), f
+
+    def tangent(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        a, av, f = jvp(outputs, (primals,), ({name: v[offsets[m]: offsets[m + 1]].view_as(p)
+                                              for m, (name, p) in enumerate(primals.items())},), has_aux=True)
+        return a, f, av
+
+    out = torch.empty_like(V)
+    step = backend.chunk_columns(x) if V.shape[1] > 1 else 1
+    S = None
+    for start in range(0, V.shape[1], step):
+        block = V[:, start: start + step]
+        with sdpa_kernel(SDPBackend.MATH), batch_statistics_only(model):  # fused attention: no forward AD
+            a, f, AV = vmap(tangent, in_dims=1, out_dims=(None, None, 0))(block)
+        if not a.requires_grad:
+            return None  # the outputs do not depend on these parameters
+        fd = f.detach()
+        if backend.curvature == "fisher" and S is None:
+            S = backend.fisher_gradients(i, fd)
+        MAV = vmap(lambda U, fd=fd, S=S: backend.output_product(fd, y, S, U))(AV.detach())
+        grads = torch.autograd.grad(a, params, grad_outputs=MAV, is_grads_batched=True, allow_unused=True)
+        k = block.shape[1]
+        out[:, start: start + k] = torch.cat([g.reshape(k, -1) if g is not None else p.new_zeros(k, p.numel())
+                                              for g, p in zip(grads, params, strict=True)], dim=1).T
     return out
