@@ -10,8 +10,9 @@ from typing import Any
 import numpy as np
 from array_api_compat import device
 
-__all__ = ["check_cast", "check_choice", "check_finite", "check_int", "check_k", "check_native", "check_real",
-           "check_seed", "check_shape", "check_symmetric_product", "check_tol", "norm_overflow"]
+__all__ = ["check_cast", "check_choice", "check_finite", "check_int", "check_k", "check_native", "check_product",
+           "check_real", "check_seed", "check_shape", "check_square", "check_symmetric_product", "check_symmetry",
+           "check_tol", "float_dtype", "norm_overflow"]
 
 
 def check_int(value: object, name: str, low: int, high: int | None = None) -> int:
@@ -204,3 +205,95 @@ def norm_overflow(largest: float) -> FloatingPointError:
         f"the norm of a vector overflowed float64 although its entries are finite (the largest is {largest:.3g}); the "
         "products are not NaN, but their size is beyond what the solvers can represent. Scale the loss down by a power "
         "of two (every eigenvalue, residual and trace scales with it exactly).")
+
+
+def float_dtype(dtype: Any, what: str) -> np.dtype:
+    """The floating dtype a matrix or callable works in: float32/float64 kept, integers and bools promoted to
+    float64 (exact for them), anything else refused.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from hessop._validate import float_dtype
+    >>> float_dtype(np.float32, "A"), float_dtype(np.int64, "A")
+    (dtype('float32'), dtype('float64'))
+    """
+    dtype = np.dtype(dtype)
+    if dtype in (np.float32, np.float64):
+        return dtype
+    if dtype.kind in "iub":
+        return np.dtype(np.float64)
+    raise TypeError(
+        f"{what} has dtype {dtype}; hessop works with real float32 or float64 operators "
+        "(a Hessian of a real loss is real symmetric). Convert it with .astype(numpy.float64)."
+    )
+
+
+def check_square(shape: tuple[int, ...], what: str = "the matrix") -> None:
+    """Raise ValueError unless ``shape`` is that of a square matrix of at least 2 x 2.
+
+    Examples
+    --------
+    >>> from hessop._validate import check_square
+    >>> check_square((3, 3))
+    >>> check_square((2, 3))
+    Traceback (most recent call last):
+    ...
+    ValueError: the matrix must be square (n, n); got shape (2, 3).
+    """
+    if len(shape) != 2 or shape[0] != shape[1]:
+        raise ValueError(f"{what} must be square (n, n); got shape {tuple(shape)}.")
+    if shape[0] < 2:
+        raise ValueError(f"{what} must be at least 2 x 2; got shape {tuple(shape)}.")
+
+
+def check_symmetry(scale: float, asym: float, dtype: Any, what: str = "the matrix") -> None:
+    """Raise ValueError unless ``asym = max |A - A^T|`` is within ``sqrt(eps) * scale``, ``scale = max |A|``
+    (both host floats, computed wherever ``A`` lives; eps of ``dtype``, float64 for non-float dtypes).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from hessop._validate import check_symmetry
+    >>> check_symmetry(1.0, 1e-9, np.float64)
+    >>> check_symmetry(1.0, 1e-3, np.float64)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: the matrix is not symmetric: max |A - A.T| = 1.000e-03 exceeds 1.490e-08. ...
+    """
+    if not (np.isfinite(scale) and np.isfinite(asym)):
+        raise ValueError(f"{what} contains NaN or Inf.")
+    dtype = np.dtype(dtype)
+    tol = float(np.sqrt(np.finfo(dtype if dtype.kind == "f" else np.float64).eps)) * scale
+    if asym > tol:
+        raise ValueError(
+            f"{what} is not symmetric: max |A - A.T| = {asym:.3e} exceeds {tol:.3e}. A Hessian is symmetric; "
+            "if the asymmetry is rounding, pass (A + A.T) / 2."
+        )
+
+
+def check_product(y: Any, shape: tuple[int, ...], dtype: np.dtype) -> Any:
+    """The result ``y`` of a user's hvp callable, checked: shape ``shape``, dtype ``dtype`` or a lower precision
+    (promoted; never down-cast, never complex).  Works on any array with ``.shape``, ``.dtype`` and ``.astype``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from hessop._validate import check_product
+    >>> check_product(np.ones(2, dtype=np.float32), (2,), np.dtype(np.float64)).dtype
+    dtype('float64')
+    >>> check_product(np.ones(3), (2,), np.dtype(np.float64))
+    Traceback (most recent call last):
+    ...
+    ValueError: the hvp callable returned shape (3,), expected (2,)
+    """
+    if tuple(y.shape) != shape:
+        raise ValueError(f"the hvp callable returned shape {tuple(y.shape)}, expected {shape}")
+    if y.dtype != dtype:
+        if y.dtype.kind == "c" or not np.can_cast(y.dtype, dtype, casting="safe"):
+            raise TypeError(
+                f"the hvp callable returned {y.dtype} but the operator was declared {dtype}; "
+                f"declare dtype={y.dtype} or return {dtype} (hessop does not down-cast silently)."
+            )
+        y = y.astype(dtype)
+    return y

@@ -20,8 +20,8 @@ import cupy as cp
 import cupyx.scipy.sparse as cpsp
 import numpy as np
 
+from hessop._validate import check_product, check_square, check_symmetry, float_dtype
 from hessop.backends.base import Backend
-from hessop.backends.numpy import check_product, check_square, check_symmetry, float_dtype
 
 __all__ = ["CupyFunctionBackend", "CupyMatrixBackend", "check_symmetric_device", "cupy_backend"]
 
