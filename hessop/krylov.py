@@ -9,8 +9,15 @@ From a unit start vector ``q_1``, Lanczos builds an orthonormal basis ``Q_j = [q
 
 In floating point the basis loses orthogonality as soon as a Ritz pair converges and copies ("ghosts") of the
 extreme eigenvalues appear (Paige 1971).  Every new vector is therefore reorthogonalised against the whole basis,
-in block form and twice (classical Gram-Schmidt run twice, "twice is enough": Giraud et al. 2005), which keeps
-``Q_j`` orthonormal to working precision at the cost of two (n x j) matrix products per step and no per-vector loop.
+in block form (classical Gram-Schmidt, two (n x j) matrix products per pass and no per-vector loop), with a second
+pass where the first lost orthogonality, measured by the criterion of Daniel, Gragg, Kaufman & Stewart (Math. Comp.
+30, 1976): after the first pass ``w -> w'``, a second runs when ``||w'|| < ||w|| / sqrt(2)`` (a cancellation that
+leaves ``w'`` with a relative error above ``sqrt(2)`` times the first pass's rounding).  "Twice is enough" (Giraud,
+Langou, Rozloznik, Comput. Math. Appl. 50, 2005): two passes keep ``Q_j`` orthonormal to working precision; one
+pass without that cancellation does too, its loss of orthogonality being ``O(u ||w|| / ||w'||)``.  Backends that
+compile per array shape (:attr:`hessop.backends.base.Backend.fixed_shapes`: JAX) keep the basis at one fixed
+shape and always run both passes (no data-dependent branch, one host transfer per step, the same kernels every
+step); elsewhere the passes run on the filled columns only.
 
 When the basis is full, thick restart (Wu & Simon, SIAM J. Matrix Anal. Appl. 22(2), 2000) keeps the ``p`` best
 Ritz vectors ``Y = Q S_p`` and the next Lanczos vector; the projected matrix becomes an arrowhead
@@ -36,6 +43,9 @@ from hessop.results import residual_floor
 __all__ = ["Krylov", "start_vector"]
 
 ERROR_MODEL = "operator"
+ETA = 1 / np.sqrt(2)
+"""The second Gram-Schmidt pass runs when the first leaves ``||w'|| < ETA ||w||`` (Daniel, Gragg, Kaufman, Stewart
+1976; Giraud et al. 2005)."""
 
 
 class Krylov:
@@ -44,10 +54,13 @@ class Krylov:
     Shared by :func:`lanczos` and by the spectral-density code (one fixed-length run per probe).  ``j`` is the
     number of basis vectors whose product has been taken; ``Q[:, j]`` is the next vector to multiply.
 
-    Columns of ``Q`` past the current basis are kept exactly zero, so the block Gram-Schmidt products run on the
-    whole fixed-shape ``Q`` (a zero column adds an exact 0 to ``Q^T w`` and nothing to ``Q h``).  Every step then
-    has the same array shapes, which backends that compile per shape (JAX, and any jit) reuse instead of compiling
-    new kernels at every step; the cost is at most twice the (cheap, O(n m)) reorthogonalisation flops.
+    On backends that compile per array shape (:attr:`~hessop.backends.base.Backend.fixed_shapes`, JAX), columns of
+    ``Q`` past the current basis are kept exactly zero, so the block Gram-Schmidt products run on the whole
+    fixed-shape ``Q`` (a zero column adds an exact 0 to ``Q^T w`` and nothing to ``Q h``): every step has the same
+    array shapes, and the compiled kernels are reused instead of compiled anew at every step.  Elsewhere the basis
+    is held one vector per row (``Q`` is the transposed view of an (m + 1, n) array, so each basis vector is
+    contiguous) and the Gram-Schmidt products run on the filled columns ``Q[:, :j + 1]`` only, with the second pass
+    only where the first lost orthogonality (module notes); :attr:`n_second` counts the second passes.
 
     Examples
     --------
@@ -69,7 +82,12 @@ class Krylov:
         self.xp = op.xp
         self.m = m
         xp = self.xp
-        self.Q = xp.zeros((op.n, m + 1), dtype=v0.dtype, device=device(v0))
+        self.fixed = bool(op.backend.fixed_shapes)
+        if self.fixed:
+            self.Q = xp.zeros((op.n, m + 1), dtype=v0.dtype, device=device(v0))
+        else:  # one basis vector per row (contiguous); Q is the (n, m + 1) view the rest of the code indexes
+            self.Q = xp.zeros((m + 1, op.n), dtype=v0.dtype, device=device(v0)).T
+        self.n_second = 0  # second Gram-Schmidt passes run (every step on fixed-shape backends)
         self.T = np.zeros((m + 1, m + 1))
         # C: every coefficient the Gram-Schmidt passes computed (column i: ``Q^T w`` of step i, and beta below the
         # diagonal); T is its symmetric tridiagonal / arrowhead part.  err_units[i] (in units of one product's error)
@@ -99,22 +117,49 @@ class Krylov:
         self._eps = op.product_eps
 
     def step(self, w: Any = None) -> float:
-        """One Lanczos step: ``w = H q_j``, two block Gram-Schmidt passes, ``alpha``, ``beta``.  Returns beta.
+        """One Lanczos step: ``w = H q_j``, block Gram-Schmidt (a second pass where needed), ``alpha``, ``beta``.
+        Returns beta.
 
         ``w``, if given, is the product ``H q_j`` already computed by the caller (several Krylov runs advanced in
         lockstep share one block product ``H [q_j^(1) .. q_j^(b)]``); it is then not counted again."""
         xp, j = self.xp, self.j
-        B = self.Q  # fixed shape; the columns past j are zero
         if w is None:
             w = self.op.hvp(self.Q[:, j])
-        h1 = B.T @ w
-        w = w - B @ h1
-        h2 = B.T @ w
-        w = w - B @ h2
-        # one host synchronisation per step: the coefficients h = h1 + h2 and beta together
-        with np.errstate(over="ignore"):  # NumPy's warning when the squares overflow: beta is rescaled below
-            hb = self.op.to_numpy(xp.concat([h1 + h2, xp.reshape(xp.linalg.vector_norm(w), (1,))])).astype(np.float64)
-        h, alpha = hb[: j + 1], float(hb[j])
+        if self.fixed:
+            B = self.Q  # fixed shape; the columns past j are zero
+            h1 = B.T @ w
+            w = w - B @ h1
+            h2 = B.T @ w
+            w = w - B @ h2
+            self.n_second += 1
+            # one host synchronisation per step: the coefficients h = h1 + h2 and beta together
+            with np.errstate(over="ignore"):  # NumPy's warning when the squares overflow: beta is rescaled below
+                hb = self.op.to_numpy(xp.concat([h1 + h2, xp.reshape(xp.linalg.vector_norm(w), (1,))]))
+            hb = hb.astype(np.float64)
+            h = hb[: j + 1]
+        else:
+            B = self.Q[:, : j + 1]  # the filled columns only
+            h1 = B.T @ w
+            w1 = w - B @ h1
+            # one host synchronisation: h1 and the norms before and after the pass (the DGKS test)
+            with np.errstate(over="ignore"):
+                hb = self.op.to_numpy(xp.concat([h1, xp.stack([xp.linalg.vector_norm(w),
+                                                                xp.linalg.vector_norm(w1)])])).astype(np.float64)
+            h, (before, after) = hb[: j + 1], hb[j + 1:]
+            w = w1
+            # a second pass where the first cancelled (a NaN or Inf norm takes it too; check_finite reports it)
+            if not after >= ETA * before or not np.isfinite(after):
+                h2 = B.T @ w
+                w = w - B @ h2
+                self.n_second += 1
+                with np.errstate(over="ignore"):
+                    h2b = self.op.to_numpy(xp.concat([h2, xp.reshape(xp.linalg.vector_norm(w), (1,))]))
+                h2b = h2b.astype(np.float64)
+                h = h + h2b[: j + 1]  # the coefficients applied: h1 + h2 (exact sum of the two used)
+                hb = np.append(h, h2b[-1])
+            else:
+                hb = np.append(h, after)
+        alpha = float(hb[j])
         beta = vector_norm(self.op, w, plain=float(hb[-1]))  # scale-safe: a second transfer only near the range's ends
         check_finite(alpha, "the Lanczos coefficient alpha", j + 1)
         check_finite(beta, "the Lanczos coefficient beta", j + 1, products_finite=False)
@@ -122,8 +167,10 @@ class Krylov:
             check_finite(float(np.sum(h)), "a Gram-Schmidt coefficient", j + 1)
         self.C[: j + 1, j] = h
         self.C[j + 1, j] = beta
-        # rounding of the two Gram-Schmidt passes, of h1 + h2 and of w / beta (probabilistic model, as the floor's
-        # sqrt(n) eps: sqrt(terms) u times the sizes involved); the product's own error is one unit
+        # rounding of the Gram-Schmidt passes (two, or one where the second was skipped: its coefficients h2 = 0 and
+        # its rounding terms are absent, so the two-pass bound below still holds), of h1 + h2 and of w / beta
+        # (probabilistic model, as the floor's sqrt(n) eps: sqrt(terms) u times the sizes involved); the product's own
+        # error is one unit
         # (on the coefficients scaled by a power of two near their largest: exact, and no sum of them overflows at
         # the top of the range)
         self.err_units[j] = 1.0
@@ -145,6 +192,8 @@ class Krylov:
         if not self.breakdown:
             self.Q = set_column(self.Q, j + 1, w / beta)
         else:  # the remainder w (norm beta) is dropped from the relation: it joins column j's error
+            if not self.fixed:  # the column past the basis reads as zero (qnorm_bound), as on fixed shapes
+                self.Q = set_column(self.Q, j + 1, 0.0)
             self.C[j + 1, j] = 0.0
             self.err_coupled[j] += beta
         self.j = j + 1
@@ -158,14 +207,14 @@ class Krylov:
         j = self.j
         if j >= self.op.n:
             return False
-        B = set_column(self.Q, j, 0.0)  # columns j.. are zero
+        B = set_column(self.Q, j, 0.0) if self.fixed else self.Q[:, :j]  # (fixed shape: columns j.. are zero)
         v = self.op.cast(rng.standard_normal(self.op.n))
         for _ in range(2):
             v = v - B @ (B.T @ v)
         nrm = vector_norm(self.op, v)
         if nrm <= 100 * self._eps:
             return False
-        self.Q = set_column(B, j, v / nrm)
+        self.Q = set_column(B if self.fixed else self.Q, j, v / nrm)
         # the next Lanczos vector is replaced: its coupling to the basis joins the columns' error
         self.err_coupled[:j] += np.abs(self.C[j, :j])
         self.T[j, :j] = self.T[:j, j] = 0.0
@@ -257,7 +306,8 @@ class Krylov:
         nxt = self.Q[:, j]
         self.Q = set_column(self.Q, slice(0, p), Y)
         self.Q = set_column(self.Q, p, nxt)
-        self.Q = set_column(self.Q, slice(p + 1, None), 0.0)  # keep the columns past the basis zero
+        if self.fixed:
+            self.Q = set_column(self.Q, slice(p + 1, None), 0.0)  # keep the columns past the basis zero
         b = self.beta * Sk[j - 1, :]
         T = np.zeros_like(self.T)
         T[np.arange(p), np.arange(p)] = theta[keep]

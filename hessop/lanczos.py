@@ -13,14 +13,16 @@ give Ritz pairs ``(theta_i, Q_j s_i)`` whose residuals are known for free:
 
 In floating point the basis loses orthogonality as soon as a Ritz pair converges and copies ("ghosts") of the
 extreme eigenvalues appear (Paige 1971).  Every new vector is therefore reorthogonalised against the whole basis,
-in block form and twice (classical Gram-Schmidt run twice, "twice is enough": Giraud et al. 2005), which keeps
-``Q_j`` orthonormal to working precision at the cost of two (n x j) matrix products per step and no per-vector loop.
+in block form (classical Gram-Schmidt; a second pass where the first lost orthogonality, measured: Daniel et al.
+1976, "twice is enough": Giraud et al. 2005; :mod:`hessop.krylov`), which keeps ``Q_j`` orthonormal to working
+precision at the cost of two or four (n x j) matrix products per step and no per-vector loop.
 
-Memory is ``max_basis`` vectors.  When the basis is full, thick restart (Wu & Simon, SIAM J. Matrix Anal. Appl.
-22(2), 2000) keeps the ``p`` best Ritz vectors ``Y = Q S_p`` and the next Lanczos vector; the projected matrix
-becomes an arrowhead ``[[diag(theta_p), b], [b^T, alpha]]`` with ``b = beta_m S_{m,p}`` and Lanczos continues.  The
-projected matrix is always symmetric and is diagonalised with a symmetric solver (``eigh_tridiagonal`` before
-the first restart, ``eigh`` after), never a general eigensolver.
+Memory is ``max_basis`` vectors, within a byte budget (``memory``; default a quarter of the device's free
+memory).  When the basis is full, thick restart (Wu & Simon, SIAM J. Matrix Anal. Appl. 22(2), 2000) keeps the
+``p`` best Ritz vectors ``Y = Q S_p`` and the next Lanczos vector; the projected matrix becomes an arrowhead
+``[[diag(theta_p), b], [b^T, alpha]]`` with ``b = beta_m S_{m,p}`` and Lanczos continues.  The projected matrix
+is always symmetric and is diagonalised with a symmetric solver (``eigh_tridiagonal`` before the first restart,
+``eigh`` after), never a general eigensolver.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from hessop._array import make_rng, vector_norm
+from hessop._memory import lanczos_basis
 from hessop._progress import Progress
 from hessop._validate import check_choice, check_int, check_k, check_tol
 from hessop.krylov import Krylov, qnorm_bound, start_vector
@@ -59,6 +62,7 @@ def lanczos(
     tol: float | None = None,
     max_iter: int | None = None,
     max_basis: int | None = None,
+    memory: int | None = None,
     seed: int | np.random.Generator | None = 0,
     v0: Any = None,
     callback: Callable[[int, np.ndarray, np.ndarray], None] | None = None,
@@ -94,9 +98,17 @@ def lanczos(
         Most Lanczos steps (= HVPs) in all; default ``max(1000, 20 * max_basis)``.  Pairs not converged by then
         are returned with ``converged=False``.
     max_basis : int, optional
-        Most basis vectors held (memory = ``max_basis + 1`` vectors of length n).  Default
-        ``min(n, max(2k + 1, 40))``.  When it is reached the basis is thick-restarted keeping
-        ``k + (max_basis - k) // 2`` Ritz vectors.  Must exceed ``k``.
+        Most basis vectors held (``max_basis + 1`` vectors of length n, plus temporaries: see ``memory``).  Default:
+        ``min(n, max(2k + 1, 40))``, or less where ``memory`` holds less.  When it is reached the basis is
+        thick-restarted keeping ``k + (max_basis - k) // 2`` Ritz vectors.  Must exceed ``k``.  An explicit
+        ``max_basis`` is used as given (checked against ``memory`` only when that is given too).
+    memory : int, optional
+        Budget in bytes for the run's vectors: the basis and its largest temporary,
+        ``max_basis + 1 + max(4, k + (max_basis - k) // 2, 4k)`` vectors of ``n * itemsize`` bytes
+        (:func:`hessop._memory.lanczos_vectors`).  Default (None): a quarter of the memory free, at call time, on
+        the device holding the vectors (:meth:`hessop.backends.base.Backend.free_memory`).  The default basis is
+        shrunk to fit it (a smaller basis restarts more often: same answers to ``tol``, more steps); ``ValueError``
+        naming ``memory`` when not even ``max_basis = k + 1`` fits.
     seed : int, numpy Generator or None
         Seed of the standard-normal start vector (drawn on the host; the same seed gives the same answer on every
         backend).  Default 0.
@@ -141,7 +153,9 @@ def lanczos(
 
     Notes
     -----
-    Memory: ``max_basis + 4`` n-vectors (the basis, the product and two Gram-Schmidt temporaries).
+    Memory: ``max_basis + 1`` n-vectors for the basis, plus at most ``max(4, k + (max_basis - k) // 2, 4k)`` of
+    temporaries (a step's product and Gram-Schmidt updates, a thick restart's Ritz vectors, the returned
+    eigenvectors and their verification), within ``memory`` bytes.
 
     A Krylov space holds one copy of each distinct eigenvalue.  When the basis closes (an invariant subspace,
     ``beta <= 10 eps ||H||``), Lanczos continues from a random vector orthogonal to it; without a breakdown, the
@@ -184,10 +198,7 @@ def lanczos(
     which = check_choice(which, "which", WHICH)
     default_tol = tol is None
     tol = resolve_tol(None if default_tol else check_tol(tol), 1e-8, op)
-    if max_basis is None:
-        max_basis = min(n, max(2 * k + 1, 40))
-    m = check_int(max_basis, "max_basis", k + 1, None)
-    m = min(m, n)
+    m = lanczos_basis(op, k, min(n, max(2 * k + 1, 40)), max_basis, memory)
     if max_iter is None:
         max_iter = max(1000, 20 * m)
     max_iter = check_int(max_iter, "max_iter", 1)

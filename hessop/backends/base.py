@@ -5,6 +5,7 @@ analyses need beyond products (:class:`ParameterLayout`, :class:`ModelBackend`).
 from __future__ import annotations
 
 import abc
+import contextlib
 from types import SimpleNamespace
 from typing import Any
 
@@ -12,6 +13,36 @@ import numpy as np
 from array_api_compat import array_namespace
 
 from hessop._array import vector_norm
+
+
+def host_free_memory() -> int | None:
+    """Bytes of host memory available now: ``MemAvailable`` of /proc/meminfo (Linux), else the available pages of
+    ``os.sysconf``, capped by the cgroup (v2) limit less its usage where a container sets one; None where none can
+    be read (e.g. macOS).
+
+    Examples
+    --------
+    >>> free = host_free_memory()
+    >>> free is None or free > 0
+    True
+    """
+    import os
+
+    free = None
+    with contextlib.suppress(OSError, ValueError, StopIteration, IndexError):
+        with open("/proc/meminfo") as f:
+            free = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    if free is None:
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    with contextlib.suppress(OSError, ValueError):
+        with open("/sys/fs/cgroup/memory.max") as f:
+            limit = f.read().strip()
+        if limit != "max":
+            with open("/sys/fs/cgroup/memory.current") as f:
+                left = max(int(limit) - int(f.read().strip()), 0)
+            free = left if free is None else min(free, left)
+    return free
 
 
 class Backend(abc.ABC):
@@ -48,6 +79,18 @@ class Backend(abc.ABC):
     half_precision: bool = False
     """True when the products are computed in float16 / bfloat16 (the operator then shows float32 vectors:
     :func:`hessop.backends.widened.half_precision_face`)."""
+    fixed_shapes: bool = False
+    """True when the backend compiles its array operations per shape (JAX: each new shape is a new XLA program), so
+    solvers keep their arrays at one shape across steps (the Lanczos basis with zero columns past the filled ones,
+    :class:`hessop.krylov.Krylov`); False (NumPy, PyTorch, CuPy): solvers work on the filled part only."""
+
+    def free_memory(self) -> int | None:
+        """Bytes free now on the device that holds this backend's vectors, or None where it cannot be read.
+
+        The one place solvers learn it (:mod:`hessop._memory` turns a share of it into a number of vectors).
+        Default: the host's available memory (:func:`host_free_memory`), right for NumPy and other CPU backends;
+        GPU backends override it."""
+        return host_free_memory()
 
     @abc.abstractmethod
     def hvp(self, v: Any) -> Any:
@@ -396,6 +439,8 @@ class WrapperFacts(LayoutDelegate):
     >>> W = WidenedBackend(HessianOperator.from_matrix(np.eye(2, dtype=np.float32)), np.float64)
     >>> W.product_dtype, W.product_eps == float(np.finfo(np.float32).eps), W.half_precision, W.layout
     ('float32', True, False, None)
+    >>> W.fixed_shapes, W.free_memory() is None or W.free_memory() > 0
+    (False, True)
     """
 
     wrapped: Backend
@@ -407,4 +452,9 @@ class WrapperFacts(LayoutDelegate):
 
     product_dtype = from_wrapped("product_dtype")
     half_precision = from_wrapped("half_precision")
+    fixed_shapes = from_wrapped("fixed_shapes")
     layout = from_wrapped("layout")
+
+    def free_memory(self) -> int | None:
+        """:meth:`Backend.free_memory` of the wrapped backend (its vectors are on the same device)."""
+        return self.wrapped.free_memory()

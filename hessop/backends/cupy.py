@@ -82,6 +82,11 @@ class _CupyBackend(Backend):
     def to_numpy(self, x: Any) -> np.ndarray:
         return cp.asnumpy(x)
 
+    def free_memory(self) -> int | None:
+        """Bytes free on the GPU: the driver's free memory plus what CuPy's memory pool holds unused."""
+        with self.device:
+            return int(cp.cuda.runtime.memGetInfo()[0]) + int(cp.get_default_memory_pool().free_bytes())
+
 
 class CupyMatrixBackend(_CupyBackend):
     """``H v = A v`` for a symmetric dense ``cupy.ndarray`` or ``cupyx.scipy.sparse`` matrix ``A`` on a GPU.

@@ -22,6 +22,7 @@ hessop refuses to truncate them silently.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Callable, Mapping
 from dataclasses import replace
@@ -32,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from hessop.backends.base import DataView, ModelBackend
+from hessop.backends.base import DataView, ModelBackend, host_free_memory
 from hessop.backends.settings import JaxSettings
 
 __all__ = ["JaxBackend", "x64_enabled"]
@@ -183,6 +184,29 @@ def _hvp_block_acc_jit(acc: jax.Array, theta: jax.Array, batch: Any, V: jax.Arra
     return acc + (w * _hvp_cols(theta, batch, V, fn, layout)).astype(acc.dtype)
 
 
+def jax_free_memory(devices: Any) -> int | None:
+    """The least free memory over ``devices`` (bytes): ``bytes_limit - bytes_in_use`` of their ``memory_stats()``,
+    or the host's available memory for a device without statistics (the CPU).
+
+    Examples
+    --------
+    >>> free = jax_free_memory(jax.local_devices()[:1])
+    >>> free is None or free > 0
+    True
+    """
+    free = []
+    for d in devices:
+        stats = None
+        with contextlib.suppress(Exception):  # backends without statistics raise or return None
+            stats = d.memory_stats()
+        if stats and "bytes_limit" in stats:
+            free.append(max(int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0)), 0))
+        else:
+            free.append(host_free_memory())
+    known = [f for f in free if f is not None]
+    return min(known) if known else None
+
+
 class JaxBackend(ModelBackend):
     """Hessian of ``loss_fn(params, batch)`` over ``data`` with respect to every leaf of ``params``.
 
@@ -239,6 +263,7 @@ class JaxBackend(ModelBackend):
     """
 
     name = "jax"
+    fixed_shapes = True  # every new array shape is a new XLA program
     _randomness_hint = "a loss that draws fresh randomness per call (e.g. dropout with a new key)"
 
     def __init__(self, loss_fn: Callable[[Any, Any], Any], params: Any, data: Any, settings: JaxSettings) -> None:
@@ -374,6 +399,12 @@ class JaxBackend(ModelBackend):
 
     def to_numpy(self, x: jax.Array) -> np.ndarray:
         return np.array(jax.device_get(x))
+
+    def free_memory(self) -> int | None:
+        """Bytes free on the device(s) holding the vectors: ``bytes_limit - bytes_in_use`` of
+        ``Device.memory_stats()`` (the least over the devices of a replicated vector), the host's available memory
+        where a device reports none (the CPU)."""
+        return jax_free_memory(self.asarray(np.zeros(1)).devices())
 
     def unflatten(self, v: Any) -> Any:
         """A flat vector (native or NumPy, shape (n,)) as a pytree shaped like ``params`` (jax arrays), e.g. an

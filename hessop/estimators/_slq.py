@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from hessop._array import make_rng
+from hessop._memory import slq_block
 from hessop._probes import DISTRIBUTIONS, block_sizes, probe_block
 from hessop._validate import check_choice, check_int
 from hessop.estimators._estimates import TraceEstimate
@@ -45,9 +46,6 @@ DRAWS = 10
 """Default draws of :func:`slq` (and, with a target, its first round)."""
 MAX_DRAWS = 100
 """Default cap on the draws of :func:`slq` with a target."""
-MEMORY = 400
-"""Default memory budget of :func:`slq` in vectors of length n (4 draws of 90 steps at a time; 1.1 GB for a
-700k-parameter float32 model, 18 GB for 11M parameters)."""
 
 
 def _integrate(x: np.ndarray, y: np.ndarray) -> float:
@@ -242,7 +240,7 @@ def slq(
     seed: int | np.random.Generator | None = 0,
     block_size: int | None = None,
     distribution: str = "gaussian",
-    memory: int = MEMORY,
+    memory: int | None = None,
     rtol: float | None = None,
     atol: float | None = None,
     f: Callable[[np.ndarray], np.ndarray] | None = None,
@@ -287,10 +285,13 @@ def slq(
         ``RuntimeWarning``).
     f : callable, optional
         The function whose trace the rule watches (default the identity; e.g. ``numpy.log`` for log det).
-    memory : int
-        Budget in vectors of length n; default ``MEMORY`` = 400.  A block of b draws holds ``b * (n_iter + 4)``
-        (b bases of ``n_iter + 1`` vectors, the probe, input and product blocks); ``ValueError`` if one draw
-        does not fit.  The results do not depend on the blocking (draw j is the same vector whatever the blocks).
+    memory : int, optional
+        Budget in bytes for the draws' vectors.  A block of b draws holds ``b * (n_iter + 4)`` vectors of
+        ``n * itemsize`` bytes (b bases of ``n_iter + 1`` vectors, the probe, input and product blocks).  Default
+        (None): a quarter of the memory free, at call time, on the device holding the vectors
+        (:meth:`hessop.backends.base.Backend.free_memory`; 400 vectors where it cannot be read).  The default
+        ``block_size`` is as many draws as fit; ``ValueError`` naming ``memory`` if one draw does not fit.  The
+        results do not depend on the blocking (draw j is the same vector whatever the blocks).
 
     solver_dtype : numpy dtype, optional
         Dtype of the probes, bases and recurrences (default: the operator's).  ``numpy.float64`` over a float32
@@ -308,7 +309,7 @@ def slq(
 
     Notes
     -----
-    Memory: ``block_size * (n_iter + 4)`` n-vectors, at most ``memory``.
+    Memory: ``block_size * (n_iter + 4)`` n-vectors, at most ``memory`` bytes.
 
     Returns
     -------
@@ -337,17 +338,7 @@ def slq(
         draws = check_budget(max_hvp, least * n_iter, f"{least} draw(s) of n_iter = {n_iter} Lanczos steps") // n_iter
     n_vectors, max_vectors = (min(DRAWS, draws), draws) if targeted else (draws, draws)
     target = target_rule(rtol, atol) if targeted else None
-    memory = check_int(memory, "memory", 1)
-    per_draw = n_iter + 4
-    if per_draw > memory:
-        raise ValueError(f"memory = {memory} n-vectors holds no draw of n_iter = {n_iter} steps (each needs "
-                         f"n_iter + 4 = {per_draw}); raise memory or lower n_iter.")
-    fit = memory // per_draw
-    if block_size is None:
-        block_size = min(n_vectors, fit)
-    elif check_int(block_size, "block_size", 1) > fit:
-        raise ValueError(f"block_size = {block_size} draws of n_iter = {n_iter} steps need {block_size * per_draw} "
-                         f"n-vectors, over memory = {memory}; lower block_size to {fit} or raise memory.")
+    block_size, per_draw = slq_block(op, n_iter, n_vectors, block_size, memory)
     distribution = check_choice(distribution, "distribution", DISTRIBUTIONS)
     xp = op.xp
     nodes: list[np.ndarray] = []

@@ -279,19 +279,20 @@ def test_memory_budget_blocks_the_draws_and_reports_it():
     op = hessop.HessianOperator.from_function(lambda v: A @ v, 300, hvp_block=lambda V: calls.append(V.shape[1])
                                               or A @ V, check_symmetric=False)
     op.product_error = 0  # the blocks recorded are the draws', not the product-error measurement's block of 4
-    sd = hessop.slq(op, n_iter=20, max_hvp=200, seed=4, memory=3 * 24 + 5)  # 3 draws of 20 + 4 vectors fit
+    vec = 300 * 8  # bytes of one float64 vector
+    sd = hessop.slq(op, n_iter=20, max_hvp=200, seed=4, memory=(3 * 24 + 5) * vec)  # 3 draws of 20 + 4 vectors fit
     assert sd.blocks == (3, 3, 3, 1) and sd.memory == 3 * 24 <= 3 * 24 + 5
     assert set(calls) == {3, 1} and "blocks=(3, 3, 3, 1)" in repr(sd)
-    ref = hessop.slq(A, n_iter=20, max_hvp=200, seed=4, memory=10_000)
+    ref = hessop.slq(A, n_iter=20, max_hvp=200, seed=4, memory=10_000 * vec)
     assert ref.blocks == (10,) and ref.memory == 240
     for x, y in zip(sd.nodes + sd.weights, ref.nodes + ref.weights, strict=True):
         np.testing.assert_allclose(x, y, rtol=1e-10, atol=1e-12)
-    # the default budget: 4 draws of the default 90 steps at a time
-    assert hessop.slq(np.diag(np.arange(1.0, 101.0)), seed=0).blocks == (4, 4, 2)
-    with pytest.raises(ValueError, match="holds no draw"):
-        hessop.slq(A, n_iter=20, memory=23)
+    # the default budget (a quarter of the free memory) holds the 10 draws of a small problem at once
+    assert hessop.slq(np.diag(np.arange(1.0, 101.0)), seed=0).blocks == (10,)
+    with pytest.raises(ValueError, match=r"slq\(n_iter=20\) needs 24 vectors of 2.34 KiB .* per draw.*memory="):
+        hessop.slq(A, n_iter=20, memory=23 * vec)
     with pytest.raises(ValueError, match="lower block_size to 2"):
-        hessop.slq(A, n_iter=20, max_hvp=100, block_size=3, memory=50)
+        hessop.slq(A, n_iter=20, max_hvp=100, block_size=3, memory=50 * vec)
 
 
 def test_slq_stops_on_the_trace_interval():

@@ -36,8 +36,8 @@ from __future__ import annotations
 
 from hessop.backends.torch._backend import HVP_METHODS, TorchBackend
 from hessop.backends.torch._curvature import TorchCurvatureBackend
-from hessop.backends.torch._graph_cache import CACHE_MEMORY, default_cache_memory
+from hessop.backends.torch._graph_cache import CACHE_MEMORY, default_cache_memory, device_free_memory
 from hessop.backends.torch._optimizer import register_step_hook
 
 __all__ = ["CACHE_MEMORY", "HVP_METHODS", "TorchBackend", "TorchCurvatureBackend", "default_cache_memory",
-           "register_step_hook"]
+           "device_free_memory", "register_step_hook"]

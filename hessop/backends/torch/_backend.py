@@ -15,7 +15,7 @@ from hessop.backends.base import ModelBackend
 from hessop.backends.settings import TorchSettings
 from hessop.backends.torch._analysis import TorchAnalysis
 from hessop.backends.torch._batches import BatchLoss, describe_reading, is_single_batch
-from hessop.backends.torch._graph_cache import GraphCache, default_cache_memory
+from hessop.backends.torch._graph_cache import GraphCache, default_cache_memory, device_free_memory
 from hessop.backends.torch._loader import default_data_memory, keep_batches
 from hessop.backends.torch._products import (
     LossModule,
@@ -287,6 +287,10 @@ class TorchBackend(TorchAnalysis, ModelBackend):
     def to_numpy(self, x: torch.Tensor) -> np.ndarray:
         x = x.detach().cpu()
         return (x.float() if x.dtype == torch.bfloat16 else x).numpy()
+
+    def free_memory(self) -> int | None:
+        """Bytes free on the parameters' device (:func:`~hessop.backends.torch.device_free_memory`)."""
+        return device_free_memory(self.device)
 
     @property
     def half_precision(self) -> bool:

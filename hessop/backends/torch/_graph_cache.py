@@ -11,9 +11,11 @@ import torch
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from hessop._memory import FRACTION
+from hessop.backends.base import host_free_memory
 from hessop.backends.torch._batches import tensors
 
-__all__ = ["CACHE_MEMORY", "GraphCache", "default_cache_memory", "state_key"]
+__all__ = ["CACHE_MEMORY", "GraphCache", "default_cache_memory", "device_free_memory", "state_key"]
 
 CACHE_MEMORY = 2**30
 """Upper end of the default ``cache_memory`` (1 GiB); see :func:`default_cache_memory`."""
@@ -23,24 +25,37 @@ Graph = tuple[list[int], list[torch.Tensor]]
 gradients (with their graph)."""
 
 
+def device_free_memory(device: torch.device) -> int | None:
+    """Bytes free now on a torch device: on a GPU, the driver's free memory (``torch.cuda.mem_get_info``) plus
+    what torch's caching allocator holds unused (reserved less allocated); on the CPU the host's available memory
+    (:func:`hessop.backends.base.host_free_memory`); None where it cannot be read (other devices).
+
+    Examples
+    --------
+    >>> free = device_free_memory(torch.device("cpu"))
+    >>> free is None or free > 0
+    True
+    """
+    if device.type == "cuda":
+        idle = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return int(torch.cuda.mem_get_info(device)[0]) + max(int(idle), 0)
+    if device.type == "cpu":
+        return host_free_memory()
+    return None
+
+
 def default_cache_memory(device: torch.device) -> int:
-    """The default budget for kept gradient graphs: ``min(CACHE_MEMORY, free / 4)`` bytes, ``free`` being the
-    device's free memory when the operator is built (``torch.cuda.mem_get_info`` on a GPU, ``MemAvailable`` of
-    /proc/meminfo on a Linux CPU); ``CACHE_MEMORY`` where it cannot be read.
+    """The default budget for kept gradient graphs: ``min(CACHE_MEMORY, FRACTION * free)`` bytes, ``free`` being
+    the device's free memory when the operator is built (:func:`device_free_memory`) and ``FRACTION`` the share of
+    :mod:`hessop._memory` (a quarter); ``CACHE_MEMORY`` where it cannot be read.
 
     Examples
     --------
     >>> 0 < default_cache_memory(torch.device("cpu")) <= CACHE_MEMORY
     True
     """
-    free = None
-    if device.type == "cuda":
-        free = torch.cuda.mem_get_info(device)[0]
-    elif device.type == "cpu":
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            with open("/proc/meminfo") as f:
-                free = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
-    return CACHE_MEMORY if free is None else min(CACHE_MEMORY, free // 4)
+    free = device_free_memory(device)
+    return CACHE_MEMORY if free is None else min(CACHE_MEMORY, int(free * FRACTION))
 
 
 def state_key(model: nn.Module, data: Any) -> tuple:
