@@ -128,8 +128,8 @@ def build_operator(problem: Any) -> tuple[HessianOperator, str]:
     problem : dict or HessianOperator
         A PyTorch problem (keys ``model``, ``loss_fn``, ``data``, optionally ``params``, ``reduction``,
         ``loss_form``, ``description``; ``"loss_fn": None`` for a model that computes its own loss, and ``data``
-        read by :data:`hessop.backends.torch._batches.READING_RULE`, as in ``from_torch``), a JAX problem (keys ``loss_fn``, ``params``, ``data``, optionally
-        ``reduction``, ``description``) or a ready operator.
+        read by :data:`hessop.backends.torch._batches.READING_RULE`, as in ``from_torch``), a JAX problem (keys
+        ``loss_fn``, ``params``, ``data``, optionally ``reduction``, ``description``) or a ready operator.
 
     Returns
     -------
