@@ -137,12 +137,14 @@ def jax_operator(cls: type[HessianOperator], loss_fn: Callable, params: Any, dat
     array([2.], dtype=float32)
     """
     try:
+        from hessop.backends.jax import split_variables
         from hessop.backends.jax_mesh import mesh_backend
     except ModuleNotFoundError as e:
         if e.name is None or e.name.split(".")[0] not in ("jax", "jaxlib"):
             raise
         raise ImportError("HessianOperator.from_jax needs JAX: pip install jax (or jax[cuda12] for a GPU).") from e
     check_curvature(**keywords(curvature), model_fn=model_fn)
+    params, loss_fn, model_fn, _ = split_variables(params, loss_fn, model_fn)  # flax variables: their "params"
     hessian_backend, reduce_over = mesh_backend(comm)  # a Mesh: its sharded backend, nothing left to reduce
     curvature_backend = mesh_backend(comm, curvature=True)[0]
 

@@ -129,12 +129,28 @@ class HessianOperator(ProductPrecision, LinearOperator):
         ----------
         model : torch.nn.Module
             Its train/eval mode, ``.grad`` and buffers are left as they are.
-        loss_fn : callable
+        loss_fn : callable or None
             ``loss_fn(model(inputs), targets) -> scalar`` (``loss_form="outputs"``, e.g.
             ``torch.nn.CrossEntropyLoss()``) or ``loss_fn(model, batch) -> scalar`` (``loss_form="model"``).
+            None: the model computes its own loss (a Hugging Face model, ``model(**batch).loss``): each batch is
+            passed as ``model(**batch)`` (dict), ``model(*batch)`` (tuple or list) or ``model(batch)``, and the loss
+            is the output's ``.loss`` (or ``["loss"]``, or the output itself when a tensor); Hessian only.  When
+            the model's output is not a tensor and ``loss_fn(outputs, targets)`` fails on it, the error says to
+            pass ``loss_fn=None`` or ``loss_form="model"``.
         data :
             One batch, or a re-iterable of batches (a list, a ``DataLoader``; not a one-shot generator).  Batches
-            are moved to the parameters' device inside the product loop.
+            are moved to the parameters' device inside the product loop.  Read by one rule
+            (:data:`hessop.backends.torch._batches.READING_RULE`): a tensor or a dict is one batch; under
+            ``loss_form="outputs"`` a pair ``(x, y)`` / ``[x, y]`` ending in a tensor is one batch; under
+            ``loss_form="model"`` (or ``loss_fn=None``) a *tuple* of tensors is one batch and a *list* of tensors a
+            list of batches (language-model token batches); other tuples and lists are collections of batches; a
+            ``DataLoader`` yields one batch per item.  Tuples or lists the rule cannot read (tensors mixed with
+            other values; a list of tensors of different dtypes or dimensions under ``"model"``) raise a
+            ``ValueError`` with the fix; ``data=[batch]`` is always one batch.  A ``DataLoader``'s batches are read
+            once and kept when they fit ``min(1 GiB, free host memory / 4)`` bytes (the same batches at every
+            product, no worker restarts; the determinism check makes one more pass over the loader); otherwise the
+            loader is iterated per product with one warning advising ``persistent_workers=True`` (and
+            ``shuffle=False`` for a shuffling loader).
         params :
             ``None`` (every parameter with ``requires_grad``), a submodule, or a list of parameter names (a
             submodule's name selects its parameters) or tensors: the operator is then that diagonal block of H.

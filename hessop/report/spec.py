@@ -43,7 +43,9 @@ def _where(e: BaseException) -> str:
 
 
 def _one_line(e: BaseException) -> str:
-    return " ".join(f"{type(e).__name__}: {e}".split())
+    """``Type: message`` on one line, with the exception's notes (hessop's note on how ``data`` was read)."""
+    notes = " ".join(getattr(e, "__notes__", ()))
+    return " ".join(f"{type(e).__name__}: {e} {notes}".split())
 
 
 def load_problem(spec: str, device: str | None = None) -> Any:
@@ -125,8 +127,9 @@ def build_operator(problem: Any) -> tuple[HessianOperator, str]:
     ----------
     problem : dict or HessianOperator
         A PyTorch problem (keys ``model``, ``loss_fn``, ``data``, optionally ``params``, ``reduction``,
-        ``loss_form``, ``description``), a JAX problem (keys ``loss_fn``, ``params``, ``data``, optionally
-        ``reduction``, ``description``) or a ready operator.
+        ``loss_form``, ``description``; ``"loss_fn": None`` for a model that computes its own loss, and ``data``
+        read by :data:`hessop.backends.torch._batches.READING_RULE`, as in ``from_torch``), a JAX problem (keys
+        ``loss_fn``, ``params``, ``data``, optionally ``reduction``, ``description``) or a ready operator.
 
     Returns
     -------
@@ -175,7 +178,7 @@ def build_operator(problem: Any) -> tuple[HessianOperator, str]:
         else:
             H = HessianOperator.from_jax(problem["loss_fn"], problem["params"], problem["data"],
                                          **{k: v for k, v in opts.items() if k != "params"})
-    except (ValueError, TypeError, ImportError) as e:
+    except (ValueError, TypeError, ImportError, AttributeError, IndexError, KeyError, RuntimeError) as e:
         raise SpecError(f"the {kind} problem is invalid: {_one_line(e)}") from e
     return H, description
 

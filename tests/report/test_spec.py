@@ -73,6 +73,28 @@ BAD = """
 
     not_a_function = 3
 
+    def hf_model_default_loss():
+        import torch
+
+        class Output(dict):
+            __getattr__ = dict.__getitem__
+
+        class LM(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.lin = torch.nn.Linear(3, 2)
+
+            def forward(self, x, labels=None):
+                return Output(loss=None, logits=self.lin(x))
+
+        return {"model": LM(), "loss_fn": torch.nn.CrossEntropyLoss(),
+                "data": [(torch.randn(4, 3), torch.zeros(4, dtype=torch.long))]}
+
+    def mixed_data():
+        import torch
+        return {"model": torch.nn.Linear(3, 1), "loss_fn": lambda m, b: m(b[0]).sum(), "loss_form": "model",
+                "data": (torch.randn(4, 3), "labels")}
+
     def non_scalar_loss():
         import torch
         model = torch.nn.Linear(3, 1)
@@ -90,11 +112,14 @@ BAD = """
     ("{file}:needs_argument", "must be callable with no arguments"),
     ("{file}:raises", "RuntimeError: no data here"),
     ("{file}:non_scalar_loss", "not a scalar"),
+    ("{file}:hf_model_default_loss", "returned a Output, not a tensor"),
+    ("{file}:hf_model_default_loss", "pass loss_fn=None"),
+    ("{file}:mixed_data", "mixing tensors with other values (Tensor, str)"),
     ("no_such_package_xyz.mod:f", "no module named 'no_such_package_xyz.mod'"),
     ("{file}", "SPEC must be path/to/file.py:function"),
 ])
 def test_bad_spec_is_one_line_and_exit_code_2(tmp_path, capsys, write_spec, target, message):
-    if "non_scalar" in target:
+    if "non_scalar" in target or "hf_" in target or "mixed" in target:
         pytest.importorskip("torch")
     spec = write_spec(BAD)
     code = main(["analyze", target.format(dir=tmp_path, file=spec), "--out", str(tmp_path / "o")])
@@ -103,6 +128,29 @@ def test_bad_spec_is_one_line_and_exit_code_2(tmp_path, capsys, write_spec, targ
     assert code == 2 and len(lines) == 1, captured.err
     assert lines[0].startswith("hessop analyze: error: ") and message in lines[0]
     assert "Traceback" not in captured.err and not (tmp_path / "o").exists()
+
+
+def test_lm_token_batches_in_a_list(tmp_path, write_spec):
+    """A list of token tensors with loss_form="model" is a list of batches (before: one batch, and the SPEC failed
+    with "list indices must be integers or slices, not tuple" inside the loss)."""
+    pytest.importorskip("torch")
+    from hessop.report import build_operator, load_problem
+
+    spec = write_spec("""
+        import torch
+
+        def lm():
+            torch.manual_seed(0)
+            model = torch.nn.Sequential(torch.nn.Embedding(5, 3), torch.nn.Linear(3, 5))
+
+            def next_token(m, ids):
+                return torch.nn.functional.cross_entropy(m(ids[:, :-1]).reshape(-1, 5), ids[:, 1:].reshape(-1))
+
+            return {"model": model, "loss_fn": next_token, "loss_form": "model",
+                    "data": [torch.randint(0, 5, (2, 6)) for _ in range(3)]}
+    """)
+    H, _ = build_operator(load_problem(f"{spec}:lm"))
+    assert H.backend.n_samples == 6 and len(H.backend.data) == 3
 
 
 def test_default_problem_runs(tmp_path):

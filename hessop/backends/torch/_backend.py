@@ -48,14 +48,19 @@ class TorchBackend(TorchAnalysis, ModelBackend):
     Parameters
     ----------
     model : torch.nn.Module
-    loss_fn : callable
+    loss_fn : callable or None
         With ``loss_form="outputs"`` (default): ``loss_fn(model(inputs), targets) -> scalar`` (e.g.
         ``torch.nn.CrossEntropyLoss()``).  With ``loss_form="model"``: ``loss_fn(model, batch) -> scalar`` for
-        losses that are not of (inputs, targets) form.
+        losses that are not of (inputs, targets) form.  None: the model's own loss (``model(**batch).loss``;
+        :func:`hessop.backends.torch._batches.call_model`, :func:`~hessop.backends.torch._batches.model_loss`),
+        ``loss_form`` then read as ``"model"``.
     data :
-        One batch, or a re-iterable of batches (list, ``DataLoader``).  For ``loss_form="outputs"`` a batch is
+        One batch, or a re-iterable of batches (list, ``DataLoader``), read by
+        :data:`hessop.backends.torch._batches.READING_RULE`.  For ``loss_form="outputs"`` a batch is
         ``(inputs, targets)``; for ``"model"`` anything ``loss_fn`` accepts.  A one-shot iterator or generator is
-        refused (the data are traversed once per product).
+        refused (the data are traversed once per product).  A ``DataLoader``'s batches are kept in memory within
+        :func:`~hessop.backends.torch._loader.default_data_memory` (:func:`~hessop.backends.torch._loader.keep_batches`;
+        ``batches_kept`` says whether they were).
     settings : hessop.backends.settings.TorchSettings
         The keywords of :meth:`hessop.HessianOperator.from_torch` (whose defaults are given here), as fields:
 
