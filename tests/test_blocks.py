@@ -142,3 +142,48 @@ def test_jax_blocks_match_dense_diagonal_blocks():
         stages = hessop.by_block(H, {"weights": re.compile(r"\['w'\]$")}, k=1, tol=1e-8)
         assert stages[0].params == ("['hidden']['w']", "['out']['w']")
         check_rows(stages, H.backend.names, H.backend.offsets, (dense + dense.T) / 2)
+
+
+def _float32_mlp():
+    """A float32 MLP (Linear-Tanh-Linear: groups "0" with 56 and "2" with 27 parameters) and its data."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
+    return model.float(), torch.randn(64, 6), torch.randint(0, 3, (64,))
+
+
+def test_default_tol_is_dtype_aware_and_warns_once():
+    """float32 products cannot resolve 1e-6: by default every row converges without a warning (issue 21: each
+    float32 row warned), the eigenvalues agree with the float64 model's within their residuals, and a tol no row can
+    meet draws one summary warning naming the groups, not one per row."""
+    import warnings
+
+    model, x, y = _float32_mlp()
+    H32 = hessop.HessianOperator.from_torch(model, torch.nn.CrossEntropyLoss(), (x, y))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        t32 = hessop.by_block(H32)
+    assert not [w for w in caught if "lanczos" in str(w.message) or "by_block" in str(w.message)]
+    assert all(r.converged.all() for r in t32)
+    ref = hessop.by_block(hessop.HessianOperator.from_torch(model.double(), torch.nn.CrossEntropyLoss(),
+                                                            (x.double(), y)))
+    assert all(r.converged.all() for r in ref)
+    for a, b in zip(t32, ref, strict=True):
+        assert np.all(np.abs(a.eigenvalues - b.eigenvalues) <= a.residuals + b.residuals)
+    model.float()
+    with pytest.warns(UserWarning, match=r"by_block: the Lanczos runs of 2 of 2 groups \(0, 2\)") as record:
+        hessop.by_block(H32, k=1, tol=1e-12)
+    assert len([w for w in record if "lanczos" in str(w.message) or "by_block" in str(w.message)]) == 1
+
+
+def test_planned_products_and_progress_total(capsys):
+    """The planned cost is known before the run (trace budget + a typical Lanczos count per group) and is the
+    progress bar's first total; the bar ends at the products actually spent."""
+    model, x, y = _float32_mlp()
+    H = hessop.HessianOperator.from_torch(model.double(), torch.nn.CrossEntropyLoss(), (x.double(), y))
+    plan = hessop.blocks.planned_products(H)
+    assert plan == {"0": 56 + 12, "2": 27 + 12}  # exact traces of 56 and 27 columns, ~12 Lanczos steps each
+    table = hessop.by_block(H, progress=True)
+    err = capsys.readouterr().err
+    spent = sum(r.n_hvp for r in table)
+    assert f"/{sum(plan.values())}" in err and f"{spent}/{spent}" in err and "HVP" in err
+    assert all(r.n_hvp > r.n for r in table)  # the exact trace (n products) and the Lanczos steps
