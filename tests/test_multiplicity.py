@@ -74,7 +74,9 @@ def test_copy_of_the_top_value_is_not_missed_by_an_early_end_of_the_check(k):
     the check repeated), so the flag is True only with every copy found."""
     A = matrix_with_spectrum(COUNTEREXAMPLE, seed=2)
     r = hessop.lanczos(A, k, seed=0)
-    assert r.all_converged and r.multiplicity_checked
+    # k = 1: [5] is the answer, but the copy of 5 left in the check's space keeps the bound above 5 (nothing more
+    # wanted than the k-th value can be proved absent without resolving that copy): not reported as checked
+    assert r.all_converged and r.multiplicity_checked == (k > 1)
     np.testing.assert_allclose(r.eigenvalues, COUNTEREXAMPLE[:k], atol=1e-8)
     assert np.all(true_residuals(A, r) <= r.residuals)
 

@@ -63,8 +63,21 @@ def skew_interval(mean: float, sd: float, count: int, gamma: float, level: float
     (6 N)))^{1/3} - 1)``, gives the interval ``[mean - sd g^{-1}(t / sqrt N), mean - sd g^{-1}(-t / sqrt N)]``,
     longer on the side of the heavy tail: right-skewed samples (a few large ones, as quadratic forms of a decaying
     spectrum) more often come out low, and the upper end moves up.  ``gamma = 0`` gives the Student-t interval.
-    Measured (``benchmarks/coverage.py``): Hutchinson on 1/i^2 and 1/i^3 spectra at 10-64 samples covered
-    87-93% with the t interval and 93-95% with this one."""
+    The returned interval is the union of Hall's and the Student-t interval: Hall's short side (the lower end, for
+    right-skewed samples) rests on the skewness estimated from the same few samples, and a run whose mean came out
+    high because it drew a heavy sample then missed below; never going inside the t interval on either side fixed
+    it.  Measured (Rademacher Hutchinson, n = 300, 1/i, 1/i^2, 1/i^3, rank 1, flat and indefinite spectra,
+    1,500-3,000 seeds each; docs/reliability.md): at 30 samples the t interval covered 0.903-0.948, Hall's
+    0.933-0.947 and the union 0.953-0.957 (width 1.03-1.57x the t interval's; Hall's 1.01-1.47x); at 10 samples
+    0.940-0.964, at 64 samples 0.954-0.963.
+
+    Examples
+    --------
+    >>> lo, hi = skew_interval(0.0, 1.0, 30, 2.0)
+    >>> t = t_quantile(0.95, 29) / 30 ** 0.5
+    >>> lo == -t < t < hi  # the heavy (upper) side longer, the other never shorter than the t interval's
+    True
+    """
     if count < 2 or not math.isfinite(sd):
         return (-math.inf, math.inf)
     t = t_quantile(level, count - 1)
@@ -75,7 +88,8 @@ def skew_interval(mean: float, sd: float, count: int, gamma: float, level: float
             return y
         return 3.0 / gamma * (float(np.cbrt(1.0 + gamma * (y - gamma / (6 * count)))) - 1.0)
 
-    return (mean - sd * inverse(t / root), mean - sd * inverse(-t / root))
+    half_t = sd * t / root
+    return (min(mean - sd * inverse(t / root), mean - half_t), max(mean - sd * inverse(-t / root), mean + half_t))
 
 
 def accumulation_bound(n: int, dtype: Any) -> float:
