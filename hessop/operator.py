@@ -333,7 +333,13 @@ class HessianOperator(ProductPrecision, LinearOperator):
     # ------------------------------------------------------------------ native face
     @property
     def n(self) -> int:
-        """Number of parameters (the operator is n x n)."""
+        """Number of parameters (the operator is n x n).
+
+        Examples
+        --------
+        >>> HessianOperator.from_matrix(np.eye(3)).n
+        3
+        """
         return self.shape[0]
 
     @property
