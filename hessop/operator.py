@@ -103,7 +103,7 @@ class HessianOperator(LinearOperator):
     def from_torch(
         cls,
         model: Any,
-        loss_fn: Callable,
+        loss_fn: Callable | None,
         data: Any,
         *,
         params: Any = None,
