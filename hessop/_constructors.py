@@ -70,7 +70,7 @@ def reduced_over(make: Callable[[], HessianOperator], comm: Any, comm_timeout: f
     return type(local)(MPIBackend(local.backend, communicator))
 
 
-def torch_operator(cls: type[HessianOperator], model: Any, loss_fn: Callable, data: Any, settings: TorchSettings,
+def torch_operator(cls: type[HessianOperator], model: Any, loss_fn: Callable | None, data: Any, settings: TorchSettings,
                    curvature: CurvatureSettings, comm: Any, comm_timeout: float | None,
                    check_symmetric: bool) -> HessianOperator:
     """:meth:`hessop.HessianOperator.from_torch` (which documents every argument), its keywords gathered in

@@ -104,7 +104,7 @@ class HessianOperator(ProductPrecision, LinearOperator):
     def from_torch(
         cls,
         model: Any,
-        loss_fn: Callable,
+        loss_fn: Callable | None,
         data: Any,
         *,
         params: Any = None,
@@ -145,7 +145,8 @@ class HessianOperator(ProductPrecision, LinearOperator):
             ``loss_form="model"`` (or ``loss_fn=None``) a *tuple* of tensors is one batch and a *list* of tensors a
             list of batches (language-model token batches); other tuples and lists are collections of batches; a
             ``DataLoader`` yields one batch per item.  Tuples or lists the rule cannot read (tensors mixed with
-            other values; a list of tensors of different dtypes or dimensions under ``"model"``) raise a
+            other values; a list of tensors of different dtypes or dimensions, or floating-point ones of different
+            trailing shapes, under ``"model"``) raise a
             ``ValueError`` with the fix; ``data=[batch]`` is always one batch.  A ``DataLoader``'s batches are read
             once and kept when they fit ``min(1 GiB, free host memory / 4)`` bytes (the same batches at every
             product, no worker restarts; the determinism check makes one more pass over the loader); otherwise the

@@ -28,9 +28,10 @@ How ``data`` is read (``from_torch``): one batch, or a re-iterable of batches.
     or list is a collection of batches.
 
   A tuple or list mixing tensors with other values, a list of tensors of different dtypes or dimensions under
-  ``loss_form="model"``, and a list of tensors that is not a pair under ``loss_form="outputs"`` cannot be read
-  either way: they are refused (``ValueError``) with the fix.  Wrap one batch in a list (``[batch]``) to make any
-  batch unambiguous.
+  ``loss_form="model"`` (or floating-point tensors of different shapes beyond the first dimension: token batches
+  of different lengths are integer), and a list of tensors that is not a pair under ``loss_form="outputs"`` cannot
+  be read either way: they are refused (``ValueError``) with the fix.  Wrap one batch in a list (``[batch]``) to
+  make any batch unambiguous.
 * Anything else iterable (a ``DataLoader``, a ``DataView``) yields the batches: each item is one batch, whatever
   its type."""
 
@@ -47,8 +48,8 @@ def is_single_batch(data: Any, loss_form: str) -> bool:
     ------
     ValueError
         For a tuple or list the rule cannot read (mixed tensors and other values; tensors of different dtypes or
-        dimensions in a list under ``"model"``; a list of tensors other than a pair under ``"outputs"``), naming
-        the fix.
+        dimensions, or floating-point ones of different trailing shapes, in a list under ``"model"``; a list of
+        tensors other than a pair under ``"outputs"``), naming the fix.
 
     Examples
     --------
@@ -81,12 +82,17 @@ def is_single_batch(data: Any, loss_form: str) -> bool:
             "batches) pass loss_fn=None (the model's own loss) or loss_form='model' with loss_fn(model, batch).")
     if isinstance(data, tuple):
         return True
-    if len({(x.dtype, x.ndim) for x in data}) > 1:
+    kinds = {(x.dtype, x.ndim) for x in data}
+    trailing = {tuple(x.shape[1:]) for x in data}
+    integer = not (data[0].is_floating_point() or data[0].is_complex())
+    if len(kinds) > 1 or (len(trailing) > 1 and not integer):
         raise ValueError(
-            f"data is a list of {len(data)} tensors of different dtypes or dimensions ({shapes}"
+            f"data is a list of {len(data)} tensors of different dtypes or shapes ({shapes}"
             f"{', ...' if len(data) > 4 else ''}): with loss_form='model' (or loss_fn=None) a list of tensors is a "
-            "list of batches, one tensor each, and these do not look like batches of one kind. If it is one batch "
-            "such as (inputs, targets), pass it as a tuple, data=(x, y), or as data=[(x, y)].")
+            "list of batches, one tensor each, and these do not look like batches of one kind (token batches of "
+            "different lengths may differ in shape; floating-point batches may not). If it is one batch such as "
+            "(inputs, targets), pass it as a tuple, data=(x, y), or as data=[(x, y)]; if it is a list of batches of "
+            "different shapes, give each as a 1-tuple, data=[(b,) for b in batches], and read batch[0] in loss_fn.")
     return False
 
 

@@ -141,6 +141,8 @@ X, Y = torch.zeros(4, 2, dtype=torch.float64), torch.zeros(4, dtype=torch.long)
     ((X, Y), "model", True),  # a tuple of tensors: one batch
     ([Y, Y, Y], "model", False),  # a list of tensors: a list of batches
     ([Y, Y], "model", False),
+    ([Y[:, None].expand(4, 3), Y[:, None].expand(4, 5)], "model", False),  # token batches of different lengths
+    ([X, X], "model", False),
     ([{"x": X}, {"x": X}], "model", False),
     ([(X, Y)], "model", False),
 ])
@@ -150,6 +152,7 @@ def test_reading_rule(data, form, single):
 
 @pytest.mark.parametrize(("data", "form", "words"), [
     ([X, Y], "model", r"list of 2 tensors of different dtypes .* pass it as a tuple, data=\(x, y\)"),
+    ([X, X[:, :1]], "model", r"of different dtypes or shapes \(\(4, 2\) float64, \(4, 1\) float64\).*1-tuple"),
     ((X, Y, "meta"), "model", r"tuple mixing tensors with other values \(Tensor, str\).* data=\[batch\]"),
     ([X, (X, Y)], "outputs", "mixing tensors with other values"),
     ([Y, Y, Y], "outputs", r"list of 3 tensors .* a batch is a pair \(inputs, targets\).* loss_fn=None"),
