@@ -24,7 +24,7 @@ CALLS = {
     "lanczos": (lambda H, p: hessop.lanczos(H, 3, progress=p), ["lanczos LA", "step", "converged=3/3",
                                                                  "worst residual="]),
     "slq": (lambda H, p: hessop.slq(H, n_iter=10, max_hvp=40, block_size=2, progress=p),
-            ["slq", "4/4", "draw", "step=10/10"]),
+            ["slq", "40/40", "HVP", "step=10/10"]),
     "hutchinson": (lambda H, p: hessop.hutchinson(H, rtol=0.3, block_size=8, progress=p),
                    ["hutchinson", "sample", "estimate=", "half95="]),
     "hutchpp": (lambda H, p: hessop.hutchpp(H, 30, progress=p), ["hutch++", "30/30", "HVP", "estimate=",
