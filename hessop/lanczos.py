@@ -140,9 +140,15 @@ def lanczos(
         After the wanted pairs converge, keep them (locked) and continue from a fresh random vector orthogonal to
         them; a copy of a wanted eigenvalue the Krylov space missed (a single start vector finds one copy of each
         distinct eigenvalue) shows up in that block, joins the wanted set, and the check is repeated, so
-        multiplicities up to ``k`` are found.  The check ends when the fresh block's best Ritz pair is resolved
-        and less wanted than the k-th pair; it is reported in ``EigenResult.multiplicity_checked`` (False when it
-        was not run or the basis filled before it resolved).  Default True; cost in docs/benchmarks.md.
+        multiplicities up to ``k`` are found.  The check's block ends when the Kuczynski-Wozniakowski bound
+        (:func:`no_wanted_eigenvalue_left`) proves, with failure probability ``MISS_PROBABILITY = 1e-2``, that the
+        space left holds no eigenvalue more wanted than the k-th pair (beyond its residual); a resolved copy of the
+        k-th value is locked too and the check repeated.  A proof may take at most ``CHECK_SHARE = 0.4`` of the
+        steps spent so far (at least ``k + 2``) and the basis; when it cannot fit, the check still takes up to
+        ``HUNT_STEPS = 10`` steps (a copy that stands apart shows up in a few), then ends.
+        ``EigenResult.multiplicity_checked`` is True exactly when the proof was made (False when the check was not
+        run or could not conclude: the answer may still be complete, but it was not proved).  Default True; cost in
+        docs/reliability.md.
     solver_dtype : numpy dtype, optional
         Dtype of the basis, the recurrences and the returned vectors (default: the operator's).  ``numpy.float64``
         over a float32 model runs Lanczos in float64 while each product is still taken in float32 (cast on the

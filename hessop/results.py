@@ -276,10 +276,11 @@ class EigenResult:
         at the floor the products allow (see :func:`residual_floor`), so running longer cannot improve it; a
         product in a wider dtype can.  Default: all False.
     multiplicity_checked : bool
-        Lanczos only: after the wanted pairs converged, a fresh random start orthogonal to them found no further
-        copy of a wanted eigenvalue, so repeated eigenvalues are returned with their multiplicity (up to k) as
-        reliably as single-vector Lanczos finds an extreme eigenvalue from a random start.  False when the check
-        was not run (``check_multiplicity=False``, the space or the budget exhausted).
+        Lanczos only: after the wanted pairs converged, a Lanczos block from a fresh random start orthogonal to
+        them proved (Kuczynski-Wozniakowski bound, failure probability 1e-2) that the space left holds no
+        eigenvalue more wanted than the k-th pair beyond its residual: no copy of a wanted eigenvalue is missing.
+        False when the check was not run (``check_multiplicity=False``) or could not conclude within its share of
+        the products or the basis (the result may still be complete; it was not proved).
 
     Examples
     --------

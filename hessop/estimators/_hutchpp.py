@@ -9,12 +9,12 @@ from typing import Any
 import numpy as np
 
 from hessop._array import make_rng
-from hessop._probes import column_dots, probe_block
+from hessop._probes import probe_block
 from hessop._validate import check_finite
 from hessop.estimators._deflation import orthonormal_range
 from hessop.estimators._estimates import TraceEstimate
 from hessop.estimators._run import Run, check_budget
-from hessop.estimators._stats import bar_fields, check_samples, mean_se
+from hessop.estimators._stats import _Samples, accumulation_bound, bar_fields, mean_se, quadratic_forms, skewness
 from hessop.operator import as_operator
 
 MIN_SE_SAMPLES = 10
@@ -99,20 +99,25 @@ def hutchpp(H: Any, max_hvp: int, *, seed: int | np.random.Generator | None = 0,
             run.save(Q=Q, rng=rng)
             run.bar.update(s)
         if "exact" in saved:
-            exact = saved["exact"]
+            exact, exact_rounding = saved["exact"], float(saved.get("exact_rounding", 0.0))
         else:
-            exact = check_finite(float(op.to_numpy(xp.sum(column_dots(xp, Q, op.hvp_block(Q))))), "tr(Q^T H Q)", 1)
-            run.save(Q=Q, exact=exact, rng=rng)
+            # tr(Q^T H Q) as a sum of s quadratic forms q^T (H q), each with its rounding bound (as Hutchinson's)
+            parts, bounds = quadratic_forms(op, Q, op.hvp_block(Q))
+            exact = check_finite(float(np.sum(parts)), "tr(Q^T H Q)", 1)
+            exact_rounding = float(np.sum(bounds)) + accumulation_bound(s, np.float64) * float(np.sum(np.abs(parts)))
+            run.save(Q=Q, exact=exact, exact_rounding=exact_rounding, rng=rng)
             run.bar.update(s, {"exact part": exact})
+        resid = _Samples()
         if "resid" in saved:
-            resid = saved["resid"]
+            resid.add(saved["resid"], None, saved.get("resid_bounds"))
         else:
             G = probe_block(op, rng, g)
             G = G - Q @ (Q.T @ G)
-            resid = np.asarray(op.to_numpy(column_dots(xp, G, op.hvp_block(G))), dtype=np.float64).reshape(-1)
-            check_samples(resid, "the residual quadratic form", 0)
-            run.save(Q=Q, exact=exact, resid=resid, rng=rng)
-            run.bar.update(g, bar_fields, resid, exact)
-    mean, se = mean_se(resid)
-    return TraceEstimate(estimate=exact + mean, std_error=se, samples=resid, n_hvp=run.spent, converged=True,
-                         method="hutch++")
+            x, bound = quadratic_forms(op, G, op.hvp_block(G))
+            resid.add(x, "the residual quadratic form", bound)
+            run.save(Q=Q, exact=exact, exact_rounding=exact_rounding, resid=x, resid_bounds=bound, rng=rng)
+            run.bar.update(g, bar_fields, x, exact)
+    values = resid.values
+    mean, se = mean_se(values)
+    return TraceEstimate(estimate=exact + mean, std_error=se, samples=values, n_hvp=run.spent, converged=True,
+                         method="hutch++", skewness=skewness(values), rounding=exact_rounding + resid.rounding())

@@ -37,6 +37,7 @@ from hessop._validate import check_int, check_real
 from hessop.blocks import by_block
 from hessop.decompose import curvature_of, decompose
 from hessop.estimators import slq, trace
+from hessop.estimators._stats import MIN_RTOL_SAMPLES
 from hessop.lanczos import lanczos
 from hessop.landscape import landscape
 from hessop.operator import HessianOperator
@@ -269,7 +270,9 @@ class TraceSection(Section):
                   choices=("auto", "hutchinson", "hutch++", "none")),
              Flag("--trace-rtol", 0.01, "stop when the 95%% interval half-width is <= R x |estimate| (default 0.01)",
                   metavar="R", low=0, high=1),
-             Flag("--trace-hvp", 2000, "most products to spend on the trace (default 2000)", metavar="N", low=32))
+             Flag("--trace-hvp", 2000, "most products to spend on the trace (default 2000; at least 64: the "
+                  "two-stage rule reports an interval as met only on a fresh batch of 32 samples after a pilot of 32)",
+                  metavar="N", low=2 * MIN_RTOL_SAMPLES))
 
     def run(self, H: HessianOperator, seed: int, tol: float | None) -> SectionOutput:
         import warnings

@@ -37,7 +37,8 @@ def test_convergence_history_and_density_axes(tmp_path):
 
 
 @pytest.mark.parametrize("argv", [
-    ["--top", "-1"], ["--tol", "0"], ["--tol", "inf"], ["--trace-hvp", "2"], ["--trace-rtol", "0"],
+    ["--top", "-1"], ["--tol", "0"], ["--tol", "inf"], ["--trace-hvp", "2"], ["--trace-hvp", "63"],
+    ["--trace-rtol", "0"],
     ["--trace-rtol", "1"], ["--density-draws", "1"], ["--density-steps", "0"], ["--layers", "--layers-k", "0"],
     ["--landscape", "line", "--landscape-points", "4"], ["--landscape", "grid", "--landscape-radius", "-1"]])
 def test_bad_options_exit_2(capsys, argv):

@@ -158,7 +158,7 @@ def test_default_problem_runs(tmp_path):
     pytest.importorskip("torch")
     pytest.importorskip("sklearn")
     out = tmp_path / "default"
-    code = main(["analyze", "--out", str(out), "--top", "2", "--bottom", "1", "--trace-hvp", "32",
+    code = main(["analyze", "--out", str(out), "--top", "2", "--bottom", "1", "--trace-hvp", "64",
                  "--density-steps", "10", "--density-draws", "2"])
     rep = json.loads((out / "report.json").read_text())
     assert code == (0 if rep["converged"] else 1)
