@@ -15,7 +15,10 @@ mean, ``w_b = 1`` when it is a per-batch sum) the product is accumulated batch b
   block shares each batch's forward pass and first backward pass between its k second backward passes.  The
   gradient with its graph depends on ``theta`` only: when the data are a list or tuple of batches it is kept
   between products within the ``cache_memory`` budget (1 GiB or a quarter of the free memory by default, 0 keeps
-  nothing), and each later product is then a single backward pass through it.
+  nothing), and each later product is then a single backward pass through it;
+* central differences of gradients (``hvp_method="finite_difference"``, never under ``"auto"``):
+  ``H v ~ (g(theta + h v) - g(theta - h v)) / (2 h)``, for kernels without a second derivative; not exact, its
+  error measured (steps ``h`` and ``2 h``) into the operator's product error (``_products.finite_difference``).
 
 Batches are moved to the parameters' device inside the loop (tensors nested in tuples, lists and dicts;
 ``non_blocking`` when pinned), so a model on a GPU takes a CPU ``DataLoader``.

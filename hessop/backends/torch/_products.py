@@ -22,8 +22,8 @@ from hessop.backends.torch._train_mode import batch_statistics_only, buffers_pre
 if TYPE_CHECKING:
     from hessop.backends.torch._backend import TorchBackend
 
-__all__ = ["LossModule", "double_backward", "finite_difference", "finite_difference_error", "finite_difference_step",
-           "forward_over_reverse"]
+__all__ = ["STEP_SCALES", "LossModule", "choose_step_scale", "double_backward", "finite_difference",
+           "finite_difference_error", "finite_difference_step", "forward_over_reverse"]
 
 
 class LossModule(nn.Module):
@@ -131,8 +131,9 @@ def finite_difference_step(backend: TorchBackend, V: torch.Tensor) -> torch.Tens
     truncation error of a central difference (``O(h^2)``) against its rounding error (``O(eps / h)``) for a
     function whose third derivative is of the size of its first, on the scale of ``theta`` (Nocedal & Wright 2006,
     Numerical Optimization, sections 8.1 and 7.1: the relative step ``eps^(1/3)`` of central differences, and
-    ``(1 + ||x||) / ||p||`` for the gradient difference along ``p`` of a Hessian-free Newton method).  It is not
-    assumed accurate: :func:`finite_difference_error` measures the error it gives.
+    ``(1 + ||x||) / ||p||`` for the gradient difference along ``p`` of a Hessian-free Newton method), times the
+    backend's ``fd_scale`` (:func:`choose_step_scale`, 1 until chosen).  It is not assumed accurate:
+    :func:`finite_difference_error` measures the error it gives.
 
     Examples
     --------
@@ -146,7 +147,7 @@ def finite_difference_step(backend: TorchBackend, V: torch.Tensor) -> torch.Tens
     theta = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.detach().double())
                                                          for p in backend.params])))
     norms = torch.linalg.vector_norm(V.detach().double(), dim=0)
-    step = eps ** (1 / 3) * max(1.0, theta)
+    step = eps ** (1 / 3) * max(1.0, theta) * (getattr(backend, "fd_scale", None) or 1.0)
     return torch.where(norms > 0, step / torch.where(norms > 0, norms, 1.0), 0.0)
 
 
@@ -217,7 +218,43 @@ def finite_difference(backend: TorchBackend, V: torch.Tensor) -> torch.Tensor:
     >>> round(float((H @ np.ones(1))[0]), 9), bool(torch.equal(model.weight, before))  # d2/dw2 mean (w x)^2 = 5
     (5.0, True)
     """
+    _chosen_step(backend)
     return _differences(backend, V, finite_difference_step(backend, V))[0]
+
+
+def _chosen_step(backend: TorchBackend) -> None:
+    """Choose the backend's step scale (:func:`choose_step_scale`) if it has none yet."""
+    if getattr(backend, "fd_scale", None) is None:
+        backend.fd_scale = choose_step_scale(backend)
+
+
+STEP_SCALES = (1.0, 1 / 4, 1 / 16, 1 / 64)
+"""The multiples of the default step ``eps^(1/3) max(1, ||theta||) / ||v||`` that :func:`choose_step_scale` tries."""
+
+_STEP_SEED = 0x57E9  # the two random vectors of the choice: the same on every run
+
+
+def choose_step_scale(backend: TorchBackend) -> float:
+    """The multiple of the default step (:data:`STEP_SCALES`) with the smallest measured error
+    (:func:`finite_difference_error`, the larger of two seeded random unit vectors'), chosen once per backend at
+    its first finite-difference product (``8 * len(STEP_SCALES)`` gradients).  The default balances truncation
+    against rounding for a smooth loss with third derivatives of the size of its first; the choice adapts it to
+    the model (the test CNN, float64: relative error 3e-9 at the default, 2e-10 at the chosen step).  A
+    piecewise-linear loss (ReLU) makes the gradient jump wherever the step moves a pre-activation across 0, an
+    error that does not shrink with ``h`` until almost no kink is crossed: on the trained test CNN in float32 it is
+    about 1e-2 absolute (0.13 relative) from the default step down to 1/64 of it, which this choice cannot mend
+    (exact products are the remedy there).  The choice only sets the accuracy: the error at the chosen step is
+    measured, as at any step, for the operator's product error.
+    """
+    U = np.random.default_rng(_STEP_SEED).standard_normal((backend.n, 2))
+    V = backend.asarray(U / np.linalg.norm(U, axis=0))
+    best, best_error = 1.0, float("inf")
+    for scale in STEP_SCALES:
+        backend.fd_scale = scale
+        error = float(finite_difference_error(backend, V).max())
+        if error < best_error:
+            best, best_error = scale, error
+    return best
 
 
 def finite_difference_error(backend: TorchBackend, V: torch.Tensor) -> torch.Tensor:
@@ -238,13 +275,15 @@ def finite_difference_error(backend: TorchBackend, V: torch.Tensor) -> torch.Ten
     Examples
     --------
     >>> from hessop import HessianOperator
+    >>> _ = torch.manual_seed(0)
     >>> model = torch.nn.Linear(1, 1, bias=False).double()
     >>> data = (torch.tensor([[1.0], [2.0]], dtype=torch.float64), torch.zeros(2, 1, dtype=torch.float64))
     >>> H = HessianOperator.from_torch(model, torch.nn.MSELoss(), data, hvp_method="finite_difference")
     >>> est = finite_difference_error(H.backend, torch.ones(1, 1, dtype=torch.float64))
-    >>> bool(0 < est[0] < 1e-10)  # a quadratic loss: no truncation, rounding only
+    >>> bool(0 < est[0] < 1e-8)  # H = 5, a quadratic loss: no truncation, rounding only
     True
     """
+    _chosen_step(backend)
     h = finite_difference_step(backend, V)
     d1, gnorms = _differences(backend, V, h)
     d2 = _differences(backend, V, 2.0 * h)[0]
