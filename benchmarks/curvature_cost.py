@@ -21,10 +21,21 @@ matrices).  Then the top-5 eigenvalues of G and of the empirical Fisher, every s
 difference of the eigenvalues from hessop's.  The first line prints the load average: timings are meaningful only
 on a quiet machine (load below 1); the FLOP ratios and product counts do not depend on it.
 
+Blocks (``--blocks 1,5,20``): the FLOPs per column of one product with a block of k vectors, in gradients, for G,
+the Fisher and the empirical Fisher, batched in one pass (``block_method="batched"``: one primal forward pass, the k
+tangents by ``jvp`` under ``vmap``, one batched backward pass) and column by column (``block_method="columns"``),
+and the peak resident memory of one block product at the largest k above the memory before it (VmHWM reset before
+the call, freed blocks returned to the OS: :func:`hvp_cost.peak_mb`), each against the bytes the primal forward
+pass saves (``TorchCurvatureBackend.saved_bytes``), per column, with no ``block_memory`` limit (one chunk): the
+figure behind ``TANGENT_MEMORY``.
+``--block-seconds`` adds the wall time of one G block product at the largest k, batched over per-column (one run:
+rough, load printed at the top).
+
 Usage::
 
     python benchmarks/curvature_cost.py [--repeats 5] [--top5-repeats 3] [--threads 2] [--models cnn,resnet20]
                                         [--resnet-samples 32] [--cnn-samples 512] [--tol 1e-6] [--quick]
+                                        [--sections products,blocks,top5] [--blocks 1,5,20] [--block-seconds]
 
 ``--quick`` is a smoke run (128 digits; the ResNet at a quarter of its width, about 17k parameters, on 8 samples;
 1 repeat; tolerance 1e-3): it checks that every case runs, not what it costs.
@@ -41,7 +52,7 @@ from functools import partial
 
 import numpy as np
 import torch
-from hvp_cost import flops, resnet20
+from hvp_cost import flops, peak_mb, resnet20, return_freed_memory_to_the_os
 from torch import nn
 
 import hessop
@@ -140,6 +151,54 @@ def products(name: str, model, batch, repeats: int) -> None:
         print(f"| {k} | {work[k] / work['gradient']:.2f} | {med[k]:.4f} | {med[k] / med['gradient']:.2f} | {diff} |")
 
 
+def blocks(name: str, model, batch, ks: list[int], seconds: bool) -> None:
+    """FLOPs per column of a block product, batched against per column, and the batched pass's peak memory."""
+    loss_fn = nn.CrossEntropyLoss()
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def gradient():
+        return torch.autograd.grad(loss_fn(model(batch[0]), batch[1]), params)
+
+    unit = flops(gradient)
+    backends = {(c, m): TorchCurvatureBackend(model, loss_fn, [batch], curvature=c, block_method=m,
+                                              block_memory=2**62, check_deterministic=False)
+                for c in ("ggn", "fisher", "empirical_fisher") for m in ("batched", "columns")}
+    n = backends["ggn", "batched"].n
+    rng = np.random.default_rng(0)
+    blocks_ = {k: torch.as_tensor(rng.standard_normal((n, k)), dtype=torch.float32) for k in ks}
+    for backend in backends.values():
+        backend.hvp_block(blocks_[min(ks)])  # warm-up (the batched form measures its primal pass's memory once)
+    print(f"\nBlocks, {name}: FLOPs per column in gradients (batched in one pass / column by column)\n\n"
+          "| curvature | " + " | ".join(f"k = {k}" for k in ks) + " |\n|---|" + "---:|" * len(ks))
+    for c in ("ggn", "fisher", "empirical_fisher"):
+        row = []
+        for k, V in blocks_.items():
+            b, col = (flops(partial(backends[c, m].hvp_block, V)) / (k * unit) for m in ("batched", "columns"))
+            row.append(f"{b:.2f} / {col:.2f}")
+        print(f"| {c} | " + " | ".join(row) + " |")
+    k = max(ks)
+    V = blocks_[k]
+    saved = backends["ggn", "batched"].saved_bytes(batch[0]) / 2**20
+    if return_freed_memory_to_the_os():
+        print(f"\nPeak memory of one block product, k = {k} (MB above the memory before the call; the primal forward "
+              f"pass saves {saved:.1f} MB):\n\n| curvature | batched | column by column | batched / (k x saved) |\n"
+              "|---|---:|---:|---:|")
+        for c in ("ggn", "fisher", "empirical_fisher"):
+            b, col = (peak_mb(partial(backends[c, m].hvp_block, V)) for m in ("batched", "columns"))
+            print(f"| {c} | {b:.1f} | {col:.1f} | {b / (k * saved):.2f} |")
+    else:
+        print("\n- peak memory: not measured (needs glibc's mallopt and /proc/self/clear_refs)")
+    if seconds:
+        t = {}
+        for m in ("batched", "columns"):
+            backends["ggn", m].hvp_block(V)  # warm-up
+            start = time.perf_counter()
+            backends["ggn", m].hvp_block(V)
+            t[m] = time.perf_counter() - start
+        print(f"\nG block of {k}, one run (load {os.getloadavg()[0]:.2f}): batched {t['batched']:.3f} s, column by "
+              f"column {t['columns']:.3f} s, ratio {t['batched'] / t['columns']:.2f}")
+
+
 class _Counted:
     """A SciPy LinearOperator's products, counted."""
 
@@ -223,6 +282,9 @@ def main() -> None:
     parser.add_argument("--cnn-samples", type=int, default=512)
     parser.add_argument("--tol", type=float, default=1e-6)
     parser.add_argument("--quick", action="store_true", help="smoke run: small batches, 1 repeat, tolerance 1e-3")
+    parser.add_argument("--sections", default="products,blocks,top5")
+    parser.add_argument("--blocks", default="1,5,20", help="block sizes k of the blocks section")
+    parser.add_argument("--block-seconds", action="store_true", help="time one G block product, batched and not")
     args = parser.parse_args()
     if args.quick:
         args.repeats, args.top5_repeats, args.resnet_samples, args.cnn_samples, args.tol = 1, 1, 8, 128, 1e-3
@@ -233,8 +295,13 @@ def main() -> None:
           f"{' [--quick: a smoke run, not a measurement]' if args.quick else ''}")
     for name, (model, batch) in problems(args.models.split(","), args.resnet_samples, args.cnn_samples,
                                          30 if args.quick else 150, 4 if args.quick else 16).items():
-        products(name, copy.deepcopy(model), batch, args.repeats)
-        top5(name, model, batch, args.tol, args.top5_repeats)
+        sections = args.sections.split(",")
+        if "products" in sections:
+            products(name, copy.deepcopy(model), batch, args.repeats)
+        if "blocks" in sections:
+            blocks(name, copy.deepcopy(model), batch, [int(k) for k in args.blocks.split(",")], args.block_seconds)
+        if "top5" in sections:
+            top5(name, model, batch, args.tol, args.top5_repeats)
 
 
 if __name__ == "__main__":

@@ -2,8 +2,9 @@
 
 Maths in :mod:`hessop.curvature`.  Each batch ``(inputs, targets)`` contributes ``w_b A_b^T M_b A_b V`` with ``A_b``
 the Jacobian of ``model_fn(params, inputs)`` (GGN, Fisher) or of the per-sample losses (empirical Fisher):
-``jax.vjp`` of the outputs once, ``jax.jvp`` for ``A_b V`` (``vmap`` over the block's columns), ``M_b`` in closed
-form and the ``vjp`` for ``A_b^T``, in one compiled call per batch (compiled once per model function, layout,
+one primal forward pass per batch and block (``jax.linearize`` of the outputs), ``A_b V`` by the linearised map,
+``M_b`` in closed form and ``A_b^T`` by its transpose (``jax.linear_transpose``), each ``vmap``-ed over the block's
+columns, in one compiled call per batch (compiled once per model function, layout,
 curvature and batch shape, as the Hessian's products are).  The data loop, weights, flattening, host transfers and
 the determinism check are those of :class:`hessop.backends.jax.JaxBackend`.  Blocks of leaves
 (:meth:`JaxCurvatureBackend.restrict`, :func:`hessop.by_block`) close the model function and the loss over the
@@ -69,17 +70,21 @@ def _output_product(spec: tuple, f: jax.Array, key: jax.Array, u: jax.Array) -> 
 
 def _curvature_cols(theta: jax.Array, batch: Any, V: jax.Array, key: jax.Array, spec: tuple,
                     layout: tuple) -> jax.Array:
-    """``A_b^T M_b A_b V`` for one batch and a block ``V`` of shape (n, k)."""
+    """``A_b^T M_b A_b V`` for one batch and a block ``V`` of shape (n, k), in one pass: one primal forward pass
+    (``jax.linearize``: the outputs and the linear map ``v -> A_b v`` with its residuals), the k tangents
+    ``A_b V``, ``M_b`` on them and the k products ``A_b^T (.)`` (``jax.linear_transpose`` of that linear map, the
+    reverse pass) all ``vmap``-ed over the block's columns."""
     x, y = batch
 
     def outputs(t: jax.Array) -> jax.Array:
         f = spec[0].fn(unflatten_theta(t, layout), x)
         return _per_sample(spec, f, y) if spec[2] == "empirical_fisher" else f
 
-    a, pullback = jax.vjp(outputs, theta)  # a: the outputs f (GGN, Fisher) or the per-sample losses
+    a, linear = jax.linearize(outputs, theta)  # a: the outputs f (GGN, Fisher) or the per-sample losses
+    transpose = jax.linear_transpose(linear, theta)  # u -> A_b^T u, through the same linearisation
 
     def column(v: jax.Array) -> jax.Array:
-        return pullback(_output_product(spec, a, key, jax.jvp(outputs, (theta,), (v,))[1]))[0]
+        return transpose(_output_product(spec, a, key, linear(v)))[0]
 
     return jax.vmap(column, in_axes=1, out_axes=1)(V)
 

@@ -9,6 +9,8 @@ fixed.
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 
@@ -17,17 +19,19 @@ from torch.func import functional_call, grad, jacrev, jvp, vmap  # noqa: E402
 
 import hessop  # noqa: E402
 from hessop.backends.torch import TorchCurvatureBackend  # noqa: E402
+from hessop.backends.torch._curvature import TANGENT_MEMORY  # noqa: E402
 
 F = torch.nn.functional
 RTOL = 1e-12
-JV = [("forward", None), ("reverse", None), ("reverse", 0)]  # (jv_method, cache_memory): forward mode, the double
-# vjp through a kept graph, the double vjp rebuilt at every product
+JV = [("forward", None, "batched"), ("forward", None, "columns"), ("reverse", None, "auto"), ("reverse", 0, "auto")]
+# (jv_method, cache_memory, block_method): forward mode with a block in one batched pass, forward mode column by
+# column, the double vjp through a kept graph, the double vjp rebuilt at every product
 
 
-def _op(model, loss_fn, data, jv=("forward", None), **kw):
-    """The curvature operator with ``A v`` computed by ``jv = (jv_method, cache_memory)``."""
+def _op(model, loss_fn, data, jv=("forward", None, "auto"), **kw):
+    """The curvature operator with ``A v`` computed by ``jv = (jv_method, cache_memory, block_method)``."""
     return hessop.HessianOperator(TorchCurvatureBackend(model, loss_fn, data, jv_method=jv[0], cache_memory=jv[1],
-                                                        **kw))
+                                                        block_method=jv[2], **kw))
 
 
 def _flat_model(model):
@@ -103,8 +107,9 @@ def test_cnn_products_match_dense(cnn, curvature):
 @pytest.mark.parametrize("jv", JV[1:])
 @pytest.mark.parametrize("curvature", ["ggn", "fisher", "empirical_fisher"])
 def test_cnn_reverse_products_match_dense(cnn, torch_problem, curvature, jv):
-    """The reverse form of ``A v`` (the operators above use forward mode), with and without the kept graph: the
-    first product (which builds and keeps the graph), a later one (through it) and a single vector."""
+    """Forward mode column by column and the reverse form of ``A v`` (the operators above take a block in one
+    batched pass), the latter with and without the kept graph: the first product (which builds and keeps the
+    graph), a later one (through it) and a single vector."""
     ops, refs = cnn
     p = torch_problem
     kw = {"mc_samples": 2, "fisher_seed": 7} if curvature == "fisher" else {}
@@ -113,7 +118,7 @@ def test_cnn_reverse_products_match_dense(cnn, torch_problem, curvature, jv):
     for _ in range(2):
         assert _rel_err(op @ V, refs[curvature] @ V) < RTOL
     assert _rel_err(op @ V[:, 0], refs[curvature] @ V[:, 0]) < RTOL
-    assert (op.backend.cache_bytes > 0) == (jv[1] is None)
+    assert (op.backend.cache_bytes > 0) == (jv[0] == "reverse" and jv[1] is None)
 
 
 def test_cnn_hessian_is_ggn_plus_residual(cnn, torch_problem):
@@ -274,7 +279,87 @@ def test_forward_mode_falls_back_to_reverse(mlp):
     assert op.backend.jv_method == "reverse"
     assert _rel_err(_dense(op), ref) < RTOL
     with pytest.raises(RuntimeError):
-        _op(Custom(), torch.nn.CrossEntropyLoss(), (x, y), ("forward", None), curvature="ggn")
+        _op(Custom(), torch.nn.CrossEntropyLoss(), (x, y), ("forward", None, "columns"), curvature="ggn")
+
+
+class _Counting(torch.nn.Module):
+    """A model whose forward pass counts its calls in a buffer, in place: ``torch.func`` refuses to transform it."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.inner = model
+        self.register_buffer("calls", torch.zeros((), dtype=torch.int64))
+
+    def forward(self, t):
+        self.calls.add_(1)
+        return self.inner(t)
+
+
+def test_batched_block_falls_back_to_columns(mlp):
+    """A model the batched pass cannot transform: ``block_method="auto"`` warns once and goes column by column
+    (the same matrix as the plain model's); ``"batched"`` raises."""
+    model, x, y, _ = mlp
+    ref = _dense(hessop.HessianOperator.from_torch(model, torch.nn.CrossEntropyLoss(), (x, y), curvature="ggn"))
+    op = _op(_Counting(model), torch.nn.CrossEntropyLoss(), (x, y), curvature="ggn")
+    with pytest.warns(UserWarning, match="batched block product"):
+        assert _rel_err(_dense(op), ref) < RTOL
+    assert op.backend.block_method == "columns"
+    with pytest.raises(RuntimeError):  # at the determinism check's first product
+        _op(_Counting(model), torch.nn.CrossEntropyLoss(), (x, y), ("forward", None, "batched"), curvature="ggn")
+
+
+@pytest.mark.parametrize("curvature", ["ggn", "fisher", "empirical_fisher"])
+def test_batched_block_in_chunks(mlp, curvature):
+    """A block split into chunks by ``block_memory`` (3 columns per pass, then 1) gives the unsplit block's
+    product."""
+    model, x, y, _ = mlp
+    kw = {"curvature": curvature, "fisher_seed": 2, "block_method": "batched"}
+    whole = hessop.HessianOperator(TorchCurvatureBackend(model, torch.nn.CrossEntropyLoss(), (x, y), **kw))
+    V = np.random.default_rng(3).standard_normal((whole.n, 7))
+    ref = whole @ V
+    saved = whole.backend.saved_bytes(x)
+    assert saved > 0
+    for columns, budget in ((3, 3 * TANGENT_MEMORY * saved), (1, 1)):
+        op = hessop.HessianOperator(TorchCurvatureBackend(model, torch.nn.CrossEntropyLoss(), (x, y),
+                                                          block_memory=budget, **kw))
+        assert op.backend.chunk_columns(x) == columns
+        assert _rel_err(op @ V, ref) < RTOL
+
+
+@pytest.fixture
+def bn_model():
+    torch.manual_seed(1)
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 3, 3), torch.nn.BatchNorm2d(3), torch.nn.Tanh(),
+                                torch.nn.Flatten(), torch.nn.Linear(3 * 4 * 4, 3)).double().train()
+    x = torch.randn(11, 1, 6, 6, dtype=torch.float64)
+    return model, x, torch.randint(0, 3, (11,))
+
+
+@pytest.mark.parametrize("params", [None, ["1", "4"]])
+@pytest.mark.parametrize("curvature", ["ggn", "fisher", "empirical_fisher"])
+def test_train_mode_batch_norm_blocks(bn_model, curvature, params):
+    """Train-mode batch norm, unequal batches: the batched pass, column by column and the reverse form agree to
+    1e-12 (the GGN also against the dense GGN from the explicit Jacobian of each batch), and the running
+    statistics are left as they were."""
+    model, x, y = bn_model
+    batches = [(x[:4], y[:4]), (x[4:], y[4:])]
+    before = [b.clone() for b in model.buffers()]
+    kw = {"curvature": curvature, "params": params, "mc_samples": 2} if curvature == "fisher" else {
+        "curvature": curvature, "params": params}
+    with pytest.warns(UserWarning, match="train mode"):
+        ops = [_op(model, torch.nn.CrossEntropyLoss(), batches, jv, **kw) for jv in JV]
+    V = np.random.default_rng(6).standard_normal((ops[0].n, 5))
+    products = [op @ V for op in ops]
+    for other in products[1:]:
+        assert _rel_err(products[0], other) < RTOL
+    if curvature == "ggn" and params is None:
+        plain = copy.deepcopy(model)
+        for m in plain.modules():  # the same train-mode outputs, no running statistics to update
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.track_running_stats, m.running_mean, m.running_var = False, None, None
+        dense = sum(len(xb) / len(x) * _dense_references(plain, xb, yb)["ggn"] for xb, yb in batches)
+        assert _rel_err(products[0], dense @ V) < RTOL
+    assert all(torch.equal(a, b) for a, b in zip(before, model.buffers(), strict=True))
 
 
 def test_mse_against_dense(mlp):
@@ -335,6 +420,8 @@ def test_declared_output_loss(mlp):
     ({"curvature": "ggn", "output_loss": "mse"}, None, "targets have shape"),
     ({"curvature": "ggn", "loss_form": "model"}, None, "loss_form='model'"),
     ({"curvature": "ggn", "jv_method": "double_backward"}, None, "jv_method must be one of"),
+    ({"curvature": "ggn", "block_method": "vmap"}, None, "block_method must be one of"),
+    ({"curvature": "ggn", "block_memory": 0}, None, "block_memory must be a number of bytes"),
 ])
 def test_refusals(mlp, kwargs, loss, match):
     model, x, y, _ = mlp
@@ -342,7 +429,7 @@ def test_refusals(mlp, kwargs, loss, match):
     if kwargs.get("loss_form") == "model":
         loss = lambda m, b: F.cross_entropy(m(b[0]), b[1])  # noqa: E731
     with pytest.raises((ValueError, TypeError), match=match):
-        if "jv_method" in kwargs:
+        if {"jv_method", "block_method", "block_memory"} & set(kwargs):
             TorchCurvatureBackend(model, loss, (x, y), **kwargs)
         else:
             hessop.HessianOperator.from_torch(model, loss, (x, y), **kwargs)
