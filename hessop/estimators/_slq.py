@@ -270,11 +270,12 @@ def slq(
     Maths
     -----
     Independent start vectors (draws, as many as the budget buys) ``q = v / ||v||`` (``v`` Gaussian by default, as
-    in the recipe; or Rademacher), each followed by ``n_iter`` Lanczos steps with full reorthogonalisation (two
-    block Gram-Schmidt passes per step, :class:`hessop.lanczos.Krylov`: without it ghost copies of the outliers
-    distort the density within ~20 steps).  Each draw's projected matrix ``T = U diag(theta) U^T`` gives nodes
-    ``theta`` and weights ``U[0, :]**2``.  A draw whose ``beta_j`` vanishes (its Krylov space is invariant: the
-    start vector meets only ``j`` eigen-directions) stops there cleanly; its j-point rule is then exact.
+    in the recipe; or Rademacher), each followed by ``n_iter`` Lanczos steps with full reorthogonalisation (block
+    Gram-Schmidt, a second pass where the first lost orthogonality, :class:`hessop.krylov.Krylov`: without it
+    ghost copies of the outliers distort the density within ~20 steps).  Each draw's projected matrix
+    ``T = U diag(theta) U^T`` gives nodes ``theta`` and weights ``U[0, :]**2``.  A draw whose ``beta_j`` vanishes
+    (its Krylov space is invariant: the start vector meets only ``j`` eigen-directions) stops there cleanly; its
+    j-point rule is then exact.
 
     The draws of a block advance in lockstep, so each Lanczos step is one block product ``H.hvp_block`` of
     ``block_size`` vectors (cheaper per vector than single products on framework backends).
