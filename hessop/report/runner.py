@@ -161,9 +161,21 @@ def run_analysis(H: HessianOperator, sections: list[Section], out: Path, *, seed
     versions = ", ".join(f"{k} {v}" for k, v in report["versions"].items())
     info = [
         ["parameters (n)", f"{H.n:,}"], ["dtype", html.escape(str(H.dtype))],
+        *_cite_trace(report["sections"]),
         ["backend", html.escape(H.backend.describe())], ["seed", str(seed)],
         ["Lanczos tol", "default" if tol is None else f"{tol:g}"],
         ["HVPs in all", f"{report['n_hvp']:,}"], ["seconds", f"{report['seconds']:.1f}"],
     ]
     (out / "report.html").write_text(page(description, info, command, versions, blocks))
     return report
+
+
+def _cite_trace(sections: dict[str, Any]) -> list[list[str]]:
+    """The page's summary line for the trace: the Trace section's estimate and 95% interval (the valid one, to
+    cite), or nothing when that section did not run."""
+    tr = sections.get("trace")
+    if not tr or "interval_95" not in tr:
+        return []
+    lo, hi = tr["interval_95"]
+    state = "" if tr.get("converged", True) else " (target not met)"
+    return [["trace to cite", f"{tr['estimate']:.6g}, 95% interval [{lo:.6g}, {hi:.6g}]{state} (Trace section)"]]
