@@ -14,6 +14,12 @@ interval is reported; the budget of 300 draws lets the rule, not the cap, end th
 gives the share that met the target; coverage counts every run, as reported).
 
     PYTHONPATH=. python benchmarks/coverage.py --seeds 1000 --only "rtol="   # the SLQ two-stage rows
+
+``--xdiag N`` instead measures XDiag's per-entry coverage (t intervals from its jackknife standard errors) on the
+outlier over a flat bulk, ``u u^T + 5e-6 (I - u u^T)`` with n = N (float64, 100 products, a matrix-free operator;
+issue 26 class 5, docs/reliability.md):
+
+    PYTHONPATH=. python benchmarks/coverage.py --xdiag 200000 --seeds 2
 """
 
 from __future__ import annotations
@@ -49,12 +55,40 @@ ESTIMATORS = {
 }
 
 
+def xdiag_coverage(n: int, seeds: int, bulk: float = 5e-6, n_hvp: int = 100) -> None:
+    """Per-entry coverage of XDiag's t intervals on ``u u^T + bulk (I - u u^T)`` (one table row per seed)."""
+    print("| n | seed | entries covered | rms s.e. / rms error | median abs(error) / s.e. |")
+    print("|---|---|---|---|---|")
+    for seed in range(seeds):
+        rng = np.random.default_rng(100 + seed)
+        u = rng.standard_normal(n)
+        u /= np.linalg.norm(u)
+
+        def block(V: np.ndarray, u: np.ndarray = u) -> np.ndarray:
+            c = u[:, None] * (u @ V)[None, :]
+            return c + bulk * (V - c)
+
+        op = hessop.HessianOperator.from_function(lambda v, block=block: block(v[:, None])[:, 0], n, dtype=np.float64,
+                                                  hvp_block=block, check_symmetric=False)
+        true = u**2 + bulk * (1 - u**2)
+        r = hessop.diagonal(op, n_hvp, method="xdiag", seed=seed)
+        d, se = np.asarray(r.diagonal), np.asarray(r.std_error)
+        z = np.abs(d - true) / se
+        t = float(scipy.stats.t.ppf(0.975, r.n_samples - 1))
+        ratio = math.sqrt(float(np.mean(se**2)) / float(np.mean((d - true) ** 2)))
+        print(f"| {n} | {seed} | {np.mean(z <= t):.3f} | {ratio:.2f} | {np.median(z):.2f} |", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=1000)
     parser.add_argument("--n", type=int, default=300)
     parser.add_argument("--only", default="", help="run only the estimators whose name contains this")
+    parser.add_argument("--xdiag", type=int, default=0, help="XDiag's per-entry coverage at this n instead")
     args = parser.parse_args()
+    if args.xdiag:
+        xdiag_coverage(args.xdiag, args.seeds)
+        return
     print("| spectrum | estimator | seeds | coverage (reported) | coverage (plain t) | mean products | converged |")
     print("|---|---|---|---|---|---|---|")
     for p in (1, 2, 3):
