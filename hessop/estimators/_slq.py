@@ -308,7 +308,7 @@ def slq(
         reports: if its half-width meets the goal the run stops (``converged=True``), else all draws so far plan a
         second batch, which ends the run whatever its half-width (``converged`` says whether it met the goal).
         Neither a batch's size nor whether it is reported depends on its own draws, so its interval is a fixed-size
-        one: 93.6-95.0% coverage over 1000 seeds on 1/i, 1/i^2, 1/i^3 spectra (stopping on the draws that build
+        one: 93.4-95.1% coverage over 1000 seeds on 1/i, 1/i^2, 1/i^3 spectra (stopping on the draws that build
         the interval covered 89-90%, and stopping at the first batch that met the goal 91.8%; see
         ``benchmarks/coverage.py``).  When the next batch needs more than twice the draws the budget has left, the
         run stops at once; then, or when the budget is spent, ``converged=False`` and a ``RuntimeWarning`` says
