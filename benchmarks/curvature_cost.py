@@ -36,6 +36,7 @@ Usage::
     python benchmarks/curvature_cost.py [--repeats 5] [--top5-repeats 3] [--threads 2] [--models cnn,resnet20]
                                         [--resnet-samples 32] [--cnn-samples 512] [--tol 1e-6] [--quick]
                                         [--sections products,blocks,top5] [--blocks 1,5,20] [--block-seconds]
+                                        [--block-curvatures ggn,fisher,empirical_fisher]
 
 ``--quick`` is a smoke run (128 digits; the ResNet at a quarter of its width, about 17k parameters, on 8 samples;
 1 repeat; tolerance 1e-3): it checks that every case runs, not what it costs.
@@ -151,7 +152,8 @@ def products(name: str, model, batch, repeats: int) -> None:
         print(f"| {k} | {work[k] / work['gradient']:.2f} | {med[k]:.4f} | {med[k] / med['gradient']:.2f} | {diff} |")
 
 
-def blocks(name: str, model, batch, ks: list[int], seconds: bool) -> None:
+def blocks(name: str, model, batch, ks: list[int], seconds: bool,
+           curvatures: tuple[str, ...] = ("ggn", "fisher", "empirical_fisher")) -> None:
     """FLOPs per column of a block product, batched against per column, and the batched pass's peak memory."""
     loss_fn = nn.CrossEntropyLoss()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -162,7 +164,7 @@ def blocks(name: str, model, batch, ks: list[int], seconds: bool) -> None:
     unit = flops(gradient)
     backends = {(c, m): TorchCurvatureBackend(model, loss_fn, [batch], curvature=c, block_method=m,
                                               block_memory=2**62, check_deterministic=False)
-                for c in ("ggn", "fisher", "empirical_fisher") for m in ("batched", "columns")}
+                for c in curvatures for m in ("batched", "columns")}
     n = backends["ggn", "batched"].n
     rng = np.random.default_rng(0)
     blocks_ = {k: torch.as_tensor(rng.standard_normal((n, k)), dtype=torch.float32) for k in ks}
@@ -170,7 +172,7 @@ def blocks(name: str, model, batch, ks: list[int], seconds: bool) -> None:
         backend.hvp_block(blocks_[min(ks)])  # warm-up (the batched form measures its primal pass's memory once)
     print(f"\nBlocks, {name}: FLOPs per column in gradients (batched in one pass / column by column)\n\n"
           "| curvature | " + " | ".join(f"k = {k}" for k in ks) + " |\n|---|" + "---:|" * len(ks))
-    for c in ("ggn", "fisher", "empirical_fisher"):
+    for c in curvatures:
         row = []
         for k, V in blocks_.items():
             b, col = (flops(partial(backends[c, m].hvp_block, V)) / (k * unit) for m in ("batched", "columns"))
@@ -183,7 +185,7 @@ def blocks(name: str, model, batch, ks: list[int], seconds: bool) -> None:
         print(f"\nPeak memory of one block product, k = {k} (MB above the memory before the call; the primal forward "
               f"pass saves {saved:.1f} MB):\n\n| curvature | batched | column by column | batched / (k x saved) |\n"
               "|---|---:|---:|---:|")
-        for c in ("ggn", "fisher", "empirical_fisher"):
+        for c in curvatures:
             b, col = (peak_mb(partial(backends[c, m].hvp_block, V)) for m in ("batched", "columns"))
             print(f"| {c} | {b:.1f} | {col:.1f} | {b / (k * saved):.2f} |")
     else:
@@ -285,6 +287,7 @@ def main() -> None:
     parser.add_argument("--sections", default="products,blocks,top5")
     parser.add_argument("--blocks", default="1,5,20", help="block sizes k of the blocks section")
     parser.add_argument("--block-seconds", action="store_true", help="time one G block product, batched and not")
+    parser.add_argument("--block-curvatures", default="ggn,fisher,empirical_fisher")
     args = parser.parse_args()
     if args.quick:
         args.repeats, args.top5_repeats, args.resnet_samples, args.cnn_samples, args.tol = 1, 1, 8, 128, 1e-3
@@ -299,7 +302,8 @@ def main() -> None:
         if "products" in sections:
             products(name, copy.deepcopy(model), batch, args.repeats)
         if "blocks" in sections:
-            blocks(name, copy.deepcopy(model), batch, [int(k) for k in args.blocks.split(",")], args.block_seconds)
+            blocks(name, copy.deepcopy(model), batch, [int(k) for k in args.blocks.split(",")], args.block_seconds,
+                   tuple(args.block_curvatures.split(",")))
         if "top5" in sections:
             top5(name, model, batch, args.tol, args.top5_repeats)
 

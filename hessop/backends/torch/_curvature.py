@@ -21,7 +21,7 @@ batch and column: ``A v`` (a Jacobian-vector product), ``M (A v)`` in output spa
   (``torch.autograd.grad(..., is_grads_batched=True)``).  Per column that is the tangent and the backward pass, about
   4/3 of a gradient, plus the primal pass shared by the block: **1.45 / 1.31 gradients per column for k = 5 / 20 on
   the test CNN, 1.47 / 1.35 on the ResNet-20-sized model**, against 1.71 / 1.67 column by column.  Its memory grows
-  with k (the k tangents of every activation, about 3x the primal's saved activations per column), so a block is
+  with k (the k tangents of every activation: 1.4-3x the primal's saved activations per column), so a block is
   split into chunks of columns that fit ``block_memory``; where ``torch.func`` cannot transform the model the
   products go column by column (``block_method="columns"``, chosen by ``"auto"`` after a warning).
 * ``"reverse"`` (the fallback where an operation has no forward derivative): the "double vjp" ``A v =
@@ -70,8 +70,9 @@ BLOCK_METHODS = ("auto", "batched", "columns")
 
 TANGENT_MEMORY = 4
 """Memory of one column of a batched pass, in units of the bytes the primal forward pass saves for its backward
-pass (its tangents and their graph, and the batched backward pass's gradients): an upper bound measured on the test
-CNN and the ResNet-20-sized model (benchmarks/curvature_cost.py), used to split a block to ``block_memory``."""
+pass (its tangents and their graph, and the batched backward pass's gradients): an upper bound of the peaks measured at
+k = 20, 3.0 on the test CNN and 1.4 on the ResNet-20-sized model (benchmarks/curvature_cost.py); used to split a
+block to ``block_memory``."""
 
 
 def _recognise(loss_fn: Callable, output_loss: str | None, reduction: str) -> tuple[str, float]:

@@ -234,13 +234,13 @@ def test_kept_graph_follows_the_parameters(mlp):
     """The reverse form's kept graph is dropped when a parameter changes in place: the next product is that of a
     fresh operator at the new parameters."""
     model, x, y, _ = mlp
-    op = _op(model, torch.nn.CrossEntropyLoss(), (x, y), ("reverse", None), curvature="ggn")
+    op = _op(model, torch.nn.CrossEntropyLoss(), (x, y), ("reverse", None, "auto"), curvature="ggn")
     v = np.random.default_rng(5).standard_normal(op.n)
     before = op @ v
     assert op.backend.cache_bytes > 0
     with torch.no_grad():
         model[0].weight.mul_(1.5)
-    fresh = _op(model, torch.nn.CrossEntropyLoss(), (x, y), ("reverse", 0), curvature="ggn") @ v
+    fresh = _op(model, torch.nn.CrossEntropyLoss(), (x, y), ("reverse", 0, "auto"), curvature="ggn") @ v
     assert not np.allclose(before, fresh)
     assert _rel_err(op @ v, fresh) < RTOL
 
