@@ -97,7 +97,20 @@ class BlockRow:
     n_hvp: int = 0
 
     def as_dict(self) -> dict[str, Any]:
-        """Plain JSON-ready values (no density nodes)."""
+        """Plain JSON-ready values (no density nodes).
+
+        Examples
+        --------
+        >>> import json
+        >>> import hessop
+        >>> from hessop.models.linear import linear_least_squares
+        >>> table = hessop.by_block(linear_least_squares(), ["weight", "bias"])  # blocks diag(4, 1, 0) and [2]
+        >>> d = table["bias"].as_dict()
+        >>> d["name"], d["n"], [round(x, 6) for x in d["eigenvalues"]], d["trace_method"]
+        ('bias', 1, [2.0], 'exact')
+        >>> json.loads(json.dumps(d)) == d
+        True
+        """
         return {"name": self.name, "params": list(self.params), "n": self.n,
                 "eigenvalues": self.eigenvalues.tolist(), "residuals": self.residuals.tolist(),
                 "converged": [bool(c) for c in self.converged], "trace": self.trace.estimate,
@@ -157,7 +170,23 @@ class BlockTable:
         return "\n".join([lines[0], "-" * len(lines[0]), *lines[1:]])
 
     def to_csv(self, path: Any) -> None:
-        """One line per group: name, n, eigenvalue_i / residual_i for each i, trace, trace_std_error, n_hvp."""
+        """One line per group: name, n, eigenvalue_i / residual_i for each i, trace, trace_std_error, n_hvp.
+
+        Examples
+        --------
+        >>> import csv
+        >>> import pathlib
+        >>> import tempfile
+        >>> import hessop
+        >>> from hessop.models.linear import linear_least_squares
+        >>> table = hessop.by_block(linear_least_squares(), ["weight", "bias"])  # blocks diag(4, 1, 0) and [2]
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     table.to_csv(pathlib.Path(tmp) / "blocks.csv")
+        ...     with open(pathlib.Path(tmp) / "blocks.csv") as f:
+        ...         lines = list(csv.DictReader(f))
+        >>> [(line["name"], line["n"], round(float(line["trace"]), 6)) for line in lines]
+        [('weight', '3', 5.0), ('bias', '1', 2.0)]
+        """
         k = max(len(r.eigenvalues) for r in self.rows)
         with open(path, "w", newline="") as f:
             w = csv.writer(f)
@@ -170,13 +199,45 @@ class BlockTable:
                             repr(r.trace.std_error), r.n_hvp, " ".join(r.params)])
 
     def to_json(self, path: Any) -> None:
-        """A JSON list of :meth:`BlockRow.as_dict`."""
+        """A JSON list of :meth:`BlockRow.as_dict`.
+
+        Examples
+        --------
+        >>> import json
+        >>> import pathlib
+        >>> import tempfile
+        >>> import hessop
+        >>> from hessop.models.linear import linear_least_squares
+        >>> table = hessop.by_block(linear_least_squares(), ["weight", "bias"])  # blocks diag(4, 1, 0) and [2]
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     table.to_json(pathlib.Path(tmp) / "blocks.json")
+        ...     with open(pathlib.Path(tmp) / "blocks.json") as f:
+        ...         saved = json.load(f)
+        >>> saved == [row.as_dict() for row in table]
+        True
+        """
         with open(path, "w") as f:
             json.dump([r.as_dict() for r in self.rows], f, indent=1)
 
     def plot(self, path: Any = None, *, title: str | None = None) -> Any:
         """Bar charts across groups: top eigenvalue and trace (with a 95% interval), log scale when all are
-        positive.  Returns the matplotlib Figure; saved to ``path`` if given."""
+        positive.  Returns the matplotlib Figure; saved to ``path`` if given.
+
+        Examples
+        --------
+        >>> import pathlib
+        >>> import tempfile
+        >>> import pytest
+        >>> _ = pytest.importorskip("matplotlib")
+        >>> import hessop
+        >>> from hessop.models.linear import linear_least_squares
+        >>> table = hessop.by_block(linear_least_squares(), ["weight", "bias"])  # blocks diag(4, 1, 0) and [2]
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     fig = table.plot(pathlib.Path(tmp) / "blocks.png")
+        ...     saved = (pathlib.Path(tmp) / "blocks.png").exists()
+        >>> saved, [ax.get_title() for ax in fig.axes]
+        (True, ['top eigenvalue', 'trace (95% interval)'])
+        """
         from matplotlib.figure import Figure
 
         names = [r.name for r in self.rows]

@@ -157,7 +157,19 @@ class Decomposition:
     n_hvp: dict[str, int]
 
     def summary(self) -> str:
-        """A few lines: each part's top eigenvalues with residuals, and the overlaps."""
+        """A few lines: each part's top eigenvalues with residuals, and the overlaps.
+
+        Examples
+        --------
+        >>> H = HessianOperator.from_matrix(np.diag([4.0, 2.0, 1.0, -1.0]))
+        >>> G = HessianOperator.from_matrix(np.diag([3.0, 2.0, 0.0, 0.0]))
+        >>> print(decompose(H, G, k=1, max_hvp=0).summary())  # doctest: +ELLIPSIS
+        H: 4 (±...); converged 1/1, 4 products
+        G: 3 (±...); converged 1/1, 4 products
+        R: 1 (±...); converged 1/1, 8 products
+        R-: -1 (±...); converged 1/1, 8 products
+        overlap of top eigenspaces: H,G 1.000, H,R ..., G,R ...
+        """
         lines = []
         for name, res in self.eigen.items():
             pairs = ", ".join(f"{v:.6g} (±{r:.1e})" for v, r in zip(res.eigenvalues, res.residuals, strict=True))
@@ -168,7 +180,23 @@ class Decomposition:
 
     def plot(self, path: Any = None, *, variance: float | None = None) -> Any:
         """The three SLQ densities on one log-scale plot (one grid spanning all three, each part's top-k eigenvalues
-        as ticks); returns the matplotlib Figure, saved to ``path`` when given.  matplotlib is imported only here."""
+        as ticks); returns the matplotlib Figure, saved to ``path`` when given.  matplotlib is imported only here.
+
+        Examples
+        --------
+        >>> import pathlib
+        >>> import tempfile
+        >>> import pytest
+        >>> _ = pytest.importorskip("matplotlib")
+        >>> H = HessianOperator.from_matrix(np.diag([4.0, 2.0, 1.0, -1.0]))
+        >>> G = HessianOperator.from_matrix(np.diag([3.0, 2.0, 0.0, 0.0]))
+        >>> d = decompose(H, G, k=1, n_iter=4, max_hvp=8)
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     fig = d.plot(pathlib.Path(tmp) / "decomposition.png")
+        ...     saved = (pathlib.Path(tmp) / "decomposition.png").exists()
+        >>> saved, [line.get_label() for line in fig.axes[0].lines if not line.get_label().startswith("_")]
+        (True, ['H (n = 4)', 'G (n = 4)', 'R (n = 4)'])
+        """
         if not self.densities:
             raise ValueError("this decomposition has no densities: run decompose(..., max_hvp=None or >= n_iter).")
         from matplotlib.figure import Figure

@@ -96,7 +96,19 @@ class Landscape:
 
     @property
     def is_grid(self) -> bool:
-        """True for a 2-D grid, False for a 1-D line."""
+        """True for a 2-D grid, False for a 1-D line.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import hessop
+        >>> from hessop.models.linear import linear_least_squares
+        >>> H = linear_least_squares(bias=False)  # Hessian diag(4, 1, 0)
+        >>> hessop.landscape(H, np.array([1.0, 0.0, 0.0]), n_points=3).is_grid  # one direction: a line
+        False
+        >>> hessop.landscape(H, np.eye(3)[:, :2], n_points=3).is_grid  # two: a grid
+        True
+        """
         return self.betas is not None
 
     def curvature(self) -> np.ndarray:
@@ -104,7 +116,21 @@ class Landscape:
         fitted from the points on the line(s) through the origin: twice the ``a^2`` coefficient of the
         least-squares polynomial of degree ``min(4, n_points - 1)`` in ``a / radius``.  It estimates
         ``d^T H d = eigenvalues * norms**2`` (the eigenvalue itself for eigenvectors), with an error of order
-        ``radius**4`` (degree 4) from the higher derivatives."""
+        ``radius**4`` (degree 4) from the higher derivatives.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import hessop
+        >>> from hessop.models.linear import linear_least_squares
+        >>> H = linear_least_squares(bias=False)  # Hessian diag(4, 1, 0)
+        >>> grid = hessop.landscape(H, np.eye(3)[:, :2], radius=0.5, n_points=5)  # along e_1 and e_2
+        >>> grid.curvature().round(6).tolist()  # e_1^T H e_1, e_2^T H e_2
+        [4.0, 1.0]
+        >>> line = hessop.landscape(H, np.array([2.0, 0.0, 0.0]), radius=0.5, n_points=5)
+        >>> line.curvature().round(6).tolist()  # per unit length of d = 2 e_1: d^T H d = 16
+        [16.0]
+        """
         mid = len(self.alphas) // 2
         lines = [(self.alphas, self.losses if not self.is_grid else self.losses[:, mid])]
         if self.is_grid:
@@ -119,7 +145,25 @@ class Landscape:
     def plot(self, path: Any = None, *, title: str | None = None) -> Any:
         """A line: the loss and the quadratic model ``L(theta) + 0.5 lambda a^2`` against ``a`` (``lambda`` is the
         curvature per unit direction).  A grid: a contour plot beside a 3-D surface.  With ``path`` the figure is
-        saved there; returns the matplotlib Figure (imported only here)."""
+        saved there; returns the matplotlib Figure (imported only here).
+
+        Examples
+        --------
+        >>> import pathlib
+        >>> import tempfile
+        >>> import pytest
+        >>> _ = pytest.importorskip("matplotlib")
+        >>> import numpy as np
+        >>> import hessop
+        >>> from hessop.models.linear import linear_least_squares
+        >>> H = linear_least_squares(bias=False)  # Hessian diag(4, 1, 0)
+        >>> grid = hessop.landscape(H, np.eye(3)[:, :2], radius=0.5, n_points=5)
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     fig = grid.plot(pathlib.Path(tmp) / "landscape.png")
+        ...     saved = (pathlib.Path(tmp) / "landscape.png").exists()
+        >>> saved, len(fig.axes)  # the contour plot and the surface
+        (True, 2)
+        """
         from matplotlib.figure import Figure
 
         if not self.is_grid:

@@ -10,6 +10,7 @@ from scipy.sparse.linalg import LinearOperator
 
 from hessop._constructors import as_operator, checked_symmetric, cupy_operator, jax_operator, torch_operator
 from hessop._product_error import ProductPrecision
+from hessop._scipy_face import SciPyFace
 from hessop._validate import check_cast, check_native
 from hessop.backends.base import Backend, ModelBackend
 from hessop.backends.mpi import DEFAULT_COMM_TIMEOUT
@@ -20,7 +21,7 @@ from hessop.backends.widened import WidenedBackend
 __all__ = ["HessianOperator", "as_operator"]  # as_operator: from hessop._constructors
 
 
-class HessianOperator(ProductPrecision, LinearOperator):
+class HessianOperator(ProductPrecision, SciPyFace, LinearOperator):
     """The Hessian of a loss at fixed parameters, as a symmetric linear operator that is never formed.
 
     It has two faces:
@@ -485,33 +486,6 @@ class HessianOperator(ProductPrecision, LinearOperator):
         array([1., 1.])
         """
         return self.backend.to_numpy(x)
-
-    # ------------------------------------------------------------------ SciPy face
-    def _host_input(self, x: np.ndarray) -> np.ndarray:
-        x = np.asarray(x)
-        check_cast(x.dtype, self.dtype, f"the vector given to a {self.dtype} operator")
-        return x
-
-    def _matvec(self, x: np.ndarray) -> np.ndarray:
-        x = self._host_input(x)
-        y = self.hvp(self.asarray(x.reshape(-1)))
-        return self.to_numpy(y).reshape(x.shape)
-
-    def _matmat(self, X: np.ndarray) -> np.ndarray:
-        X = self._host_input(X)
-        return self.to_numpy(self.hvp_block(self.asarray(X)))
-
-    def _rmatvec(self, x: np.ndarray) -> np.ndarray:
-        return self._matvec(x)
-
-    def _rmatmat(self, X: np.ndarray) -> np.ndarray:
-        return self._matmat(X)
-
-    def _adjoint(self) -> HessianOperator:
-        return self
-
-    def _transpose(self) -> HessianOperator:
-        return self
 
     def __repr__(self) -> str:
         pe = self._product_error  # shown once measured (measuring costs products)

@@ -89,7 +89,19 @@ class TrackRecord:
     warm: bool
 
     def as_dict(self) -> dict[str, Any]:
-        """JSON-ready values (the density as its nodes and weights per draw)."""
+        """JSON-ready values (the density as its nodes and weights per draw).
+
+        Examples
+        --------
+        >>> import json
+        >>> import numpy as np
+        >>> from hessop import HessianOperator, Tracker
+        >>> d = Tracker(HessianOperator.from_matrix(np.diag([3.0, 2.0, 1.0]))).record(step=3).as_dict()
+        >>> d["step"], d["top"], d["trace"], d["density"]
+        (3, [3.0], None, None)
+        >>> json.loads(json.dumps(d)) == d  # one line of the tracker's JSON-lines file
+        True
+        """
         d = {"step": self.step, "top": self.top.tolist(), "top_residuals": self.top_residuals.tolist(),
              "bottom": self.bottom.tolist(), "bottom_residuals": self.bottom_residuals.tolist(),
              "converged": self.converged, "trace": self.trace, "trace_std_error": self.trace_std_error,
@@ -104,7 +116,18 @@ class TrackRecord:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrackRecord:
-        """The inverse of :meth:`as_dict` (a line of the tracker's JSON-lines file)."""
+        """The inverse of :meth:`as_dict` (a line of the tracker's JSON-lines file).
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from hessop import HessianOperator, Tracker, TrackRecord
+        >>> record = Tracker(HessianOperator.from_matrix(np.diag([3.0, 2.0, 1.0])), density=True,
+        ...                  density_options={"n_iter": 3, "max_hvp": 6}).record(step=3)
+        >>> back = TrackRecord.from_dict(record.as_dict())
+        >>> back.step, back.top, bool(np.array_equal(back.density.weights[0], record.density.weights[0]))
+        (3, array([3.]), True)
+        """
         dens = d.get("density")
         if dens is not None:
             dens = SpectralDensity(nodes=[np.asarray(x) for x in dens["nodes"]],
@@ -249,18 +272,62 @@ class Tracker:
 
     @property
     def n_hvp(self) -> int:
-        """Products used by every record so far."""
+        """Products used by every record so far.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from hessop import HessianOperator, Tracker
+        >>> H = HessianOperator.from_matrix(np.diag([3.0, 2.0, 1.0]))
+        >>> tracker = Tracker(H)
+        >>> _ = tracker.record(step=0), tracker.record(step=1)
+        >>> tracker.n_hvp == sum(r.n_hvp for r in tracker.records) == H.n_hvp
+        True
+        """
         return sum(r.n_hvp for r in self.records)
 
     def update(self, step: int) -> TrackRecord | None:
-        """Record the statistics if ``step`` is a multiple of ``every``; returns the record or None."""
+        """Record the statistics if ``step`` is a multiple of ``every``; returns the record or None.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from hessop import HessianOperator, Tracker
+        >>> tracker = Tracker(HessianOperator.from_matrix(np.diag([3.0, 2.0, 1.0])), every=5)
+        >>> [tracker.update(step) is not None for step in range(7)]
+        [True, False, False, False, False, True, False]
+        >>> [r.step for r in tracker.records]
+        [0, 5]
+        """
         if step % self.every:
             return None
         return self.record(step)
 
     def attach(self, optimizer: Any) -> Any:
         """Call :meth:`update` after every ``optimizer.step()`` of a plain PyTorch loop (steps count from 1).
-        Returns the hook handle (``handle.remove()`` detaches)."""
+        Returns the hook handle (``handle.remove()`` detaches).
+
+        Examples
+        --------
+        A model changes at each step, so the operator is a callable that builds it anew:
+
+        >>> import pytest
+        >>> torch = pytest.importorskip("torch")
+        >>> from hessop import HessianOperator, Tracker
+        >>> _ = torch.manual_seed(0)
+        >>> model, loss = torch.nn.Linear(2, 1).double(), torch.nn.MSELoss()
+        >>> x, y = torch.randn(6, 2, dtype=torch.float64), torch.randn(6, 1, dtype=torch.float64)
+        >>> optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        >>> tracker = Tracker(lambda: HessianOperator.from_torch(model, loss, (x, y)), every=2)
+        >>> handle = tracker.attach(optimizer)
+        >>> for _ in range(4):
+        ...     optimizer.zero_grad()
+        ...     loss(model(x), y).backward()
+        ...     optimizer.step()
+        >>> [r.step for r in tracker.records]
+        [2, 4]
+        >>> handle.remove()
+        """
         from hessop.backends.torch import register_step_hook
 
         return register_step_hook(optimizer, self.update)
@@ -293,7 +360,17 @@ class Tracker:
         return res, v0 is not None
 
     def record(self, step: int) -> TrackRecord:
-        """Compute and store the statistics now (whatever the step)."""
+        """Compute and store the statistics now (whatever the step).
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from hessop import HessianOperator, Tracker
+        >>> tracker = Tracker(HessianOperator.from_matrix(np.diag([3.0, 2.0, 1.0])), every=10, trace=True)
+        >>> record = tracker.record(step=3)  # not a multiple of every: recorded all the same
+        >>> record.step, np.round(record.top, 6), record.trace, tracker.records == [record]
+        (3, array([3.]), 6.0, True)
+        """
         t0 = time.perf_counter()
         op = self.operator if isinstance(self.operator, HessianOperator) else self.operator()
         if not isinstance(op, HessianOperator):
@@ -341,14 +418,47 @@ class Tracker:
 
     @staticmethod
     def load(path: Any) -> list[TrackRecord]:
-        """The records of a JSON-lines file written by a tracker."""
+        """The records of a JSON-lines file written by a tracker.
+
+        Examples
+        --------
+        >>> import pathlib
+        >>> import tempfile
+        >>> import numpy as np
+        >>> from hessop import HessianOperator, Tracker
+        >>> H = HessianOperator.from_matrix(np.diag([3.0, 2.0, 1.0]))
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     path = pathlib.Path(tmp) / "track.jsonl"
+        ...     tracker = Tracker(H, path=path, trace=True)
+        ...     _ = [tracker.update(step) for step in range(3)]
+        ...     records = Tracker.load(path)
+        >>> [(r.step, r.trace) for r in records]
+        [(0, 6.0), (1, 6.0), (2, 6.0)]
+        """
         with open(path) as f:
             return [TrackRecord.from_dict(json.loads(line)) for line in f if line.strip()]
 
     def plot(self, path: Any = None, records: list[TrackRecord] | None = None) -> Any:
         """Time series against step: top (and bottom) eigenvalues, the trace with a 2-standard-error band, and the
         densities as a heat map over steps (log10 of the smoothed density on one common grid).  Returns the
-        matplotlib Figure; saved to ``path`` if given."""
+        matplotlib Figure; saved to ``path`` if given.
+
+        Examples
+        --------
+        >>> import pathlib
+        >>> import tempfile
+        >>> import numpy as np
+        >>> import pytest
+        >>> _ = pytest.importorskip("matplotlib")
+        >>> from hessop import HessianOperator, Tracker
+        >>> tracker = Tracker(HessianOperator.from_matrix(np.diag([3.0, 2.0, 1.0])), top_k=2, trace=True)
+        >>> _ = [tracker.update(step) for step in range(3)]
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     fig = tracker.plot(pathlib.Path(tmp) / "track.png")
+        ...     saved = (pathlib.Path(tmp) / "track.png").exists()
+        >>> saved, [ax.get_title() for ax in fig.axes]
+        (True, ['eigenvalues', 'trace (+-2 s.e.)'])
+        """
         from matplotlib.figure import Figure
 
         recs = self.records if records is None else records

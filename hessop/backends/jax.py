@@ -33,6 +33,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
+from hessop.backends import _jax_kernels as kernels
+from hessop.backends._jax_kernels import Static, unflatten_theta
 from hessop.backends.base import DataView, ModelBackend, host_free_memory
 from hessop.backends.settings import JaxSettings
 
@@ -144,84 +146,6 @@ def _leaves_dtype(params: Any) -> tuple[np.dtype, list[str], list[tuple[int, ...
         raise TypeError(f"params mixes dtypes {sorted(map(str, dtypes))}; cast every leaf to one dtype, e.g. "
                         "jax.tree_util.tree_map(lambda p: p.astype(jnp.float64), params).")
     return dtypes.pop(), names, shapes
-
-
-class Static:
-    """A loss function as a static jit argument: equal (same compiled code) exactly when it is the same object.
-    Hashing by identity also admits callables that are not hashable themselves (bound methods of dataclasses)."""
-
-    __slots__ = ("fn",)
-
-    def __init__(self, fn: Callable) -> None:
-        self.fn = fn
-
-    def __hash__(self) -> int:
-        return id(self.fn)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Static) and other.fn is self.fn
-
-
-def unflatten_theta(theta: jax.Array, layout: tuple) -> Any:
-    """Flat vector -> parameter pytree (the inverse of ``ravel_pytree`` for one dtype), traceable."""
-    treedef, shapes = layout[0], layout[1]
-    leaves, start = [], 0
-    for shape in shapes:
-        size = int(np.prod(shape, dtype=np.int64))
-        leaves.append(jnp.reshape(theta[start: start + size], shape))
-        start += size
-    return jax.tree_util.tree_unflatten(treedef, leaves)
-
-
-def _flat_loss(theta: jax.Array, batch: Any, fn: Static, layout: tuple) -> jax.Array:
-    return jnp.reshape(fn.fn(unflatten_theta(theta, layout), batch), ())
-
-
-def _hvp_one(theta: jax.Array, batch: Any, v: jax.Array, fn: Static, layout: tuple) -> jax.Array:
-    """Forward-over-reverse: the derivative of ``grad L_b`` at ``theta`` in direction ``v``."""
-    grad = jax.grad(_flat_loss)
-    return jax.jvp(lambda t: grad(t, batch, fn, layout), (theta,), (v,))[1]
-
-
-# Compiled once per (loss function, parameter layout, batch shapes) and shared by every operator built from the
-# same loss: rebuilding an operator at a new theta (e.g. along training) reuses the compiled code.
-@functools.partial(jax.jit, static_argnames=("fn", "layout"))
-def _raw_loss_jit(theta: jax.Array, batch: Any, *, fn: Static, layout: tuple) -> Any:
-    """The loss as the user wrote it (any output), traced only through ``jax.eval_shape`` to check that output."""
-    return fn.fn(unflatten_theta(theta, layout), batch)
-
-
-@functools.partial(jax.jit, static_argnames=("fn", "layout"))
-def _loss_jit(theta: jax.Array, batch: Any, *, fn: Static, layout: tuple) -> jax.Array:
-    return _flat_loss(theta, batch, fn, layout)
-
-
-def _hvp_cols(theta: jax.Array, batch: Any, V: jax.Array, fn: Static, layout: tuple) -> jax.Array:
-    return jax.vmap(_hvp_one, in_axes=(None, None, 1, None, None), out_axes=1)(theta, batch, V, fn, layout)
-
-
-# The first batch of a product starts the sum (no zero vector to dispatch); the others add to it.
-@functools.partial(jax.jit, static_argnames=("fn", "layout"))
-def _hvp_first_jit(theta: jax.Array, batch: Any, v: jax.Array, w: Any, *, fn: Static, layout: tuple) -> jax.Array:
-    return (w * _hvp_one(theta, batch, v, fn, layout)).astype(v.dtype)
-
-
-@functools.partial(jax.jit, static_argnames=("fn", "layout"))
-def _hvp_acc_jit(acc: jax.Array, theta: jax.Array, batch: Any, v: jax.Array, w: Any, *, fn: Static,
-                 layout: tuple) -> jax.Array:
-    return acc + (w * _hvp_one(theta, batch, v, fn, layout)).astype(acc.dtype)
-
-
-@functools.partial(jax.jit, static_argnames=("fn", "layout"))
-def _hvp_block_first_jit(theta: jax.Array, batch: Any, V: jax.Array, w: Any, *, fn: Static,
-                         layout: tuple) -> jax.Array:
-    return (w * _hvp_cols(theta, batch, V, fn, layout)).astype(V.dtype)
-
-
-@functools.partial(jax.jit, static_argnames=("fn", "layout"))
-def _hvp_block_acc_jit(acc: jax.Array, theta: jax.Array, batch: Any, V: jax.Array, w: Any, *, fn: Static,
-                       layout: tuple) -> jax.Array:
-    return acc + (w * _hvp_cols(theta, batch, V, fn, layout)).astype(acc.dtype)
 
 
 def jax_free_memory(devices: Any) -> int | None:
@@ -352,8 +276,8 @@ class JaxBackend(ModelBackend):
     # ------------------------------------------------------------------ compiled pieces
     def _compile(self) -> dict[str, Callable]:
         static = {"fn": Static(self.loss_fn), "layout": self._layout}
-        jitted = {"loss": _loss_jit, "first": _hvp_first_jit, "acc": _hvp_acc_jit,
-                  "block_first": _hvp_block_first_jit, "block_acc": _hvp_block_acc_jit}
+        jitted = {"loss": kernels.loss_jit, "first": kernels.hvp_first_jit, "acc": kernels.hvp_acc_jit,
+                  "block_first": kernels.hvp_block_first_jit, "block_acc": kernels.hvp_block_acc_jit}
         return {name: functools.partial(f, **static) for name, f in jitted.items()}
 
     # ------------------------------------------------------------------ data
@@ -391,7 +315,7 @@ class JaxBackend(ModelBackend):
 
     def _check_loss_output(self, batch: Any) -> None:
         static = {"fn": Static(self.loss_fn), "layout": self._layout}
-        out = jax.eval_shape(functools.partial(_raw_loss_jit, **static), self.theta, batch)
+        out = jax.eval_shape(functools.partial(kernels.raw_loss_jit, **static), self.theta, batch)
         if not isinstance(out, jax.ShapeDtypeStruct):
             raise TypeError(f"loss_fn returned {type(out).__name__}, expected one scalar array. If it returns "
                             "(loss, aux), pass lambda p, b: loss_fn(p, b)[0].")

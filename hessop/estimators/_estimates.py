@@ -78,7 +78,16 @@ class TraceEstimate:
 
     @property
     def n_samples(self) -> int:
-        """Number of values in :attr:`samples`."""
+        """Number of values in :attr:`samples` (quadratic forms for Hutchinson; for Hutch++ and XTrace the
+        residual samples, not the products, which :attr:`n_hvp` counts).
+
+        Examples
+        --------
+        >>> import hessop
+        >>> est = hessop.hutchinson(np.diag([3.0, 2.0, 1.0]), max_hvp=12, seed=0)
+        >>> est.n_samples, est.n_hvp, est.n_samples == len(est.samples)
+        (12, 12, True)
+        """
         return int(self.samples.size)
 
     def interval(self, level: float = 0.95) -> tuple[float, float]:
@@ -107,7 +116,16 @@ class TraceEstimate:
         return (lo - self.rounding, hi + self.rounding)
 
     def half_width(self, level: float = 0.95) -> float:
-        """Half-width of :meth:`interval`."""
+        """Half-width of :meth:`interval`: ``t * std_error`` (plus :attr:`rounding`) for symmetric samples.
+
+        Examples
+        --------
+        >>> est = TraceEstimate(estimate=10.0, std_error=1.0, samples=np.array([8.0, 12.0] * 8), n_hvp=16,
+        ...                     converged=True, method="hutchinson")
+        >>> lo, hi = est.interval(0.99)
+        >>> est.half_width(0.99) == (hi - lo) / 2, round(est.half_width(0.99), 3)
+        (True, 2.947)
+        """
         lo, hi = self.interval(level)
         return (hi - lo) / 2
 

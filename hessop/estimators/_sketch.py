@@ -52,7 +52,14 @@ class SketchResult:
 
     @property
     def size(self) -> int:
-        """Sketch size d."""
+        """Sketch size d (the columns of ``S``: one product each).
+
+        Examples
+        --------
+        >>> s = sketch(np.diag([3.0, 2.0, 1.0]), 2, seed=0)
+        >>> s.size, s.matrix.shape, s.n_hvp
+        (2, (2, 2), 2)
+        """
         return int(self.matrix.shape[0])
 
 

@@ -111,22 +111,55 @@ class SpectralDensity:
 
     @property
     def n_vectors(self) -> int:
-        """Number of draws."""
+        """Number of draws.
+
+        Examples
+        --------
+        >>> d = SpectralDensity([np.array([1.0, 3.0]), np.array([2.0, 4.0])],  # two draws' rules
+        ...                     [np.array([0.5, 0.5]), np.array([0.25, 0.75])], n=2, n_hvp=4)
+        >>> d.n_vectors
+        2
+        """
         return len(self.nodes)
 
     @property
     def steps(self) -> list[int]:
-        """Lanczos steps each draw took (below ``n_iter`` where it broke down on an invariant subspace)."""
+        """Lanczos steps each draw took (below ``n_iter`` where it broke down on an invariant subspace).
+
+        Examples
+        --------
+        >>> import hessop
+        >>> hessop.slq(np.diag([1.0, 2.0, 3.0, 4.0, 5.0]), n_iter=4, max_hvp=8, seed=0).steps
+        [4, 4]
+        >>> hessop.slq(np.diag([1.0, 1.0, 1.0, 1.0, 5.0]), n_iter=4, max_hvp=8, seed=0).steps  # two eigenvalues
+        [2, 2]
+        """
         return [len(x) for x in self.nodes]
 
     def support(self) -> tuple[float, float]:
-        """Default grid ends: mean of the draws' smallest node - 0.01 and mean of their largest node + 0.01."""
+        """Default grid ends: mean of the draws' smallest node - 0.01 and mean of their largest node + 0.01.
+
+        Examples
+        --------
+        >>> d = SpectralDensity([np.array([1.0, 3.0]), np.array([2.0, 4.0])],  # two draws' rules
+        ...                     [np.array([0.5, 0.5]), np.array([0.25, 0.75])], n=2, n_hvp=4)
+        >>> d.support()  # (mean(1, 2) - 0.01, mean(3, 4) + 0.01)
+        (1.49, 3.51)
+        """
         lo = float(np.mean([np.min(x) for x in self.nodes])) - MARGIN
         hi = float(np.mean([np.max(x) for x in self.nodes])) + MARGIN
         return lo, hi
 
     def default_variance(self) -> float:
-        """Kernel variance of the recipe: ``1e-5 * max(1, hi - lo)`` over the default grid's ends."""
+        """Kernel variance of the recipe: ``1e-5 * max(1, hi - lo)`` over the default grid's ends.
+
+        Examples
+        --------
+        >>> d = SpectralDensity([np.array([1.0, 3.0]), np.array([2.0, 4.0])],  # two draws' rules
+        ...                     [np.array([0.5, 0.5]), np.array([0.25, 0.75])], n=2, n_hvp=4)
+        >>> round(d.default_variance(), 12)  # 1e-5 * (3.51 - 1.49)
+        2.02e-05
+        """
         lo, hi = self.support()
         return VARIANCE_SCALE * max(1.0, hi - lo)
 
@@ -147,6 +180,14 @@ class SpectralDensity:
         Returns
         -------
         (grid, values) : two numpy arrays of the grid's length.
+
+        Examples
+        --------
+        >>> d = SpectralDensity([np.array([1.0, 3.0]), np.array([2.0, 4.0])],  # two draws' rules
+        ...                     [np.array([0.5, 0.5]), np.array([0.25, 0.75])], n=2, n_hvp=4)
+        >>> grid, values = d.density(np.linspace(0.0, 5.0, 501), variance=0.01)
+        >>> round(float(values.sum() * 0.01), 6), float(grid[np.argmax(values)])  # mass 1; the heaviest node
+        (1.0, 4.0)
         """
         if grid is None or isinstance(grid, (int, np.integer)):
             points = GRID_POINTS if grid is None else check_int(grid, "grid", 2)
@@ -192,6 +233,15 @@ class SpectralDensity:
         identity (the trace); ``numpy.log`` gives ``log det H`` for a positive definite H.  ``f`` must accept and
         return NumPy arrays elementwise.  After ``slq(rtol=...)`` met its target, the estimate and interval are
         those of the fresh batch of draws (:attr:`interval_draws`): the two-stage rule's valid interval.
+
+        Examples
+        --------
+        >>> d = SpectralDensity([np.array([1.0, 3.0]), np.array([2.0, 4.0])],  # two draws' rules
+        ...                     [np.array([0.5, 0.5]), np.array([0.25, 0.75])], n=2, n_hvp=4)
+        >>> d.trace()  # draws 2 (0.5 * 1 + 0.5 * 3) = 4 and 2 (0.25 * 2 + 0.75 * 4) = 7
+        TraceEstimate(method='slq(f=identity)', estimate=5.5, std_error=1.5, n_samples=2, n_hvp=4, converged=True)
+        >>> d.trace(np.square).samples  # tr H^2 from the same rules, no products
+        array([10., 26.])
         """
         keep = self.interval_draws if 0 < self.interval_draws <= self.n_vectors else self.n_vectors
         nodes, weights = self.nodes[self.n_vectors - keep:], self.weights[self.n_vectors - keep:]
@@ -219,6 +269,20 @@ class SpectralDensity:
         With ``ax`` the curve goes into it.  Otherwise a new figure is made; with ``path`` it is saved there (and
         closed, so no pyplot state is left), without ``path`` it is made with pyplot for ``plt.show()``.
         matplotlib is imported only here.
+
+        Examples
+        --------
+        >>> import pathlib
+        >>> import tempfile
+        >>> import pytest
+        >>> _ = pytest.importorskip("matplotlib")
+        >>> d = SpectralDensity([np.array([1.0, 3.0]), np.array([2.0, 4.0])],  # two draws' rules
+        ...                     [np.array([0.5, 0.5]), np.array([0.25, 0.75])], n=2, n_hvp=4)
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     ax = d.plot(pathlib.Path(tmp) / "density.png", grid=200, variance=0.01)
+        ...     saved = (pathlib.Path(tmp) / "density.png").exists()
+        >>> saved, ax.get_yscale(), len(ax.lines[0].get_xdata())
+        (True, 'log', 200)
         """
         x, y = self.density(grid, variance)
         fig = None

@@ -27,13 +27,10 @@ from __future__ import annotations
 import argparse
 import html
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from hessop._validate import check_int, check_real
 from hessop.blocks import by_block
 from hessop.decompose import curvature_of, decompose
 from hessop.estimators import slq, trace
@@ -42,147 +39,10 @@ from hessop.lanczos import lanczos
 from hessop.landscape import landscape
 from hessop.operator import HessianOperator
 from hessop.report._render import figure, kv_table, num, table, yes_no
+from hessop.report.base import Flag, Section, SectionOutput
 
 __all__ = ["SECTIONS", "CurvatureSection", "DensitySection", "EigenvaluesSection", "Flag", "LandscapeSection",
            "LayersSection", "Section", "SectionOutput", "TraceSection"]
-
-
-@dataclass(frozen=True)
-class Flag:
-    """One command-line flag of a section.  Its kind follows from its default: a bool is a ``--x / --no-x`` switch,
-    a string one of ``choices``, an int or a float a number shown as ``metavar`` and, when the section reads it
-    (:meth:`read`), checked to lie in ``[low, high]`` (an int, :func:`hessop._validate.check_int`) or in
-    ``(low, high)`` (a float, :func:`hessop._validate.check_real`).
-
-    Examples
-    --------
-    >>> parser = argparse.ArgumentParser()
-    >>> steps = Flag("--steps", 80, "Lanczos steps (default 80)", metavar="M", low=1)
-    >>> steps.add_to(parser)
-    >>> steps.read(parser.parse_args(["--steps", "20"]))
-    20
-    >>> steps.read(parser.parse_args(["--steps", "0"]))
-    Traceback (most recent call last):
-    ...
-    ValueError: --steps must be >= 1, got 0
-    """
-
-    name: str
-    default: bool | str | int | float
-    help: str
-    metavar: str | None = None
-    choices: tuple[str, ...] | None = None
-    low: float | None = None
-    high: float | None = None
-
-    def add_to(self, parser: argparse.ArgumentParser) -> None:
-        """Add the flag to ``parser``."""
-        kind = ({"action": argparse.BooleanOptionalAction} if isinstance(self.default, bool) else
-                {"choices": self.choices} if self.choices is not None else
-                {"type": type(self.default), "metavar": self.metavar})
-        parser.add_argument(self.name, default=self.default, help=self.help, **kind)
-
-    def read(self, args: argparse.Namespace) -> Any:
-        """The flag's parsed value, a number checked against its bounds (``ValueError`` naming the flag)."""
-        value = getattr(args, self.name.removeprefix("--").replace("-", "_"))
-        if isinstance(self.default, (bool, str)):
-            return value
-        if isinstance(self.default, int):
-            return check_int(value, self.name, self.low, self.high)
-        return check_real(value, self.name, self.low, self.high)
-
-
-@dataclass
-class SectionOutput:
-    """What a section adds to the report: JSON-ready ``data``, an HTML fragment and matplotlib figures
-    (``{file stem: Figure}``, saved as ``DIR/<stem>.png`` and embedded in the page), and whether every estimate
-    in it met its stopping rule.
-
-    Examples
-    --------
-    >>> from hessop.report import SectionOutput
-    >>> SectionOutput({"lambda_max": 2.0}, "<p>2</p>")
-    SectionOutput(data={'lambda_max': 2.0}, html='<p>2</p>', figures={}, converged=True)
-    """
-
-    data: dict[str, Any]
-    html: str
-    figures: dict[str, Any] = field(default_factory=dict)
-    converged: bool = True
-
-
-class Section:
-    """One part of the report.  Subclasses set ``key`` and ``title`` and implement the three methods.
-
-    Resuming: :func:`run_analysis` sets ``checkpoint_dir`` (``OUT/checkpoints``) before :meth:`run`; a section
-    passes ``checkpoint=self.checkpoint()`` to its long estimator (one file per call: give each further call a
-    ``name``), so that a killed analysis continues it with ``--resume``.  A finished section's output is kept
-    beside and reused as it is.
-
-    Examples
-    --------
-    A section of one number (append it to :data:`SECTIONS` to have it in ``hessop analyze``):
-
-    >>> import numpy as np
-    >>> import hessop
-    >>> from hessop.report import Section, SectionOutput
-    >>> class NormSection(Section):
-    ...     key, title = "norm", "Largest eigenvalue"
-    ...
-    ...     @classmethod
-    ...     def from_args(cls, args):
-    ...         return cls()
-    ...
-    ...     def run(self, H, seed, tol):
-    ...         r = hessop.lanczos(H, 1, seed=seed, tol=tol)
-    ...         return SectionOutput({"lambda_max": float(r.eigenvalues[0])}, f"<p>{r.eigenvalues[0]:.4g}</p>",
-    ...                              converged=r.all_converged)
-    >>> out = NormSection().run(hessop.HessianOperator.from_matrix(np.diag([2.0, 1.0, 0.5])), seed=0, tol=None)
-    >>> round(out.data["lambda_max"], 6), out.html, out.converged
-    (2.0, '<p>2</p>', True)
-    """
-
-    key = ""
-    title = ""
-    checkpoint_dir: Path | None = None
-    flags: tuple[Flag, ...] = ()
-    """The section's command-line flags, in help order; the first one switches the section on or off, unless
-    :meth:`from_args` says otherwise."""
-
-    def checkpoint(self, name: str = "") -> Path | None:
-        """The checkpoint file of this section's estimator call ``name`` (None outside :func:`run_analysis`)."""
-        if self.checkpoint_dir is None:
-            return None
-        return self.checkpoint_dir / f"{self.key}{'-' + name if name else ''}.npz"
-
-    def settings(self) -> dict[str, Any]:
-        """The section's settings (its public attributes): a finished section is reused only if they match."""
-        return {k: v for k, v in vars(self).items() if not k.startswith("_") and k != "checkpoint_dir"}
-
-    @classmethod
-    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        """Add this section's flags (:attr:`flags`) to the ``analyze`` parser."""
-        for flag in cls.flags:
-            flag.add_to(parser)
-
-    @classmethod
-    def from_args(cls, args: argparse.Namespace) -> Section | None:
-        """The section configured by the parsed flags, or None when it is switched off; ``ValueError`` for bad
-        flags.  By default: off when the first of :attr:`flags` is ``False`` or ``"none"``; otherwise the section
-        built from the checked values of the others, after the first one's own when it is a choice (a method)."""
-        if not cls.flags:
-            raise NotImplementedError
-        switch, *options = cls.flags
-        value = switch.read(args)
-        if value is False or value == "none":
-            return None
-        chosen = [] if isinstance(switch.default, bool) else [value]
-        return cls(*chosen, *(flag.read(args) for flag in options))
-
-    def run(self, H: HessianOperator, seed: int, tol: float | None) -> SectionOutput:
-        """Compute the section on ``H``."""
-        raise NotImplementedError
-
 
 
 class EigenvaluesSection(Section):
