@@ -17,6 +17,7 @@ the target; coverage counts every run, as reported).  Recorded (1000 seeds, R = 
 1/i^2, 1/i^3, with 44, 167, 279 draws on average.
 
     PYTHONPATH=. python benchmarks/coverage.py --seeds 1000 --only "slq(n_iter=1, rtol=0.25"   # the SLQ two-stage rows
+
 ``--xdiag N`` instead measures XDiag's per-entry coverage (t intervals from its jackknife standard errors) on the
 outlier over a flat bulk, ``u u^T + 5e-6 (I - u u^T)`` with n = N (float64, 100 products, a matrix-free operator;
 issue 26 class 5, docs/reliability.md):
