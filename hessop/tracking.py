@@ -445,11 +445,9 @@ class Tracker:
 
         Examples
         --------
-        >>> import pathlib
-        >>> import tempfile
-        >>> import numpy as np
-        >>> import pytest
+        >>> import pathlib, pytest, tempfile
         >>> _ = pytest.importorskip("matplotlib")
+        >>> import numpy as np
         >>> from hessop import HessianOperator, Tracker
         >>> tracker = Tracker(HessianOperator.from_matrix(np.diag([3.0, 2.0, 1.0])), top_k=2, trace=True)
         >>> _ = [tracker.update(step) for step in range(3)]

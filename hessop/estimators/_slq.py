@@ -272,9 +272,7 @@ class SpectralDensity:
 
         Examples
         --------
-        >>> import pathlib
-        >>> import tempfile
-        >>> import pytest
+        >>> import pathlib, pytest, tempfile
         >>> _ = pytest.importorskip("matplotlib")
         >>> d = SpectralDensity([np.array([1.0, 3.0]), np.array([2.0, 4.0])],  # two draws' rules
         ...                     [np.array([0.5, 0.5]), np.array([0.25, 0.75])], n=2, n_hvp=4)
