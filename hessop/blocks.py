@@ -101,15 +101,10 @@ class BlockRow:
 
         Examples
         --------
-        >>> import json
-        >>> import hessop
         >>> from hessop.models.linear import linear_least_squares
-        >>> table = hessop.by_block(linear_least_squares(), ["weight", "bias"])  # blocks diag(4, 1, 0) and [2]
-        >>> d = table["bias"].as_dict()
-        >>> d["name"], d["n"], [round(x, 6) for x in d["eigenvalues"]], d["trace_method"]
-        ('bias', 1, [2.0], 'exact')
-        >>> json.loads(json.dumps(d)) == d
-        True
+        >>> row = by_block(linear_least_squares(), ["bias"])["bias"]
+        >>> json.loads(json.dumps(row.as_dict())) == row.as_dict(), row.as_dict()["trace_method"]
+        (True, 'exact')
         """
         return {"name": self.name, "params": list(self.params), "n": self.n,
                 "eigenvalues": self.eigenvalues.tolist(), "residuals": self.residuals.tolist(),
@@ -174,10 +169,9 @@ class BlockTable:
 
         Examples
         --------
-        >>> import csv, pathlib, tempfile
-        >>> import hessop
+        >>> import pathlib, tempfile
         >>> from hessop.models.linear import linear_least_squares
-        >>> table = hessop.by_block(linear_least_squares(), ["weight", "bias"])  # blocks diag(4, 1, 0) and [2]
+        >>> table = by_block(linear_least_squares(), ["weight", "bias"])  # blocks diag(4, 1, 0) and [2]
         >>> with tempfile.TemporaryDirectory() as tmp:
         ...     table.to_csv(pathlib.Path(tmp) / "blocks.csv")
         ...     lines = list(csv.DictReader(open(pathlib.Path(tmp) / "blocks.csv")))
@@ -200,9 +194,8 @@ class BlockTable:
 
         Examples
         --------
-        >>> from hessop import by_block
         >>> from hessop.models.linear import linear_least_squares
-        >>> import json, tempfile
+        >>> import tempfile
         >>> with tempfile.TemporaryDirectory() as tmp:
         ...     table = by_block(linear_least_squares(), ["weight"])
         ...     table.to_json(f"{tmp}/blocks.json")
@@ -222,7 +215,6 @@ class BlockTable:
         --------
         >>> import pathlib, pytest, tempfile
         >>> _ = pytest.importorskip("matplotlib")
-        >>> from hessop import by_block
         >>> from hessop.models.linear import linear_least_squares
         >>> table = by_block(linear_least_squares(), ["weight", "bias"])  # blocks diag(4, 1, 0) and [2]
         >>> with tempfile.TemporaryDirectory() as tmp:
