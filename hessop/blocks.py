@@ -101,15 +101,10 @@ class BlockRow:
 
         Examples
         --------
-        >>> import json
-        >>> import hessop
         >>> from hessop.models.linear import linear_least_squares
-        >>> table = hessop.by_block(linear_least_squares(), ["weight", "bias"])  # blocks diag(4, 1, 0) and [2]
-        >>> d = table["bias"].as_dict()
-        >>> d["name"], d["n"], [round(x, 6) for x in d["eigenvalues"]], d["trace_method"]
-        ('bias', 1, [2.0], 'exact')
-        >>> json.loads(json.dumps(d)) == d
-        True
+        >>> row = by_block(linear_least_squares(), ["bias"])["bias"]
+        >>> json.loads(json.dumps(row.as_dict())) == row.as_dict(), row.as_dict()["trace_method"]
+        (True, 'exact')
         """
         return {"name": self.name, "params": list(self.params), "n": self.n,
                 "eigenvalues": self.eigenvalues.tolist(), "residuals": self.residuals.tolist(),
@@ -174,16 +169,12 @@ class BlockTable:
 
         Examples
         --------
-        >>> import csv
-        >>> import pathlib
-        >>> import tempfile
-        >>> import hessop
+        >>> import pathlib, tempfile
         >>> from hessop.models.linear import linear_least_squares
-        >>> table = hessop.by_block(linear_least_squares(), ["weight", "bias"])  # blocks diag(4, 1, 0) and [2]
+        >>> table = by_block(linear_least_squares(), ["weight", "bias"])  # blocks diag(4, 1, 0) and [2]
         >>> with tempfile.TemporaryDirectory() as tmp:
         ...     table.to_csv(pathlib.Path(tmp) / "blocks.csv")
-        ...     with open(pathlib.Path(tmp) / "blocks.csv") as f:
-        ...         lines = list(csv.DictReader(f))
+        ...     lines = list(csv.DictReader(open(pathlib.Path(tmp) / "blocks.csv")))
         >>> [(line["name"], line["n"], round(float(line["trace"]), 6)) for line in lines]
         [('weight', '3', 5.0), ('bias', '1', 2.0)]
         """
@@ -203,18 +194,15 @@ class BlockTable:
 
         Examples
         --------
-        >>> import json
-        >>> import pathlib
-        >>> import tempfile
-        >>> import hessop
         >>> from hessop.models.linear import linear_least_squares
-        >>> table = hessop.by_block(linear_least_squares(), ["weight", "bias"])  # blocks diag(4, 1, 0) and [2]
+        >>> import tempfile
         >>> with tempfile.TemporaryDirectory() as tmp:
-        ...     table.to_json(pathlib.Path(tmp) / "blocks.json")
-        ...     with open(pathlib.Path(tmp) / "blocks.json") as f:
+        ...     table = by_block(linear_least_squares(), ["weight"])
+        ...     table.to_json(f"{tmp}/blocks.json")
+        ...     with open(f"{tmp}/blocks.json") as f:
         ...         saved = json.load(f)
-        >>> saved == [row.as_dict() for row in table]
-        True
+        >>> saved == [table["weight"].as_dict()], saved[0]["n"]
+        (True, 3)
         """
         with open(path, "w") as f:
             json.dump([r.as_dict() for r in self.rows], f, indent=1)
@@ -225,13 +213,10 @@ class BlockTable:
 
         Examples
         --------
-        >>> import pathlib
-        >>> import tempfile
-        >>> import pytest
+        >>> import pathlib, pytest, tempfile
         >>> _ = pytest.importorskip("matplotlib")
-        >>> import hessop
         >>> from hessop.models.linear import linear_least_squares
-        >>> table = hessop.by_block(linear_least_squares(), ["weight", "bias"])  # blocks diag(4, 1, 0) and [2]
+        >>> table = by_block(linear_least_squares(), ["weight", "bias"])  # blocks diag(4, 1, 0) and [2]
         >>> with tempfile.TemporaryDirectory() as tmp:
         ...     fig = table.plot(pathlib.Path(tmp) / "blocks.png")
         ...     saved = (pathlib.Path(tmp) / "blocks.png").exists()

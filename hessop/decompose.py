@@ -184,9 +184,7 @@ class Decomposition:
 
         Examples
         --------
-        >>> import pathlib
-        >>> import tempfile
-        >>> import pytest
+        >>> import pathlib, pytest, tempfile
         >>> _ = pytest.importorskip("matplotlib")
         >>> H = HessianOperator.from_matrix(np.diag([4.0, 2.0, 1.0, -1.0]))
         >>> G = HessianOperator.from_matrix(np.diag([3.0, 2.0, 0.0, 0.0]))

@@ -100,10 +100,8 @@ class Landscape:
 
         Examples
         --------
-        >>> import numpy as np
-        >>> import hessop
-        >>> from hessop.models.linear import linear_least_squares
-        >>> H = linear_least_squares(bias=False)  # Hessian diag(4, 1, 0)
+        >>> import numpy as np, hessop
+        >>> H = hessop.models.linear.linear_least_squares(bias=False)  # Hessian diag(4, 1, 0)
         >>> hessop.landscape(H, np.array([1.0, 0.0, 0.0]), n_points=3).is_grid  # one direction: a line
         False
         >>> hessop.landscape(H, np.eye(3)[:, :2], n_points=3).is_grid  # two: a grid
@@ -121,13 +119,13 @@ class Landscape:
         Examples
         --------
         >>> import numpy as np
-        >>> import hessop
+        >>> from hessop import landscape
         >>> from hessop.models.linear import linear_least_squares
         >>> H = linear_least_squares(bias=False)  # Hessian diag(4, 1, 0)
-        >>> grid = hessop.landscape(H, np.eye(3)[:, :2], radius=0.5, n_points=5)  # along e_1 and e_2
+        >>> grid = landscape(H, np.eye(3)[:, :2], radius=0.5, n_points=5)  # along e_1 and e_2
         >>> grid.curvature().round(6).tolist()  # e_1^T H e_1, e_2^T H e_2
         [4.0, 1.0]
-        >>> line = hessop.landscape(H, np.array([2.0, 0.0, 0.0]), radius=0.5, n_points=5)
+        >>> line = landscape(H, np.array([2.0, 0.0, 0.0]), radius=0.5, n_points=5)
         >>> line.curvature().round(6).tolist()  # per unit length of d = 2 e_1: d^T H d = 16
         [16.0]
         """
@@ -149,14 +147,10 @@ class Landscape:
 
         Examples
         --------
-        >>> import pathlib
-        >>> import tempfile
-        >>> import pytest
+        >>> import pathlib, pytest, tempfile
         >>> _ = pytest.importorskip("matplotlib")
-        >>> import numpy as np
-        >>> import hessop
-        >>> from hessop.models.linear import linear_least_squares
-        >>> H = linear_least_squares(bias=False)  # Hessian diag(4, 1, 0)
+        >>> import numpy as np, hessop
+        >>> H = hessop.models.linear.linear_least_squares(bias=False)
         >>> grid = hessop.landscape(H, np.eye(3)[:, :2], radius=0.5, n_points=5)
         >>> with tempfile.TemporaryDirectory() as tmp:
         ...     fig = grid.plot(pathlib.Path(tmp) / "landscape.png")

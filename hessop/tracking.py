@@ -93,9 +93,6 @@ class TrackRecord:
 
         Examples
         --------
-        >>> import json
-        >>> import numpy as np
-        >>> from hessop import HessianOperator, Tracker
         >>> d = Tracker(HessianOperator.from_matrix(np.diag([3.0, 2.0, 1.0]))).record(step=3).as_dict()
         >>> d["step"], d["top"], d["trace"], d["density"]
         (3, [3.0], None, None)
@@ -120,8 +117,6 @@ class TrackRecord:
 
         Examples
         --------
-        >>> import numpy as np
-        >>> from hessop import HessianOperator, Tracker, TrackRecord
         >>> record = Tracker(HessianOperator.from_matrix(np.diag([3.0, 2.0, 1.0])), density=True,
         ...                  density_options={"n_iter": 3, "max_hvp": 6}).record(step=3)
         >>> back = TrackRecord.from_dict(record.as_dict())
@@ -276,8 +271,6 @@ class Tracker:
 
         Examples
         --------
-        >>> import numpy as np
-        >>> from hessop import HessianOperator, Tracker
         >>> H = HessianOperator.from_matrix(np.diag([3.0, 2.0, 1.0]))
         >>> tracker = Tracker(H)
         >>> _ = tracker.record(step=0), tracker.record(step=1)
@@ -291,8 +284,6 @@ class Tracker:
 
         Examples
         --------
-        >>> import numpy as np
-        >>> from hessop import HessianOperator, Tracker
         >>> tracker = Tracker(HessianOperator.from_matrix(np.diag([3.0, 2.0, 1.0])), every=5)
         >>> [tracker.update(step) is not None for step in range(7)]
         [True, False, False, False, False, True, False]
@@ -309,12 +300,7 @@ class Tracker:
 
         Examples
         --------
-        A model changes at each step, so the operator is a callable that builds it anew:
-
-        >>> import pytest
-        >>> torch = pytest.importorskip("torch")
-        >>> from hessop import HessianOperator, Tracker
-        >>> _ = torch.manual_seed(0)
+        >>> torch = __import__("pytest").importorskip("torch")  # a callable builds the operator at each step
         >>> model, loss = torch.nn.Linear(2, 1).double(), torch.nn.MSELoss()
         >>> x, y = torch.randn(6, 2, dtype=torch.float64), torch.randn(6, 1, dtype=torch.float64)
         >>> optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -364,8 +350,6 @@ class Tracker:
 
         Examples
         --------
-        >>> import numpy as np
-        >>> from hessop import HessianOperator, Tracker
         >>> tracker = Tracker(HessianOperator.from_matrix(np.diag([3.0, 2.0, 1.0])), every=10, trace=True)
         >>> record = tracker.record(step=3)  # not a multiple of every: recorded all the same
         >>> record.step, np.round(record.top, 6), record.trace, tracker.records == [record]
@@ -422,10 +406,7 @@ class Tracker:
 
         Examples
         --------
-        >>> import pathlib
-        >>> import tempfile
-        >>> import numpy as np
-        >>> from hessop import HessianOperator, Tracker
+        >>> import pathlib, tempfile
         >>> H = HessianOperator.from_matrix(np.diag([3.0, 2.0, 1.0]))
         >>> with tempfile.TemporaryDirectory() as tmp:
         ...     path = pathlib.Path(tmp) / "track.jsonl"
@@ -445,12 +426,8 @@ class Tracker:
 
         Examples
         --------
-        >>> import pathlib
-        >>> import tempfile
-        >>> import numpy as np
-        >>> import pytest
+        >>> import pathlib, pytest, tempfile
         >>> _ = pytest.importorskip("matplotlib")
-        >>> from hessop import HessianOperator, Tracker
         >>> tracker = Tracker(HessianOperator.from_matrix(np.diag([3.0, 2.0, 1.0])), top_k=2, trace=True)
         >>> _ = [tracker.update(step) for step in range(3)]
         >>> with tempfile.TemporaryDirectory() as tmp:

@@ -4,16 +4,16 @@ a target still needs reach ``n``."""
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import numpy as np
 
 from hessop._probes import DEFAULT_BLOCK, column_dots
 from hessop.estimators._estimates import DiagonalEstimate, TraceEstimate
 from hessop.estimators._stats import check_samples
+from hessop.operator import HessianOperator
 
 
-def exact_trace(op: Any, block_size: int = DEFAULT_BLOCK) -> TraceEstimate:
+def exact_trace(op: HessianOperator, block_size: int = DEFAULT_BLOCK) -> TraceEstimate:
     """``tr(H) = sum_i e_i^T H e_i`` from the ``n`` identity columns, in blocks; ``std_error`` is the rounding bound
     ``n eps sum_i |H_ii| + sqrt(n) * product_error`` (the interval is ``estimate -+ std_error``).
 
@@ -37,14 +37,14 @@ def exact_trace(op: Any, block_size: int = DEFAULT_BLOCK) -> TraceEstimate:
     diag = _exact_diagonal(op, block_size)
     check_samples(diag, "a diagonal entry e_i^T H e_i", 0)
     eps = float(np.finfo(op.dtype).eps)
-    products = math.sqrt(op.n) * float(getattr(op, "product_error", 0.0))
+    products = math.sqrt(op.n) * float(op.product_error)
     return TraceEstimate(estimate=float(np.sum(diag)),
                          std_error=op.n * eps * float(np.sum(np.abs(diag))) + products,
                          samples=diag, n_hvp=op.n_hvp - hvp0, converged=True, method="exact",
                          stop_reason=f"exact: {op.n} identity columns cost no more than the budget", exact=True)
 
 
-def _exact_diagonal(op: Any, block_size: int = DEFAULT_BLOCK) -> np.ndarray:
+def _exact_diagonal(op: HessianOperator, block_size: int = DEFAULT_BLOCK) -> np.ndarray:
     """``diag(H)`` on the host from the ``n`` identity columns, in blocks."""
     diag = np.empty(op.n)
     for start in range(0, op.n, block_size):
@@ -54,7 +54,7 @@ def _exact_diagonal(op: Any, block_size: int = DEFAULT_BLOCK) -> np.ndarray:
     return diag
 
 
-def exact_diagonal_estimate(op: Any, block_size: int = DEFAULT_BLOCK) -> DiagonalEstimate:
+def exact_diagonal_estimate(op: HessianOperator, block_size: int = DEFAULT_BLOCK) -> DiagonalEstimate:
     """``diag(H)`` from the ``n`` identity columns as a :class:`DiagonalEstimate` (native arrays); ``std_error`` is
     the rounding bound ``n eps |H_ii| + product_error``: entry ``i`` is off by ``(E e_i)_i`` with
     ``E = fl(H) - H``, and ``|(E e_i)_i| <= ||E e_i|| <= ||E||_2 <=`` :attr:`HessianOperator.product_error` (0
@@ -73,7 +73,7 @@ def exact_diagonal_estimate(op: Any, block_size: int = DEFAULT_BLOCK) -> Diagona
     hvp0 = op.n_hvp
     diag = _exact_diagonal(op, block_size)
     check_samples(diag, "a diagonal entry e_i^T H e_i", 0)
-    se = op.n * float(np.finfo(op.dtype).eps) * np.abs(diag) + float(getattr(op, "product_error", 0.0))
+    se = op.n * float(np.finfo(op.dtype).eps) * np.abs(diag) + float(op.product_error)
     return DiagonalEstimate(diagonal=op.cast(diag), std_error=op.cast(se), per_parameter=None,
                             n_hvp=op.n_hvp - hvp0, n_samples=op.n, method="exact",
                             stop_reason=f"exact: {op.n} identity columns")

@@ -52,7 +52,8 @@ class SketchResult:
 
     @property
     def size(self) -> int:
-        """Sketch size d (the columns of ``S``: one product each).
+        """Sketch size ``d``: the columns of ``S``, and the products the sketch took (one per column, in blocks
+        of ``block_size``).
 
         Examples
         --------

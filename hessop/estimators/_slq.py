@@ -115,8 +115,7 @@ class SpectralDensity:
 
         Examples
         --------
-        >>> d = SpectralDensity([np.array([1.0, 3.0]), np.array([2.0, 4.0])],  # two draws' rules
-        ...                     [np.array([0.5, 0.5]), np.array([0.25, 0.75])], n=2, n_hvp=4)
+        >>> d = SpectralDensity([np.r_[1.0, 3.0], np.r_[2.0, 4.0]], [np.r_[0.5, 0.5], np.r_[0.25, 0.75]], n=2, n_hvp=4)
         >>> d.n_vectors
         2
         """
@@ -128,10 +127,9 @@ class SpectralDensity:
 
         Examples
         --------
-        >>> import hessop
-        >>> hessop.slq(np.diag([1.0, 2.0, 3.0, 4.0, 5.0]), n_iter=4, max_hvp=8, seed=0).steps
+        >>> slq(np.diag([1.0, 2.0, 3.0, 4.0, 5.0]), n_iter=4, max_hvp=8, seed=0).steps
         [4, 4]
-        >>> hessop.slq(np.diag([1.0, 1.0, 1.0, 1.0, 5.0]), n_iter=4, max_hvp=8, seed=0).steps  # two eigenvalues
+        >>> slq(np.diag([1.0, 1.0, 1.0, 1.0, 5.0]), n_iter=4, max_hvp=8, seed=0).steps  # two eigenvalues
         [2, 2]
         """
         return [len(x) for x in self.nodes]
@@ -141,8 +139,7 @@ class SpectralDensity:
 
         Examples
         --------
-        >>> d = SpectralDensity([np.array([1.0, 3.0]), np.array([2.0, 4.0])],  # two draws' rules
-        ...                     [np.array([0.5, 0.5]), np.array([0.25, 0.75])], n=2, n_hvp=4)
+        >>> d = SpectralDensity([np.r_[1.0, 3.0], np.r_[2.0, 4.0]], [np.r_[0.5, 0.5], np.r_[0.25, 0.75]], n=2, n_hvp=4)
         >>> d.support()  # (mean(1, 2) - 0.01, mean(3, 4) + 0.01)
         (1.49, 3.51)
         """
@@ -155,8 +152,7 @@ class SpectralDensity:
 
         Examples
         --------
-        >>> d = SpectralDensity([np.array([1.0, 3.0]), np.array([2.0, 4.0])],  # two draws' rules
-        ...                     [np.array([0.5, 0.5]), np.array([0.25, 0.75])], n=2, n_hvp=4)
+        >>> d = SpectralDensity([np.r_[1.0, 3.0], np.r_[2.0, 4.0]], [np.r_[0.5, 0.5], np.r_[0.25, 0.75]], n=2, n_hvp=4)
         >>> round(d.default_variance(), 12)  # 1e-5 * (3.51 - 1.49)
         2.02e-05
         """
@@ -183,8 +179,7 @@ class SpectralDensity:
 
         Examples
         --------
-        >>> d = SpectralDensity([np.array([1.0, 3.0]), np.array([2.0, 4.0])],  # two draws' rules
-        ...                     [np.array([0.5, 0.5]), np.array([0.25, 0.75])], n=2, n_hvp=4)
+        >>> d = SpectralDensity([np.r_[1.0, 3.0], np.r_[2.0, 4.0]], [np.r_[0.5, 0.5], np.r_[0.25, 0.75]], n=2, n_hvp=4)
         >>> grid, values = d.density(np.linspace(0.0, 5.0, 501), variance=0.01)
         >>> round(float(values.sum() * 0.01), 6), float(grid[np.argmax(values)])  # mass 1; the heaviest node
         (1.0, 4.0)
@@ -236,8 +231,7 @@ class SpectralDensity:
 
         Examples
         --------
-        >>> d = SpectralDensity([np.array([1.0, 3.0]), np.array([2.0, 4.0])],  # two draws' rules
-        ...                     [np.array([0.5, 0.5]), np.array([0.25, 0.75])], n=2, n_hvp=4)
+        >>> d = SpectralDensity([np.r_[1.0, 3.0], np.r_[2.0, 4.0]], [np.r_[0.5, 0.5], np.r_[0.25, 0.75]], n=2, n_hvp=4)
         >>> d.trace()  # draws 2 (0.5 * 1 + 0.5 * 3) = 4 and 2 (0.25 * 2 + 0.75 * 4) = 7
         TraceEstimate(method='slq(f=identity)', estimate=5.5, std_error=1.5, n_samples=2, n_hvp=4, converged=True)
         >>> d.trace(np.square).samples  # tr H^2 from the same rules, no products
@@ -272,12 +266,9 @@ class SpectralDensity:
 
         Examples
         --------
-        >>> import pathlib
-        >>> import tempfile
-        >>> import pytest
+        >>> import pathlib, pytest, tempfile
         >>> _ = pytest.importorskip("matplotlib")
-        >>> d = SpectralDensity([np.array([1.0, 3.0]), np.array([2.0, 4.0])],  # two draws' rules
-        ...                     [np.array([0.5, 0.5]), np.array([0.25, 0.75])], n=2, n_hvp=4)
+        >>> d = SpectralDensity([np.r_[1.0, 3.0], np.r_[2.0, 4.0]], [np.r_[0.5, 0.5], np.r_[0.25, 0.75]], n=2, n_hvp=4)
         >>> with tempfile.TemporaryDirectory() as tmp:
         ...     ax = d.plot(pathlib.Path(tmp) / "density.png", grid=200, variance=0.01)
         ...     saved = (pathlib.Path(tmp) / "density.png").exists()

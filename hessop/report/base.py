@@ -45,14 +45,35 @@ class Flag:
     high: float | None = None
 
     def add_to(self, parser: argparse.ArgumentParser) -> None:
-        """Add the flag to ``parser``."""
+        """Add the flag to ``parser``.
+
+        Examples
+        --------
+        >>> parser = argparse.ArgumentParser()
+        >>> Flag("--density", True, "the spectral density (default on)").add_to(parser)
+        >>> parser.parse_args([]).density, parser.parse_args(["--no-density"]).density
+        (True, False)
+        """
         kind = ({"action": argparse.BooleanOptionalAction} if isinstance(self.default, bool) else
                 {"choices": self.choices} if self.choices is not None else
                 {"type": type(self.default), "metavar": self.metavar})
         parser.add_argument(self.name, default=self.default, help=self.help, **kind)
 
     def read(self, args: argparse.Namespace) -> Any:
-        """The flag's parsed value, a number checked against its bounds (``ValueError`` naming the flag)."""
+        """The flag's parsed value, a number checked against its bounds (``ValueError`` naming the flag).
+
+        Examples
+        --------
+        >>> parser = argparse.ArgumentParser()
+        >>> rtol = Flag("--trace-rtol", 0.01, "relative target", metavar="R", low=0.0, high=1.0)
+        >>> rtol.add_to(parser)
+        >>> rtol.read(parser.parse_args(["--trace-rtol", "0.05"]))
+        0.05
+        >>> rtol.read(parser.parse_args(["--trace-rtol", "2"]))  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: --trace-rtol must be ...
+        """
         value = getattr(args, self.name.removeprefix("--").replace("-", "_"))
         if isinstance(self.default, (bool, str)):
             return value
@@ -119,18 +140,45 @@ class Section:
     :meth:`from_args` says otherwise."""
 
     def checkpoint(self, name: str = "") -> Path | None:
-        """The checkpoint file of this section's estimator call ``name`` (None outside :func:`run_analysis`)."""
+        """The checkpoint file of this section's estimator call ``name`` (None outside :func:`run_analysis`).
+
+        Examples
+        --------
+        >>> from hessop.report import TraceSection
+        >>> section = TraceSection("auto", 0.01, 2000)
+        >>> section.checkpoint() is None  # not run by run_analysis
+        True
+        >>> section.checkpoint_dir = Path("out") / "checkpoints"
+        >>> section.checkpoint().as_posix(), section.checkpoint("second").as_posix()
+        ('out/checkpoints/trace.npz', 'out/checkpoints/trace-second.npz')
+        """
         if self.checkpoint_dir is None:
             return None
         return self.checkpoint_dir / f"{self.key}{'-' + name if name else ''}.npz"
 
     def settings(self) -> dict[str, Any]:
-        """The section's settings (its public attributes): a finished section is reused only if they match."""
+        """The section's settings (its public attributes): a finished section is reused only if they match.
+
+        Examples
+        --------
+        >>> from hessop.report import TraceSection
+        >>> TraceSection("hutch++", 0.05, 500).settings()
+        {'method': 'hutch++', 'rtol': 0.05, 'max_hvp': 500}
+        """
         return {k: v for k, v in vars(self).items() if not k.startswith("_") and k != "checkpoint_dir"}
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        """Add this section's flags (:attr:`flags`) to the ``analyze`` parser."""
+        """Add this section's flags (:attr:`flags`) to the ``analyze`` parser.
+
+        Examples
+        --------
+        >>> from hessop.report import DensitySection
+        >>> parser = argparse.ArgumentParser()
+        >>> DensitySection.add_arguments(parser)
+        >>> vars(parser.parse_args(["--density-steps", "40"]))
+        {'density': True, 'density_steps': 40, 'density_draws': 5}
+        """
         for flag in cls.flags:
             flag.add_to(parser)
 
@@ -138,7 +186,18 @@ class Section:
     def from_args(cls, args: argparse.Namespace) -> Section | None:
         """The section configured by the parsed flags, or None when it is switched off; ``ValueError`` for bad
         flags.  By default: off when the first of :attr:`flags` is ``False`` or ``"none"``; otherwise the section
-        built from the checked values of the others, after the first one's own when it is a choice (a method)."""
+        built from the checked values of the others, after the first one's own when it is a choice (a method).
+
+        Examples
+        --------
+        >>> from hessop.report import TraceSection
+        >>> parser = argparse.ArgumentParser()
+        >>> TraceSection.add_arguments(parser)
+        >>> TraceSection.from_args(parser.parse_args(["--trace", "none"])) is None  # switched off
+        True
+        >>> TraceSection.from_args(parser.parse_args(["--trace", "hutch++"])).settings()["method"]
+        'hutch++'
+        """
         if not cls.flags:
             raise NotImplementedError
         switch, *options = cls.flags
@@ -149,5 +208,16 @@ class Section:
         return cls(*chosen, *(flag.read(args) for flag in options))
 
     def run(self, H: HessianOperator, seed: int, tol: float | None) -> SectionOutput:
-        """Compute the section on ``H``."""
+        """Compute the section on ``H`` (``seed`` for its random draws, ``tol`` the eigensolvers' tolerance or
+        None for their default); subclasses implement it (see the class example).
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from hessop import HessianOperator
+        >>> from hessop.report import TraceSection
+        >>> out = TraceSection("auto", 0.01, 2000).run(HessianOperator.from_matrix(np.diag([3.0, 2.0, 1.0])), 0, None)
+        >>> round(out.data["estimate"], 6), out.converged
+        (6.0, True)
+        """
         raise NotImplementedError

@@ -47,7 +47,16 @@ __all__ = ["SECTIONS", "CurvatureSection", "DensitySection", "EigenvaluesSection
 
 class EigenvaluesSection(Section):
     """Top-k and bottom-k eigenpairs by :func:`hessop.lanczos` (``which="LA"`` and ``"SA"``), with residuals and
-    the per-step Ritz values and residuals drawn as a convergence figure."""
+    the per-step Ritz values and residuals drawn as a convergence figure.
+
+    Examples
+    --------
+    >>> from hessop import HessianOperator
+    >>> out = EigenvaluesSection(top=2, bottom=1).run(HessianOperator.from_matrix(np.diag(np.arange(1.0, 41.0))),
+    ...                                               seed=0, tol=None)
+    >>> [round(x, 6) for x in out.data["top"]["eigenvalues"]], out.data["bottom"]["which"], list(out.figures)
+    ([40.0, 39.0], 'SA', ['convergence'])
+    """
 
     key, title = "eigenvalues", "Extreme eigenvalues"
 
@@ -118,7 +127,16 @@ class EigenvaluesSection(Section):
 
 class TraceSection(Section):
     """``tr(H)`` by :func:`hessop.trace`: to a target 95% interval half-width (``--trace-rtol``, default 1%) at the
-    least cost, Hutchinson or adaptive Hutch++ chosen from the first products, within a product budget."""
+    least cost, Hutchinson or adaptive Hutch++ chosen from the first products, within a product budget.
+
+    Examples
+    --------
+    >>> import hessop
+    >>> H = hessop.HessianOperator.from_matrix(np.diag([4.0, 3.0, 2.0, 1.0]))
+    >>> out = TraceSection(method="auto", rtol=0.01, max_hvp=100).run(H, seed=0, tol=None)
+    >>> round(out.data["estimate"], 6), out.data["method"], out.converged  # Rademacher v^T D v = tr D
+    (10.0, 'hutchinson', True)
+    """
 
     key, title = "trace", "Trace"
 
@@ -164,7 +182,20 @@ class TraceSection(Section):
 
 class DensitySection(Section):
     """Eigenvalue spectral density by :func:`hessop.slq` (Ghorbani et al.'s recipe), on a log axis, with the
-    quadrature's trace estimate for free."""
+    quadrature's trace estimate for free.
+
+    Examples
+    --------
+    Two draws resolve the density's shape; the page says that they are too few for the trace's interval:
+
+    >>> from hessop.operator import HessianOperator as Op
+    >>> section = DensitySection(steps=20, draws=2)
+    >>> out = section.run(Op.from_matrix(np.diag(np.linspace(1.0, 2.0, 40))), 0, None)
+    >>> out.data["n_vectors"], list(out.figures)
+    (2, ['density'])
+    >>> print(DensitySection.trace_text(out.data["trace"]))  # doctest: +ELLIPSIS
+    These 2 draws resolve the density's shape, not the trace: ...
+    """
 
     key, title = "density", "Spectral density"
 
