@@ -14,7 +14,7 @@ from hessop._validate import check_finite
 from hessop.estimators._deflation import orthonormal_range
 from hessop.estimators._estimates import TraceEstimate
 from hessop.estimators._run import Run, check_budget
-from hessop.estimators._stats import _Samples, accumulation_bound, bar_fields, mean_se, quadratic_forms, skewness
+from hessop.estimators._stats import Samples, accumulation_bound, bar_fields, mean_se, quadratic_forms, skewness
 from hessop.operator import as_operator
 
 MIN_SE_SAMPLES = 10
@@ -107,7 +107,7 @@ def hutchpp(H: Any, max_hvp: int, *, seed: int | np.random.Generator | None = 0,
             exact_rounding = float(np.sum(bounds)) + accumulation_bound(s, np.float64) * float(np.sum(np.abs(parts)))
             run.save(Q=Q, exact=exact, exact_rounding=exact_rounding, rng=rng)
             run.bar.update(s, {"exact part": exact})
-        resid = _Samples()
+        resid = Samples()
         if "resid" in saved:
             resid.add(saved["resid"], None, saved.get("resid_bounds"))
         else:

@@ -33,7 +33,7 @@ from hessop.estimators._estimates import TraceEstimate
 from hessop.estimators._run import Run, check_budget
 from hessop.estimators._stats import (
     REACH_MARGIN,
-    _Samples,
+    Samples,
     batch_size,
     mean_se,
     skewness,
@@ -486,7 +486,7 @@ def _two_stage(nodes: list[np.ndarray], weights: list[np.ndarray], n: int, f: An
     """The two-stage stop of :func:`slq` with a target, after each batch of draws (the first is the pilot).
 
     The current batch (draws ``plan["start"]`` on) gives ``tr f(H)`` with its 95% half-width (the skewness-corrected
-    interval of :class:`hessop.estimators._stats._Samples`).  A planned batch that meets the goal ends the run
+    interval of :class:`hessop.estimators._stats.Samples`).  A planned batch that meets the goal ends the run
     (True).  Otherwise the draws so far plan a fresh batch (:func:`batch_size`: at least ``MIN_RTOL_SAMPLES`` = 32
     draws, sized for the 95% rather than the 80% upper confidence bound of the variance, at most the draws left),
     queued in ``pending`` in blocks of ``block_size``; ``plan`` moves to it.  The second planned batch ends the run
@@ -495,7 +495,7 @@ def _two_stage(nodes: list[np.ndarray], weights: list[np.ndarray], n: int, f: An
     come out low: 91.8% coverage over 1000 seeds on 1/i^2, against 95% for the rule here).  With no draw left, or
     when the fresh batch needs over ``REACH_MARGIN`` times the draws left, the run ends unconverged (False) with a
     ``RuntimeWarning`` that says what would reach the target."""
-    batch = _Samples()
+    batch = Samples()
     est = SpectralDensity(nodes=nodes[plan["start"]:], weights=weights[plan["start"]:], n=n, n_hvp=0).trace(f)
     batch.add(est.samples)
     half, estimate, _ = batch.interval()
@@ -503,7 +503,7 @@ def _two_stage(nodes: list[np.ndarray], weights: list[np.ndarray], n: int, f: An
     if plan["round"] and half <= goal:
         return True
     left = max_vectors - len(nodes)
-    pilot = _Samples()
+    pilot = Samples()
     pilot.add(SpectralDensity(nodes=nodes, weights=weights, n=n, n_hvp=0).trace(f).samples)
     _, pooled, half_one = pilot.interval()
     size = batch_size(half_one * _inflation(pilot.count), target(pooled), pilot.count)
