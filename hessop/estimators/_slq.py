@@ -506,7 +506,7 @@ def _two_stage(nodes: list[np.ndarray], weights: list[np.ndarray], n: int, f: An
     pilot = Samples()
     pilot.add(SpectralDensity(nodes=nodes, weights=weights, n=n, n_hvp=0).trace(f).samples)
     _, pooled, half_one = pilot.interval()
-    size = batch_size(half_one * _inflation(pilot.count), target(pooled), pilot.count)
+    size = batch_size(half_one, target(pooled), pilot.count)
     if plan["round"] < 2 and left > 0 and size <= REACH_MARGIN * left:
         plan["start"], plan["round"] = len(nodes), plan["round"] + 1
         pending.extend(block_sizes(min(size, left), block_size))
@@ -522,15 +522,3 @@ def _two_stage(nodes: list[np.ndarray], weights: list[np.ndarray], n: int, f: An
     warn_not_converged("slq", rtol, atol, f"max_hvp={max_vectors * n_iter}", estimate, half, stacklevel=4,
                        reach=more)
     return False
-
-
-def _inflation(count: int) -> float:
-    """``sqrt(c_95 / c_80)`` with ``c_q = (N - 1) / chi2_{1-q}(N - 1)``: scales a per-draw half-width so that
-    :func:`batch_size` (which plans from the 80% upper confidence bound of the variance) plans from the 95% one.
-    SLQ's pilots are small (10 draws) and a missed batch costs a whole second batch; at 10 draws the factor is 1.27
-    (the plan 1.6x larger), at 32 draws 1.12."""
-    from scipy.stats import chi2
-
-    if count < 2:
-        return 1.0
-    return math.sqrt(float(chi2.ppf(0.2, count - 1)) / float(chi2.ppf(0.05, count - 1)))
