@@ -35,7 +35,7 @@ import numpy as np
 import scipy.linalg
 from array_api_compat import device
 
-from hessop._array import host_norm, pow2_scale, set_column, vector_norm
+from hessop._array import host_norm, norm_is_exact, pow2_scale, set_column, vector_norm
 from hessop._validate import check_cast, check_finite, check_shape
 from hessop.operator import HessianOperator
 from hessop.results import residual_floor
@@ -147,8 +147,10 @@ class Krylov:
                                                                 xp.linalg.vector_norm(w1)])])).astype(np.float64)
             h, (before, after) = hb[: j + 1], hb[j + 1:]
             w = w1
-            # a second pass where the first cancelled (a NaN or Inf norm takes it too; check_finite reports it)
-            if not after >= ETA * before or not np.isfinite(after):
+            # a second pass where the first cancelled, and where the test cannot be read: a NaN or Inf norm
+            # (check_finite reports it) or a plain norm whose squares under- or overflowed (near the dtype's ends)
+            trusted = norm_is_exact(np.array([before, after]), self.op.n, w.dtype, xp)
+            if not after >= ETA * before or not np.isfinite(after) or not np.all(trusted):
                 h2 = B.T @ w
                 w = w - B @ h2
                 self.n_second += 1

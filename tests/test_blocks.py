@@ -113,6 +113,7 @@ def test_mpi_operators_are_refused(torch_problem):
         hessop.landscape(R, np.ones(H.n))
 
 
+@pytest.mark.slow  # 18 s on 2 cores; by_block against dense blocks runs over torch in the default suite
 def test_jax_blocks_match_dense_diagonal_blocks():
     jax = pytest.importorskip("jax")
     jnp = pytest.importorskip("jax.numpy")

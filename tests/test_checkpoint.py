@@ -165,8 +165,12 @@ def problem():
             os.kill(os.getpid(), signal.SIGKILL)
         return A @ V
 
-    return hessop.HessianOperator.from_function(lambda v: block(v[:, None])[:, 0], 150, hvp_block=block,
-                                                check_symmetric=False)
+    H = hessop.HessianOperator.from_function(lambda v: block(v[:, None])[:, 0], 150, hvp_block=block,
+                                             check_symmetric=False)
+    # the memory free, as the backend reports it: slq's default budget (a quarter) then holds 4 draws of 80 steps
+    # (84 vectors of 150 float64 each), so the density runs in blocks of 4 and 2 draws
+    H.backend.free_memory = lambda: 4 * 4 * 84 * 150 * 8
+    return H
 """
 
 ANALYZE = ["--top", "3", "--bottom", "2", "--trace-rtol", "0.05", "--trace-hvp", "100", "--density-steps", "80",

@@ -143,6 +143,7 @@ def test_block_products_match_dense(problem, curvature, kind, reduction):
         block.restrict(["['h']['w']"])
 
 
+@pytest.mark.slow  # 13 s; by_block over JAX: also tests/test_blocks.py (slow), over torch in the default run
 def test_by_block_of_a_ggn(problem):
     """hessop.by_block on a JAX GGN operator: one row per layer, eigenvalues within their residuals of the dense
     diagonal blocks' and exact traces."""
