@@ -27,12 +27,13 @@ statistics (``_stats``), deflation (``_deflation``), the exact fallbacks (``_exa
 checkpoints, progress and product counting (``_run``).
 """
 
+from hessop.estimators._density import SpectralDensity
 from hessop.estimators._diagonal import diagonal
 from hessop.estimators._estimates import DiagonalEstimate, TraceEstimate
 from hessop.estimators._hutchinson import hutchinson
 from hessop.estimators._hutchpp import hutchpp
 from hessop.estimators._sketch import SketchResult, sketch
-from hessop.estimators._slq import SpectralDensity, slq
+from hessop.estimators._slq import slq
 from hessop.estimators._trace import trace
 from hessop.estimators._xtrace import xtrace
 
