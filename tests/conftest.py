@@ -150,3 +150,14 @@ def network(torch_problem):
 def torch_op(torch_problem):
     p = torch_problem
     return hessop.HessianOperator.from_torch(p["model"], p["loss_fn"], (p["x"], p["y"]))
+
+
+@pytest.fixture
+def x64():
+    """JAX's 64-bit mode inside the test only (a ``jax.enable_x64`` context, never switched on globally), shared by
+    the JAX test modules; skipped where JAX is not installed."""
+    pytest.importorskip("jax")
+    from jax_x64 import enable_x64
+
+    with enable_x64(True):
+        yield

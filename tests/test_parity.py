@@ -25,12 +25,6 @@ from jax.flatten_util import ravel_pytree  # noqa: E402
 SPLITS = (100, 200)  # batches of 100, 100 and 56 samples
 
 
-@pytest.fixture
-def x64():
-    with enable_x64(True):
-        yield
-
-
 def jax_mlp_loss(params, batch):
     (w1, b1), (w2, b2) = params
     x, y = batch

@@ -20,12 +20,6 @@ from hessop import HessianOperator  # noqa: E402
 from hessop.backends.jax import JaxBackend, x64_enabled  # noqa: E402
 
 
-@pytest.fixture
-def x64():
-    with enable_x64(True):
-        yield
-
-
 def mlp_loss(params, batch):
     """Mean cross-entropy of a one-hidden-layer tanh MLP; params is a nested dict (flax style)."""
     x, y = batch

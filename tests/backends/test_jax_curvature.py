@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 
 jax = pytest.importorskip("jax")
-from jax_x64 import enable_x64  # noqa: E402
 
 jnp = pytest.importorskip("jax.numpy")
 from jax.flatten_util import ravel_pytree  # noqa: E402
@@ -15,12 +14,6 @@ from jax.flatten_util import ravel_pytree  # noqa: E402
 import hessop  # noqa: E402
 
 RTOL = 1e-12
-
-
-@pytest.fixture
-def x64():
-    with enable_x64(True):
-        yield
 
 
 def model_fn(params, x):

@@ -7,18 +7,11 @@ import numpy as np
 import pytest
 
 jax = pytest.importorskip("jax")
-from jax_x64 import enable_x64  # noqa: E402
 
 jnp = pytest.importorskip("jax.numpy")
 from jax.flatten_util import ravel_pytree  # noqa: E402
 
 from hessop import HessianOperator  # noqa: E402
-
-
-@pytest.fixture
-def x64():
-    with enable_x64(True):
-        yield
 
 
 def apply(variables, x):
